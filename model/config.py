@@ -1,0 +1,98 @@
+"""The model's configuration: one frozen dataclass, validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+
+FAMILIES = ("gpt", "bert", "t5")
+ACTIVATIONS = ("relu", "gelu", "swiglu")
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("rope", "learned", "sinusoidal")
+ATTENTIONS = ("full",)
+DTYPES = ("bfloat16", "float32")
+REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch", "offload_dots")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, mistyped or inconsistent; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape and numerics of a transformer; every field is a config key under `model.`."""
+
+    family: str = "gpt"
+    vocab_size: int = 256
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None: as many as n_heads; fewer gives grouped-query attention
+    head_dim: int | None = None  # None: d_model // n_heads
+    d_ff: int | None = None  # None: ffn_multiplier * d_model
+    ffn_multiplier: float = 4.0
+    activation: str = "gelu"
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-6
+    position: str = "rope"
+    rope_theta: float = 10000.0
+    attention: str = "full"
+    max_seq_len: int = 1024
+    tie_embeddings: bool = True
+    use_bias: bool = False
+    dropout: float = 0.0
+    dtype: str = "bfloat16"
+    remat: str = "none"
+    scan_layers: bool = True
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads (equals n_heads without grouped-query attention)."""
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        """Width of one attention head."""
+        return self.head_dim or self.d_model // self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        """Hidden width of the feed-forward layer."""
+        return self.d_ff or int(self.ffn_multiplier * self.d_model)
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first inconsistent field."""
+        choices = {
+            "family": FAMILIES,
+            "activation": ACTIVATIONS,
+            "norm": NORMS,
+            "position": POSITIONS,
+            "attention": ATTENTIONS,
+            "dtype": DTYPES,
+            "remat": REMAT_POLICIES,
+        }
+        for key, allowed in choices.items():
+            value = getattr(self, key)
+            if value not in allowed:
+                raise ConfigError(f"model.{key}: unknown value {value!r}; choose one of {', '.join(allowed)}")
+        for key in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"model.{key} must be positive, got {getattr(self, key)}")
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise ConfigError(
+                f"model.d_model ({self.d_model}) is not divisible by model.n_heads ({self.n_heads}); "
+                "change one of them or set model.head_dim"
+            )
+        if self.n_heads % self.kv_heads:
+            raise ConfigError(
+                f"model.n_heads ({self.n_heads}) is not divisible by model.n_kv_heads ({self.kv_heads})"
+            )
+        if self.position == "rope" and self.dim_per_head % 2:
+            raise ConfigError(f"model.position=rope needs an even head dimension, got {self.dim_per_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.ffn_dim <= 0:
+            raise ConfigError(f"model.d_ff must be positive, got {self.ffn_dim}")

@@ -1,0 +1,106 @@
+"""A stack of identical blocks stored with a leading `layers` axis and run by lax.scan.
+
+Scanning keeps compile time flat in depth. The runner that executes the stack is a plain
+function of (graphdef, stacked state, x, ...), so parallel/ can swap in a pipelined one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import jax
+from flax import nnx
+
+from model.config import ModelConfig
+from model.layers import AttentionInputs
+
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_saveable,
+    "save_dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class LayerRunner(Protocol):
+    """Runs stacked blocks: (graphdef, stacked state, x, inputs, per-layer keys or None, remat) -> x."""
+
+    def __call__(
+        self,
+        graphdef: nnx.GraphDef,
+        state: nnx.State,
+        x: jax.Array,
+        inputs: AttentionInputs,
+        keys: jax.Array | None,
+        remat: str,
+    ) -> jax.Array: ...
+
+
+def block_fn(graphdef: nnx.GraphDef, remat: str) -> Callable:
+    """f(x, layer_state, inputs, key) -> x for one block, wrapped in jax.checkpoint per `remat`."""
+
+    def apply(x: jax.Array, layer_state: nnx.State, inputs: AttentionInputs, key: jax.Array | None) -> jax.Array:
+        return nnx.merge(graphdef, layer_state)(x, inputs, key)
+
+    if remat == "none":
+        return apply
+    return jax.checkpoint(apply, policy=REMAT_POLICIES[remat], prevent_cse=False)
+
+
+def scan_runner(graphdef, state, x, inputs, keys, remat):
+    """Run the layers in order with lax.scan over the leading axis."""
+    apply = block_fn(graphdef, remat)
+
+    def body(carry, layer):
+        layer_state, key = layer
+        return apply(carry, layer_state, inputs, key), None
+
+    x, _ = jax.lax.scan(body, x, (state, keys))
+    return x
+
+
+def unrolled_runner(graphdef, state, x, inputs, keys, remat):
+    """Run the layers in order with a Python loop (for tests and debugging)."""
+    apply = block_fn(graphdef, remat)
+    n_layers = jax.tree.leaves(state)[0].shape[0]
+    for i in range(n_layers):
+        layer_state = jax.tree.map(lambda a, i=i: a[i], state)
+        x = apply(x, layer_state, inputs, None if keys is None else keys[i])
+    return x
+
+
+def prepend_axis(module: nnx.Module, name: str) -> None:
+    """Record a new leading logical axis on every parameter of `module`."""
+    for _, node in nnx.iter_graph(module):
+        if isinstance(node, nnx.Variable) and hasattr(node, "axes"):
+            node.set_metadata("axes", (name, *node.axes))
+
+
+class LayerStack(nnx.Module):
+    """n_layers copies of `block_cls`, parameters stacked along a leading `layers` axis."""
+
+    def __init__(self, cfg: ModelConfig, block_cls: type[nnx.Module], *, rngs: nnx.Rngs):
+        self.n_layers = cfg.n_layers
+        self.remat = cfg.remat
+        self.runner: LayerRunner = scan_runner if cfg.scan_layers else unrolled_runner
+
+        @nnx.split_rngs(splits=cfg.n_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make(layer_rngs: nnx.Rngs) -> nnx.Module:
+            return block_cls(cfg, rngs=layer_rngs)
+
+        self.blocks = make(rngs)
+        prepend_axis(self.blocks, "layers")
+
+    def __call__(
+        self,
+        x: jax.Array,
+        inputs: AttentionInputs,
+        dropout_key: jax.Array | None,
+        runner: LayerRunner | None = None,
+    ) -> jax.Array:
+        """Apply every block in order; `runner` overrides how (e.g. a pipeline schedule)."""
+        graphdef, state = nnx.split(self.blocks)
+        keys = None if dropout_key is None else jax.random.split(dropout_key, self.n_layers)
+        return (runner or self.runner)(graphdef, state, x, inputs, keys, self.remat)

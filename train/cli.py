@@ -1,0 +1,50 @@
+"""The `scalelab` console script: one parser whose subcommands come from a registry.
+
+Each entry names a `register(subparsers)` function by import path, so a package adds a
+command without this module importing it at load time (and scaling/ stays above train/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Subcommand registrars, in the order `scalelab --help` lists them.
+COMMANDS: tuple[str, ...] = (
+    "train.commands:register_train",
+)
+
+
+class CLIError(Exception):
+    """A user error: printed as one line naming the problem and the fix, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="scalelab",
+        description="Train transformer language models with JAX and measure how their loss scales.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for entry in COMMANDS:
+        module_name, function_name = entry.split(":")
+        getattr(importlib.import_module(module_name), function_name)(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, run the chosen command and turn user errors into clean messages."""
+    from model.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, ConfigError, FileNotFoundError) as error:
+        print(f"scalelab {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
