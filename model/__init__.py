@@ -4,4 +4,12 @@ from model.config import ConfigError, ModelConfig
 from model.counting import ParamCounts, count_params, flops_per_token
 from model.transformer import MODEL_FAMILIES, build_model
 
-__all__ = ["MODEL_FAMILIES", "ConfigError", "ModelConfig", "ParamCounts", "build_model", "count_params", "flops_per_token"]
+__all__ = [
+    "MODEL_FAMILIES",
+    "ConfigError",
+    "ModelConfig",
+    "ParamCounts",
+    "build_model",
+    "count_params",
+    "flops_per_token",
+]

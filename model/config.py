@@ -87,9 +87,7 @@ class ModelConfig:
                 "change one of them or set model.head_dim"
             )
         if self.n_heads % self.kv_heads:
-            raise ConfigError(
-                f"model.n_heads ({self.n_heads}) is not divisible by model.n_kv_heads ({self.kv_heads})"
-            )
+            raise ConfigError(f"model.n_heads ({self.n_heads}) is not divisible by model.n_kv_heads ({self.kv_heads})")
         if self.position == "rope" and self.dim_per_head % 2:
             raise ConfigError(f"model.position=rope needs an even head dimension, got {self.dim_per_head}")
         if not 0.0 <= self.dropout < 1.0:

@@ -38,7 +38,9 @@ class DecoderLM(nnx.Module):
         self.positions = POSITION_ENCODINGS[cfg.position](cfg, rngs=rngs)
         self.layers = LayerStack(cfg, DecoderBlock, rngs=rngs)
         self.final_norm = make_norm(cfg, rngs)
-        self.head = None if cfg.tie_embeddings else param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std)
+        self.head = (
+            None if cfg.tie_embeddings else param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std)
+        )
 
     def __call__(
         self,

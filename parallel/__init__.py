@@ -1,0 +1,1 @@
+"""Device meshes, logical-to-mesh sharding rules and parallel execution schedules."""

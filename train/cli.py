@@ -12,9 +12,7 @@ import sys
 from collections.abc import Sequence
 
 # Subcommand registrars, in the order `scalelab --help` lists them.
-COMMANDS: tuple[str, ...] = (
-    "train.commands:register_train",
-)
+COMMANDS: tuple[str, ...] = ("train.commands:register_train",)
 
 
 class CLIError(Exception):

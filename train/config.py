@@ -107,7 +107,9 @@ class TrainLoopConfig:
                 f"train.batch_size ({self.batch_size}) is not divisible by train.grad_accum ({self.grad_accum})"
             )
         if self.nan_policy not in NAN_POLICIES:
-            raise ConfigError(f"train.nan_policy: unknown value {self.nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}")
+            raise ConfigError(
+                f"train.nan_policy: unknown value {self.nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,104 @@
+"""Logical-to-mesh axis rules: the one table that decides how everything is sharded.
+
+Parameters and activations are named with logical axes in model/; these rules map each
+logical name to zero or more mesh axes. A config can override entries (`mesh.rules`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from model.config import ConfigError
+
+MeshAxes = tuple[str, ...]
+
+# Data and FSDP both split the batch; FSDP also splits the embedding dimension of every
+# weight (ZeRO-3); tensor splits heads, the MLP hidden dimension and the vocabulary
+# (Megatron column/row); the stacked layer axis is split into stages by the pipeline.
+DEFAULT_RULES: dict[str, MeshAxes] = {
+    "batch": ("data", "fsdp"),
+    "length": (),
+    "embed": ("fsdp",),
+    "heads": ("tensor",),
+    "kv_heads": ("tensor",),
+    "head_dim": (),
+    "mlp": ("tensor",),
+    "vocab": ("tensor",),
+    "positions": (),
+    "layers": (),
+    "stage": ("pipeline",),
+}
+
+
+def make_rules(overrides: Mapping[str, Any] | None = None) -> dict[str, MeshAxes]:
+    """The default rules with `overrides` applied (a value may be a mesh axis, a list of them, or null)."""
+    rules = dict(DEFAULT_RULES)
+    for name, value in (overrides or {}).items():
+        if value is None:
+            rules[name] = ()
+        elif isinstance(value, str):
+            rules[name] = (value,)
+        elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            rules[name] = tuple(value)
+        else:
+            raise ConfigError(f"mesh.rules.{name}: expected a mesh axis name, a list of them or null, got {value!r}")
+    return rules
+
+
+def logical_to_mesh(spec: PartitionSpec, rules: Mapping[str, MeshAxes], mesh: Mesh) -> PartitionSpec:
+    """Map a spec of logical names to mesh axes; size-1 axes are dropped and no mesh axis is used twice."""
+    used: set[str] = set()
+    out = []
+    for name in spec:
+        if name is None:
+            out.append(None)
+            continue
+        if name not in rules:
+            raise ConfigError(f"no sharding rule for logical axis {name!r}; add it to mesh.rules")
+        axes = tuple(a for a in rules[name] if a not in used and mesh.shape.get(a, 1) > 1)
+        used.update(axes)
+        out.append(axes[0] if len(axes) == 1 else (axes or None))
+    return PartitionSpec(*out)
+
+
+def check_divisible(shape: tuple[int, ...], spec: PartitionSpec, mesh: Mesh, what: str) -> None:
+    """Raise naming both numbers when a mesh axis does not divide the dimension it shards."""
+    for dim, (size, axes) in enumerate(zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True)):
+        if axes is None:
+            continue
+        names = (axes,) if isinstance(axes, str) else axes
+        ways = 1
+        for axis in names:
+            ways *= mesh.shape[axis]
+        if size % ways:
+            raise ConfigError(
+                f"{what}: dimension {dim} has size {size}, which mesh axes {'x'.join(names)} ({ways} ways) "
+                "do not divide; change the mesh or the model shape"
+            )
+
+
+def tree_shardings(
+    logical: Any, shapes: Any, rules: Mapping[str, MeshAxes], mesh: Mesh, what: str = "parameter"
+) -> Any:
+    """NamedShardings for a tree of logical PartitionSpecs, checked against the matching shapes."""
+
+    def one(path, spec, shape):
+        mesh_spec = logical_to_mesh(spec, rules, mesh)
+        check_divisible(tuple(shape.shape), mesh_spec, mesh, f"{what} {jax.tree_util.keystr(path)} {tuple(spec)}")
+        return NamedSharding(mesh, mesh_spec)
+
+    return jax.tree_util.tree_map_with_path(one, logical, shapes)
+
+
+def activation_resolver(rules: Mapping[str, MeshAxes], mesh: Mesh):
+    """A model.axes resolver that constrains activations to their rule-given sharding."""
+
+    def resolve(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+        spec = logical_to_mesh(PartitionSpec(*axes), rules, mesh)
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+    return resolve

@@ -1,0 +1,43 @@
+"""`scalelab train`: train one config in one run directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register_train(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `train` subcommand."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model from a config",
+        description="Train a model. CONFIG is a YAML path or a name under configs/ (e.g. gpt-tiny).",
+        epilog="example: scalelab train gpt-tiny --set model.n_layers=4 --set optimizer.lr=3e-4",
+    )
+    parser.add_argument("config", metavar="CONFIG", help="config path or name under configs/")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key; VALUE is parsed as YAML (repeatable)",
+    )
+    parser.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/<config name>)")
+    parser.add_argument("--quiet", action="store_true", help="no summary and no progress bar")
+    parser.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Load the config, train, and print the outcome."""
+    from train.config import load_config
+    from train.loop import train
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = args.run_dir or Path("runs") / cfg.name
+    result = train(cfg, run_dir, quiet=args.quiet)
+    evaluation = "" if result.eval_loss is None else f", eval loss {result.eval_loss:.4f}"
+    print(
+        f"done: {result.steps} steps, final loss {result.final_loss:.4f}{evaluation}; metrics in {run_dir}/metrics.jsonl"
+    )
+    return 0

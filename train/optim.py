@@ -1,0 +1,90 @@
+"""AdamW with a masked weight decay, global-norm clipping and learning-rate schedules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from train.config import Config, ScheduleConfig
+
+EMBEDDING_AXES = ("vocab", "positions")
+Decay = Callable[[jax.Array], jax.Array]
+
+
+def _progress(step: jax.Array, start: int, end: int) -> jax.Array:
+    return jnp.clip((step - start) / max(end - start, 1), 0.0, 1.0)
+
+
+def _cosine(peak: float, floor: float, sched: ScheduleConfig, steps: int) -> Decay:
+    return lambda step: (
+        floor + (peak - floor) * 0.5 * (1.0 + jnp.cos(jnp.pi * _progress(step, sched.warmup_steps, steps)))
+    )
+
+
+def _linear(peak: float, floor: float, sched: ScheduleConfig, steps: int) -> Decay:
+    return lambda step: peak + (floor - peak) * _progress(step, sched.warmup_steps, steps)
+
+
+def _constant(peak: float, floor: float, sched: ScheduleConfig, steps: int) -> Decay:
+    return lambda step: jnp.full_like(step, peak)
+
+
+def _warmup_stable_decay(peak: float, floor: float, sched: ScheduleConfig, steps: int) -> Decay:
+    # Hold the peak, then decay linearly over the last decay_fraction of training.
+    decay_start = int(steps * (1.0 - sched.decay_fraction))
+    return lambda step: peak + (floor - peak) * _progress(step, decay_start, steps)
+
+
+# What follows the linear warmup, by schedule.name.
+DECAYS: dict[str, Callable[[float, float, ScheduleConfig, int], Decay]] = {
+    "cosine": _cosine,
+    "linear": _linear,
+    "constant": _constant,
+    "wsd": _warmup_stable_decay,
+}
+
+
+def learning_rate(cfg: Config) -> optax.Schedule:
+    """Linear warmup to optimizer.lr, then the named decay down to min_lr_ratio * lr."""
+    peak, sched, steps = cfg.optimizer.lr, cfg.schedule, cfg.train.steps
+    after_warmup = DECAYS[sched.name](peak, peak * sched.min_lr_ratio, sched, steps)
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warmup = peak * (step + 1) / max(sched.warmup_steps, 1)
+        return jnp.where(step < sched.warmup_steps, warmup, after_warmup(step)).astype(jnp.float32)
+
+    return schedule
+
+
+def decay_mask(axes: Any, decay_embeddings: bool) -> Any:
+    """True for parameters that get weight decay: matrices, and embeddings only if asked."""
+
+    def decays(spec) -> bool:
+        named = [a for a in spec if a not in (None, "layers")]
+        if set(named) & set(EMBEDDING_AXES):
+            return decay_embeddings
+        return len(named) >= 2
+
+    return jax.tree.map(decays, axes)
+
+
+def make_optimizer(cfg: Config, axes: Any) -> optax.GradientTransformation:
+    """AdamW (decoupled, masked decay) after optional global-norm clipping."""
+    opt = cfg.optimizer
+    parts = [] if opt.clip_norm is None else [optax.clip_by_global_norm(opt.clip_norm)]
+    parts.append(
+        optax.adamw(
+            learning_rate(cfg),
+            b1=opt.b1,
+            b2=opt.b2,
+            eps=opt.eps,
+            weight_decay=opt.weight_decay,
+            mask=decay_mask(axes, opt.decay_embeddings),
+        )
+    )
+    return optax.chain(*parts)

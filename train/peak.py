@@ -1,0 +1,60 @@
+"""The peak FLOP/s that MFU divides by: configured, from a vendor table, or measured."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+
+# Dense bf16 peak per chip, from vendor datasheets (no sparsity).
+VENDOR_PEAK_BF16: dict[str, float] = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+}
+
+
+@functools.lru_cache(maxsize=4)
+def measured_matmul_flops(dtype: str = "bfloat16", size: int = 1024, repeats: int = 8) -> float:
+    """Achieved FLOP/s of a square matmul on the first device (fp32 accumulation for bf16 inputs)."""
+    device = jax.devices()[0]
+    a = jax.device_put(jnp.ones((size, size), dtype), device)
+    matmul = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
+    matmul(a, a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = matmul(a, a)
+    out.block_until_ready()
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def vendor_peak(device: jax.Device) -> float | None:
+    """The datasheet bf16 peak of an accelerator, matched by device kind; None if unknown."""
+    kind = getattr(device, "device_kind", "")
+    for name, flops in VENDOR_PEAK_BF16.items():
+        if name.lower() in kind.lower():
+            return flops
+    return None
+
+
+def peak_flops_per_device(configured: float | None, dtype: str) -> tuple[float, str]:
+    """(peak FLOP/s per device, where it came from)."""
+    if configured is not None:
+        return configured, "configured"
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        flops = vendor_peak(device)
+        if flops is not None:
+            return flops, f"{device.device_kind} datasheet"
+    # Simulated CPU devices share the host's cores, so each gets an equal share of the host's rate.
+    flops = measured_matmul_flops(dtype) / jax.local_device_count()
+    return flops, f"measured {dtype} matmul on {device.platform}"

@@ -1,0 +1,111 @@
+"""Pure train and eval steps: functions of (state, batch) that jit, shard and donate cleanly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from model.functional import ModelDef
+from model.stack import LayerRunner
+from train.config import Config
+
+TrainState = dict[str, Any]  # {"step": int32 scalar, "params": pytree, "opt_state": pytree}
+Batch = Mapping[str, jax.Array]
+
+
+def cross_entropy(
+    logits: jax.Array, targets: jax.Array, weights: jax.Array, z_loss: float = 0.0
+) -> tuple[jax.Array, jax.Array]:
+    """Weighted mean next-token cross-entropy in fp32 (weight 0 = padding), plus optional z-loss.
+
+    Returns (loss to optimise, cross-entropy alone).
+    """
+    logits = logits.astype(jnp.float32)
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    weights = weights.astype(jnp.float32)
+    denom = jnp.maximum(weights.sum(), 1.0)
+    ce = ((log_z - target_logit) * weights).sum() / denom
+    loss = ce + z_loss * (jnp.square(log_z) * weights).sum() / denom
+    return loss, ce
+
+
+def step_key(seed: int, step: jax.Array) -> jax.Array:
+    """The dropout key of a step: a pure function of (seed, step), so resumes replay it exactly."""
+    return jax.random.fold_in(jax.random.key(seed), step)
+
+
+def _split_microbatches(batch: Batch, count: int) -> Batch:
+    return {k: v.reshape(count, v.shape[0] // count, *v.shape[1:]) for k, v in batch.items()}
+
+
+def make_train_step(
+    cfg: Config,
+    model: ModelDef,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    runner: LayerRunner | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """train_step(state, batch) -> (state, metrics) with gradient accumulation and a NaN policy."""
+    z_loss, accum = cfg.train.z_loss, cfg.train.grad_accum
+    use_dropout = cfg.model.dropout > 0.0
+
+    def loss_fn(params, batch, key):
+        logits = model.apply(params, batch, dropout_key=key if use_dropout else None, runner=runner)
+        loss, ce = cross_entropy(logits, batch["targets"], batch["weights"], z_loss)
+        return loss, ce
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def accumulated_grads(params, batch, key):
+        if accum == 1:
+            (loss, ce), grads = grad_fn(params, batch, key)
+            return loss, ce, grads
+
+        # Weight each microbatch by its share of loss-bearing tokens so the sum equals the full-batch mean.
+        micro = _split_microbatches(batch, accum)
+        total = jnp.maximum(batch["weights"].sum(), 1.0)
+
+        def body(carry, xs):
+            mb, index = xs
+            share = jnp.maximum(mb["weights"].sum(), 1.0) / total
+            (loss, ce), grads = grad_fn(params, mb, jax.random.fold_in(key, index))
+            acc_loss, acc_ce, acc_grads = carry
+            acc_grads = jax.tree.map(lambda a, g: a + share * g, acc_grads, grads)
+            return (acc_loss + share * loss, acc_ce + share * ce, acc_grads), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        (loss, ce, grads), _ = jax.lax.scan(body, (0.0, 0.0, zeros), (micro, jnp.arange(accum)))
+        return loss, ce, grads
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        step, params, opt_state = state["step"], state["params"], state["opt_state"]
+        loss, ce, grads = accumulated_grads(params, batch, step_key(cfg.train.seed, step))
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt_state = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        if cfg.train.nan_policy == "skip":
+            # Drop a non-finite update entirely: parameters and optimizer moments stay as they were.
+            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+            new_params, new_opt_state = keep(new_params, params), keep(new_opt_state, opt_state)
+        metrics = {"loss": ce, "total_loss": loss, "grad_norm": grad_norm, "lr": schedule(step), "finite": finite}
+        return {"step": step + 1, "params": new_params, "opt_state": new_opt_state}, metrics
+
+    return train_step
+
+
+def make_eval_step(model: ModelDef, runner: LayerRunner | None = None) -> Callable[[Any, Batch], dict[str, jax.Array]]:
+    """eval_step(params, batch) -> {"loss_sum", "weight_sum"}, summed so batches combine exactly."""
+
+    def eval_step(params, batch: Batch) -> dict[str, jax.Array]:
+        logits = model.apply(params, batch, runner=runner)
+        _, ce = cross_entropy(logits, batch["targets"], batch["weights"])
+        weight_sum = batch["weights"].astype(jnp.float32).sum()
+        return {"loss_sum": ce * jnp.maximum(weight_sum, 1.0), "weight_sum": weight_sum}
+
+    return eval_step

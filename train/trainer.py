@@ -1,0 +1,132 @@
+"""Everything a run needs before its first step: mesh, shardings, optimizer and compiled steps."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from model.axes import activation_sharding
+from model.functional import ModelDef, describe
+from parallel.mesh import build_mesh
+from parallel.rules import (
+    MeshAxes,
+    activation_resolver,
+    check_divisible,
+    logical_to_mesh,
+    make_rules,
+    tree_shardings,
+)
+from train.config import Config
+from train.optim import learning_rate, make_optimizer
+from train.steps import TrainState, make_eval_step, make_train_step
+
+BATCH_AXES = PartitionSpec("batch", "length")
+
+
+def _with_axis_rules(fn, resolver):
+    """Trace `fn` with activation constraints resolved by `resolver`."""
+
+    def traced(*args):
+        with activation_sharding(resolver):
+            return fn(*args)
+
+    return traced
+
+
+@dataclasses.dataclass
+class Trainer:
+    """The static parts of a run, built once from its config."""
+
+    cfg: Config
+    mesh: Mesh
+    rules: dict[str, MeshAxes]
+    model: ModelDef
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    state_shardings: Any
+    batch_sharding: NamedSharding
+    train_step: Any  # jitted (state, batch) -> (state, metrics)
+    eval_step: Any  # jitted (params, batch) -> sums
+
+    @classmethod
+    def build(cls, cfg: Config, devices: list[jax.Device] | None = None) -> Trainer:
+        """Build the mesh, shardings, optimizer and jitted steps for `cfg`."""
+        mesh = build_mesh(cfg.mesh, devices)
+        rules = make_rules(cfg.mesh.rules)
+        model = describe(cfg.model)
+        tx = make_optimizer(cfg, model.axes)
+        schedule = learning_rate(cfg)
+        replicated = NamedSharding(mesh, PartitionSpec())
+        param_shardings = tree_shardings(model.axes, model.shapes, rules, mesh)
+        abstract_opt = jax.eval_shape(tx.init, model.shapes)
+        opt_shardings = optax.tree_map_params(
+            tx,
+            lambda _, sharding: sharding,
+            abstract_opt,
+            param_shardings,
+            transform_non_params=lambda _: replicated,
+            is_leaf=lambda x: isinstance(x, NamedSharding),
+        )
+        state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings}
+        batch_sharding = NamedSharding(mesh, logical_to_mesh(BATCH_AXES, rules, mesh))
+        per_microbatch = cfg.train.batch_size // cfg.train.grad_accum
+        check_divisible(
+            (per_microbatch, cfg.train.seq_len), batch_sharding.spec, mesh, "train.batch_size per microbatch"
+        )
+        resolver = activation_resolver(rules, mesh)
+        train_step = jax.jit(
+            _with_axis_rules(make_train_step(cfg, model, tx, schedule), resolver),
+            in_shardings=(state_shardings, batch_sharding),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=0,
+        )
+        eval_step = jax.jit(
+            _with_axis_rules(make_eval_step(model), resolver),
+            in_shardings=(param_shardings, batch_sharding),
+            out_shardings=replicated,
+        )
+        return cls(cfg, mesh, rules, model, tx, schedule, state_shardings, batch_sharding, train_step, eval_step)
+
+    def _init_fn(self) -> TrainState:
+        params = self.model.init(self.cfg.train.seed)
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params)}
+
+    def init_state(self) -> TrainState:
+        """Fresh parameters and optimizer state, created directly in their shardings."""
+        return jax.jit(self._init_fn, out_shardings=self.state_shardings)()
+
+    def abstract_state(self) -> TrainState:
+        """ShapeDtypeStructs (with shardings) of the train state, for restoring checkpoints."""
+        shapes = jax.eval_shape(self._init_fn)
+        return jax.tree.map(
+            lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+            shapes,
+            self.state_shardings,
+        )
+
+    def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Assemble this process's rows into global arrays sharded over the batch axes."""
+        return {
+            key: jax.make_array_from_process_local_data(self.batch_sharding, value)
+            for key, value in local_batch.items()
+        }
+
+    def compile(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[float, dict[str, int]]:
+        """Compile the train step ahead of time and use it; return (seconds, per-device memory in bytes)."""
+        start = time.perf_counter()
+        compiled = self.train_step.lower(state, batch).compile()
+        seconds = time.perf_counter() - start
+        self.train_step = compiled
+        memory: dict[str, int] = {}
+        analysis = compiled.memory_analysis()
+        if analysis is not None:
+            for field in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes"):
+                memory[field.removesuffix("_size_in_bytes")] = int(getattr(analysis, field, 0))
+        return seconds, memory
