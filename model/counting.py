@@ -34,7 +34,8 @@ def parameter_axes(cfg: ModelConfig) -> list[tuple[tuple[int, ...], tuple[str, .
     return [(s.shape, tuple(a)) for s, a in zip(jax.tree.leaves(spec.shapes), jax.tree.leaves(spec.axes), strict=True)]
 
 
-def _is_matmul_weight(axes: tuple[str, ...]) -> bool:
+def is_matmul_weight(axes: tuple[str, ...]) -> bool:
+    """True for weights multiplied by activations: they span `embed` and another non-embedding axis."""
     named = [a for a in axes if a != "layers"]
     return "embed" in named and len(named) >= 2 and not set(named) & set(EMBEDDING_AXES)
 
@@ -45,7 +46,7 @@ def count_params(cfg: ModelConfig) -> ParamCounts:
     params = parameter_axes(cfg)
     total = sum(math.prod(shape) for shape, _ in params)
     embedding = sum(math.prod(shape) for shape, axes in params if set(axes) & set(EMBEDDING_AXES))
-    matmul = sum(math.prod(shape) for shape, axes in params if _is_matmul_weight(axes))
+    matmul = sum(math.prod(shape) for shape, axes in params if is_matmul_weight(axes))
     return ParamCounts(total=total, non_embedding=total - embedding, matmul=matmul + cfg.vocab_size * cfg.d_model)
 
 

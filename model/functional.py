@@ -36,7 +36,7 @@ class ModelDef:
 
     def init(self, seed: int) -> Params:
         """Fresh parameters for `seed` (call under jit with out_shardings to create them sharded)."""
-        return nnx.state(build_model(self.cfg, seed), nnx.Param).to_pure_dict()
+        return nnx.to_pure_dict(nnx.state(build_model(self.cfg, seed), nnx.Param))
 
     def apply(
         self,
@@ -53,6 +53,6 @@ class ModelDef:
 def describe(cfg: ModelConfig) -> ModelDef:
     """The ModelDef of `cfg`, traced abstractly (no parameter memory is used)."""
     graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(cfg, seed=0)), nnx.Param)
-    shapes = jax.tree.map(lambda v: v.get_value(), state, is_leaf=_is_variable).to_pure_dict()
-    axes = jax.tree.map(lambda v: PartitionSpec(*v.axes), state, is_leaf=_is_variable).to_pure_dict()
+    shapes = nnx.to_pure_dict(jax.tree.map(lambda v: v.get_value(), state, is_leaf=_is_variable))
+    axes = nnx.to_pure_dict(jax.tree.map(lambda v: PartitionSpec(*v.axes), state, is_leaf=_is_variable))
     return ModelDef(cfg=cfg, graphdef=graphdef, shapes=shapes, axes=axes)

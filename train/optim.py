@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from model.counting import EMBEDDING_AXES, is_matmul_weight
 from train.config import Config, ScheduleConfig
 
-EMBEDDING_AXES = ("vocab", "positions")
 Decay = Callable[[jax.Array], jax.Array]
 
 
@@ -19,24 +19,24 @@ def _progress(step: jax.Array, start: int, end: int) -> jax.Array:
     return jnp.clip((step - start) / max(end - start, 1), 0.0, 1.0)
 
 
-def _cosine(peak: float, floor: float, sched: ScheduleConfig, steps: int) -> Decay:
+def _cosine(peak: float, floor: float, sched: ScheduleConfig, last: int) -> Decay:
     return lambda step: (
-        floor + (peak - floor) * 0.5 * (1.0 + jnp.cos(jnp.pi * _progress(step, sched.warmup_steps, steps)))
+        floor + (peak - floor) * 0.5 * (1.0 + jnp.cos(jnp.pi * _progress(step, sched.warmup_steps, last)))
     )
 
 
-def _linear(peak: float, floor: float, sched: ScheduleConfig, steps: int) -> Decay:
-    return lambda step: peak + (floor - peak) * _progress(step, sched.warmup_steps, steps)
+def _linear(peak: float, floor: float, sched: ScheduleConfig, last: int) -> Decay:
+    return lambda step: peak + (floor - peak) * _progress(step, sched.warmup_steps, last)
 
 
-def _constant(peak: float, floor: float, sched: ScheduleConfig, steps: int) -> Decay:
+def _constant(peak: float, floor: float, sched: ScheduleConfig, last: int) -> Decay:
     return lambda step: jnp.full_like(step, peak)
 
 
-def _warmup_stable_decay(peak: float, floor: float, sched: ScheduleConfig, steps: int) -> Decay:
+def _warmup_stable_decay(peak: float, floor: float, sched: ScheduleConfig, last: int) -> Decay:
     # Hold the peak, then decay linearly over the last decay_fraction of training.
-    decay_start = int(steps * (1.0 - sched.decay_fraction))
-    return lambda step: peak + (floor - peak) * _progress(step, decay_start, steps)
+    decay_start = int((last + 1) * (1.0 - sched.decay_fraction))
+    return lambda step: peak + (floor - peak) * _progress(step, decay_start, last)
 
 
 # What follows the linear warmup, by schedule.name.
@@ -51,7 +51,8 @@ DECAYS: dict[str, Callable[[float, float, ScheduleConfig, int], Decay]] = {
 def learning_rate(cfg: Config) -> optax.Schedule:
     """Linear warmup to optimizer.lr, then the named decay down to min_lr_ratio * lr."""
     peak, sched, steps = cfg.optimizer.lr, cfg.schedule, cfg.train.steps
-    after_warmup = DECAYS[sched.name](peak, peak * sched.min_lr_ratio, sched, steps)
+    # The decay ends at the last step trained (steps - 1), which therefore uses the floor.
+    after_warmup = DECAYS[sched.name](peak, peak * sched.min_lr_ratio, sched, steps - 1)
 
     def schedule(step):
         step = jnp.asarray(step, jnp.float32)
@@ -65,10 +66,9 @@ def decay_mask(axes: Any, decay_embeddings: bool) -> Any:
     """True for parameters that get weight decay: matrices, and embeddings only if asked."""
 
     def decays(spec) -> bool:
-        named = [a for a in spec if a not in (None, "layers")]
-        if set(named) & set(EMBEDDING_AXES):
+        if set(spec) & set(EMBEDDING_AXES):
             return decay_embeddings
-        return len(named) >= 2
+        return is_matmul_weight(tuple(spec))
 
     return jax.tree.map(decays, axes)
 

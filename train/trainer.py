@@ -78,7 +78,7 @@ class Trainer:
         batch_sharding = NamedSharding(mesh, logical_to_mesh(BATCH_AXES, rules, mesh))
         per_microbatch = cfg.train.batch_size // cfg.train.grad_accum
         check_divisible(
-            (per_microbatch, cfg.train.seq_len), batch_sharding.spec, mesh, "train.batch_size per microbatch"
+            (per_microbatch, cfg.train.seq_len), batch_sharding.spec, mesh, "train.batch_size / train.grad_accum (rows per microbatch)"
         )
         resolver = activation_resolver(rules, mesh)
         train_step = jax.jit(

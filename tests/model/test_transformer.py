@@ -1,0 +1,95 @@
+"""Decoder behaviour: causality, scan vs unrolled, remat, precision."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from model import ModelConfig
+from model.functional import describe
+from train.steps import cross_entropy
+
+TINY = ModelConfig(vocab_size=61, d_model=32, n_layers=3, n_heads=4, max_seq_len=16, dtype="float32")
+
+
+def _tokens(seed: int, shape=(2, 12)) -> jax.Array:
+    return jax.random.randint(jax.random.key(seed), shape, 0, TINY.vocab_size)
+
+
+@pytest.mark.parametrize("position", ["rope", "learned", "sinusoidal"])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "swiglu"])
+def test_changing_future_tokens_never_changes_past_logits(position, activation):
+    cfg = dataclasses.replace(TINY, position=position, activation=activation, n_kv_heads=2)
+    model = describe(cfg)
+    params = model.init(0)
+    tokens = _tokens(1)
+    t = 5
+    changed = tokens.at[:, t + 1 :].set((tokens[:, t + 1 :] + 7) % cfg.vocab_size)
+    before = model.apply(params, {"inputs": tokens})
+    after = model.apply(params, {"inputs": changed})
+    np.testing.assert_array_equal(before[:, : t + 1], after[:, : t + 1])
+    assert not np.allclose(before[:, t + 1 :], after[:, t + 1 :])
+
+
+def test_segment_ids_keep_attention_within_a_document():
+    model = describe(TINY)
+    params = model.init(0)
+    tokens = _tokens(2, (1, 10))
+    segments = jnp.array([[0] * 4 + [1] * 6])
+    positions = jnp.array([list(range(4)) + list(range(6))])
+    packed = model.apply(params, {"inputs": tokens, "segment_ids": segments, "positions": positions})
+    alone = model.apply(params, {"inputs": tokens[:, 4:]})
+    np.testing.assert_allclose(packed[:, 4:], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_scanned_and_unrolled_layers_agree():
+    scanned = describe(TINY)
+    unrolled = describe(dataclasses.replace(TINY, scan_layers=False))
+    params = scanned.init(0)
+    tokens = {"inputs": _tokens(3)}
+    np.testing.assert_allclose(scanned.apply(params, tokens), unrolled.apply(params, tokens), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["full", "save_dots", "save_dots_no_batch"])
+def test_remat_gives_the_same_loss_and_gradients(policy):
+    plain = describe(TINY)
+    remat = describe(dataclasses.replace(TINY, remat=policy))
+    params = plain.init(0)
+    tokens = _tokens(4)
+    batch = {"inputs": tokens, "targets": jnp.roll(tokens, -1, axis=1), "weights": jnp.ones(tokens.shape)}
+
+    def loss(model, p):
+        return cross_entropy(model.apply(p, batch), batch["targets"], batch["weights"])[0]
+
+    (l0, g0), (l1, g1) = (jax.value_and_grad(lambda p, m=m: loss(m, p))(params) for m in (plain, remat))
+    np.testing.assert_allclose(l0, l1, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g0, g1)
+
+
+def test_bfloat16_logits_track_float32_within_tolerance():
+    """bf16 activations with fp32 accumulation stay within 5e-2 (absolute) of the fp32 logits."""
+    fp32 = describe(TINY)
+    bf16 = describe(dataclasses.replace(TINY, dtype="bfloat16"))
+    params = fp32.init(0)
+    batch = {"inputs": _tokens(5)}
+    ref, low = fp32.apply(params, batch), bf16.apply(params, batch)
+    assert low.dtype == jnp.float32  # logits for the loss stay fp32
+    np.testing.assert_allclose(low, ref, atol=5e-2)
+
+
+def test_parameters_are_fp32_and_all_carry_logical_axes():
+    model = describe(dataclasses.replace(TINY, dtype="bfloat16", tie_embeddings=False, use_bias=True))
+    for shape, spec in zip(jax.tree.leaves(model.shapes), jax.tree.leaves(model.axes), strict=True):
+        assert shape.dtype == jnp.float32
+        assert len(spec) == len(shape.shape) and all(isinstance(name, str) for name in spec)
+
+
+def test_dropout_is_keyed_and_off_in_evaluation():
+    model = describe(dataclasses.replace(TINY, dropout=0.5))
+    params = model.init(0)
+    batch = {"inputs": _tokens(6)}
+    key = jax.random.key(0)
+    np.testing.assert_array_equal(model.apply(params, batch, dropout_key=key), model.apply(params, batch, dropout_key=key))
+    assert not np.allclose(model.apply(params, batch, dropout_key=key), model.apply(params, batch))

@@ -1,0 +1,73 @@
+"""Config loading, inheritance, overrides and every validation error."""
+
+import pytest
+import yaml
+
+from model.config import ACTIVATIONS, POSITIONS, ConfigError
+from model.layers import ACTIVATIONS as ACTIVATION_LAYERS
+from model.positions import POSITION_ENCODINGS
+from train.config import CONFIG_DIR, SCHEDULES, load_config, save_config
+from train.optim import DECAYS
+
+
+def test_choice_lists_match_their_registries():
+    assert set(ACTIVATIONS) == set(ACTIVATION_LAYERS)
+    assert set(POSITIONS) == set(POSITION_ENCODINGS)
+    assert set(SCHEDULES) == set(DECAYS)
+
+
+def test_every_shipped_config_loads():
+    for path in CONFIG_DIR.glob("*.yaml"):
+        assert load_config(path).name == path.stem
+
+
+def test_overrides_are_parsed_as_yaml():
+    cfg = load_config("gpt-tiny", ["model.n_layers=4", "optimizer.lr=3e-4", "optimizer.clip_norm=null"])
+    assert cfg.model.n_layers == 4
+    assert cfg.optimizer.lr == pytest.approx(3e-4)
+    assert cfg.optimizer.clip_norm is None
+
+
+def test_base_inheritance_merges_sections(tmp_path):
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({"base": "gpt-tiny", "model": {"d_model": 128}}))
+    cfg = load_config(tmp_path / "child.yaml")
+    assert cfg.model.d_model == 128
+    assert cfg.model.n_layers == load_config("gpt-tiny").model.n_layers
+    assert cfg.name == "child"
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config("gpt-tiny", ["train.steps=70"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.d_modle=64", "unknown key 'model.d_modle'; did you mean 'model.d_model'?"),
+        ("trian.steps=3", "unknown key 'trian'; did you mean 'train'?"),
+        ("train.steps=abc", "train.steps: expected int, got str 'abc'"),
+        ("optimizer.lr=fast", "optimizer.lr: expected float"),
+        ("model.tie_embeddings=3", "model.tie_embeddings: expected bool"),
+        ("model.d_model=66", "model.d_model (66) is not divisible by model.n_heads (4)"),
+        ("schedule.warmup_steps=100000", "schedule.warmup_steps (100000) is longer than training"),
+        ("train.batch_size=0", "train.batch_size must be positive"),
+        ("train.batch_size=-4", "train.batch_size must be positive"),
+        ("model.activation=tanh", "model.activation: unknown value 'tanh'"),
+        ("model.position=alibi2", "model.position: unknown value 'alibi2'"),
+        ("model.n_kv_heads=3", "model.n_heads (4) is not divisible by model.n_kv_heads (3)"),
+        ("schedule.name=step", "schedule.name: unknown value 'step'"),
+        ("mesh.data=0", "mesh.data must be a positive size or -1"),
+        ("train.grad_accum=3", "train.batch_size (16) is not divisible by train.grad_accum (3)"),
+    ],
+)
+def test_bad_configs_fail_with_a_message_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config("gpt-tiny", [override])
+    assert message in str(error.value)
+
+
+def test_missing_config_names_the_available_ones():
+    with pytest.raises(FileNotFoundError, match="gpt-tiny"):
+        load_config("no-such-config")
