@@ -12,7 +12,11 @@ import sys
 from collections.abc import Sequence
 
 # Subcommand registrars, in the order `scalelab --help` lists them.
-COMMANDS: tuple[str, ...] = ("train.commands:register_train",)
+COMMANDS: tuple[str, ...] = (
+    "train.commands:register_train",
+    "train.data.cli:register_data",
+    "train.data.cli:register_tokenizer",
+)
 
 
 class CLIError(Exception):

@@ -34,7 +34,13 @@ def _synthetic(cfg, process_index: int, process_count: int) -> BatchSource:
     return MarkovSource(cfg, process_index, process_count)
 
 
-DATA_SOURCES: dict[str, Callable[..., BatchSource]] = {"synthetic": _synthetic}
+def _tfds(cfg, process_index: int, process_count: int) -> BatchSource:
+    from train.data.loader import TfdsSource
+
+    return TfdsSource(cfg, process_index, process_count)
+
+
+DATA_SOURCES: dict[str, Callable[..., BatchSource]] = {"synthetic": _synthetic, "tfds": _tfds}
 
 
 def make_source(cfg, process_index: int = 0, process_count: int = 1) -> BatchSource:
