@@ -6,6 +6,7 @@ logical name to zero or more mesh axes. A config can override entries (`mesh.rul
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,7 +19,9 @@ MeshAxes = tuple[str, ...]
 
 # Data and FSDP both split the batch; FSDP also splits the embedding dimension of every
 # weight (ZeRO-3); tensor splits heads, the MLP hidden dimension and the vocabulary
-# (Megatron column/row); the stacked layer axis is split into stages by the pipeline.
+# (Megatron column/row); the stacked layer axis is split into contiguous blocks over the
+# pipeline, which parallel/pipeline.py regroups into stages. An axis of size 1 drops out,
+# so the same table serves every mesh.
 DEFAULT_RULES: dict[str, MeshAxes] = {
     "batch": ("data", "fsdp"),
     "length": (),
@@ -29,7 +32,7 @@ DEFAULT_RULES: dict[str, MeshAxes] = {
     "mlp": ("tensor",),
     "vocab": ("tensor",),
     "positions": (),
-    "layers": (),
+    "layers": ("pipeline",),
     "stage": ("pipeline",),
 }
 
@@ -65,20 +68,50 @@ def logical_to_mesh(spec: PartitionSpec, rules: Mapping[str, MeshAxes], mesh: Me
     return PartitionSpec(*out)
 
 
-def check_divisible(shape: tuple[int, ...], spec: PartitionSpec, mesh: Mesh, what: str) -> None:
-    """Raise naming both numbers when a mesh axis does not divide the dimension it shards."""
-    for dim, (size, axes) in enumerate(zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True)):
+# The config key that sets the size of each logical axis, for error messages.
+AXIS_SOURCES: dict[str, str] = {
+    "batch": "train.batch_size",
+    "length": "train.seq_len",
+    "embed": "model.d_model",
+    "heads": "model.n_heads",
+    "kv_heads": "model.n_kv_heads",
+    "head_dim": "model.head_dim",
+    "mlp": "model.d_ff",
+    "vocab": "model.vocab_size",
+    "positions": "model.max_seq_len",
+    "layers": "model.n_layers",
+}
+
+
+def check_divisible(
+    shape: tuple[int, ...],
+    spec: PartitionSpec,
+    mesh: Mesh,
+    what: str,
+    logical: PartitionSpec | None = None,
+) -> None:
+    """Raise naming both numbers when mesh axes do not divide the dimension they shard.
+
+    `logical`, the spec before the rules were applied, lets the message name the config key.
+    """
+    padded = tuple(spec) + (None,) * (len(shape) - len(spec))
+    names = tuple(logical or ()) + (None,) * (len(shape) - len(logical or ()))
+    for size, axes, name in zip(shape, padded, names, strict=True):
         if axes is None:
             continue
-        names = (axes,) if isinstance(axes, str) else axes
-        ways = 1
-        for axis in names:
-            ways *= mesh.shape[axis]
-        if size % ways:
-            raise ConfigError(
-                f"{what}: dimension {dim} has size {size}, which mesh axes {'x'.join(names)} ({ways} ways) "
-                "do not divide; change the mesh or the model shape"
-            )
+        axes = (axes,) if isinstance(axes, str) else tuple(axes)
+        ways = math.prod(mesh.shape[axis] for axis in axes)
+        if size % ways == 0:
+            continue
+        sizes = " x ".join(str(mesh.shape[axis]) for axis in axes)
+        mesh_keys = " x ".join(f"mesh.{axis}" for axis in axes)
+        if len(axes) > 1:
+            sizes = f"{sizes} = {ways}"
+        source = AXIS_SOURCES.get(name, f"axis {name!r}") if name else "dimension"
+        raise ConfigError(
+            f"{source} ({size}) is not divisible by {mesh_keys} ({sizes}): {what} shards it over "
+            f"{'x'.join(axes)}; change the mesh or the model, or override mesh.rules"
+        )
 
 
 def tree_shardings(
@@ -88,7 +121,7 @@ def tree_shardings(
 
     def one(path, spec, shape):
         mesh_spec = logical_to_mesh(spec, rules, mesh)
-        check_divisible(tuple(shape.shape), mesh_spec, mesh, f"{what} {jax.tree_util.keystr(path)} {tuple(spec)}")
+        check_divisible(tuple(shape.shape), mesh_spec, mesh, f"{what} {jax.tree_util.keystr(path)}", spec)
         return NamedSharding(mesh, mesh_spec)
 
     return jax.tree_util.tree_map_with_path(one, logical, shapes)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from parallel.distributed import add_arguments as add_distributed_arguments
+from parallel.distributed import initialize as initialize_distributed
+from parallel.distributed import initialize_kwargs
+
 
 def register_train(subparsers: argparse._SubParsersAction) -> None:
     """Add the `train` subcommand."""
@@ -38,6 +42,9 @@ def run_train(args: argparse.Namespace) -> int:
     result = train(cfg, run_dir, quiet=args.quiet)
     evaluation = "" if result.eval_loss is None else f", eval loss {result.eval_loss:.4f}"
     print(
+    add_distributed_arguments(parser)
         f"done: {result.steps} steps, final loss {result.final_loss:.4f}{evaluation}; metrics in {run_dir}/metrics.jsonl"
     )
     return 0
+    # Multi-host: join the other processes before anything touches a device.
+    initialize_distributed(initialize_kwargs(args))

@@ -16,7 +16,7 @@ from train.data import BatchSource, make_source
 from train.metrics import MetricsWriter
 from train.peak import peak_flops_per_device
 from train.steps import TrainState
-from train.trainer import Trainer
+from train.trainer import Trainer, device_bytes
 
 
 class NonFiniteLossError(RuntimeError):
@@ -50,7 +50,7 @@ def summary(cfg: Config, trainer: Trainer, peak: tuple[float, str], compile_s: f
     device = jax.devices()[0]
     mesh = " x ".join(f"{axis}={size}" for axis, size in trainer.mesh.shape.items() if size > 1) or "single device"
     tokens_per_step = t.batch_size * t.seq_len
-    per_device = sum(memory.values())
+    per_device = device_bytes(memory)
     lines = [
         f"model    {m.family}: {m.n_layers} layers, d_model {m.d_model}, {m.n_heads} heads, vocab {m.vocab_size}, "
         f"{m.position} positions, {m.activation}, {m.norm}, {m.dtype}",
@@ -59,6 +59,7 @@ def summary(cfg: Config, trainer: Trainer, peak: tuple[float, str], compile_s: f
         f"data     {cfg.data.source}: batch {t.batch_size} x {t.seq_len} = {tokens_per_step} tokens/step, {t.steps} steps",
         f"devices  {jax.device_count()} x {device.platform} ({device.device_kind}), {jax.process_count()} process(es); "
         f"mesh {mesh}",
+        *([f"pipeline {trainer.pipeline.describe()}"] if trainer.pipeline else []),
         f"memory   {_human(per_device, 'B')} per device (arguments {_human(memory.get('argument', 0), 'B')}, "
         f"temporaries {_human(memory.get('temp', 0), 'B')}); compiled in {compile_s:.1f}s",
         f"peak     {_human(peak[0], 'FLOP/s')} per device ({peak[1]})",
@@ -81,7 +82,7 @@ def train(cfg: Config, run_dir: Path, quiet: bool = False) -> RunResult:
     run_dir = Path(run_dir)
     is_writer = jax.process_index() == 0  # one writer for files shared by all processes
     trainer = Trainer.build(cfg)
-    source = make_source(cfg, jax.process_index(), jax.process_count())
+    source = make_source(cfg, *trainer.data_shard())  # only the rows this process's devices hold
     state = trainer.init_state()
     start_step = 0
 

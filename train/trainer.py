@@ -13,8 +13,12 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from model.axes import activation_sharding
+from model.config import ConfigError
 from model.functional import ModelDef, describe
+from model.stack import LayerRunner
+from parallel.distributed import process_rows
 from parallel.mesh import build_mesh
+from parallel.pipeline import PipelinePlan, make_pipeline_runner, plan_pipeline
 from parallel.rules import (
     MeshAxes,
     activation_resolver,
@@ -28,6 +32,33 @@ from train.optim import learning_rate, make_optimizer
 from train.steps import TrainState, make_eval_step, make_train_step
 
 BATCH_AXES = PartitionSpec("batch", "length")
+
+
+def _pipeline(cfg: Config, mesh: Mesh, rules: dict[str, MeshAxes]) -> tuple[PipelinePlan | None, LayerRunner | None]:
+    """The pipeline plan and its layer runner when the mesh has a pipeline axis, else (None, None)."""
+    stages = mesh.shape["pipeline"]
+    if stages == 1:
+        if cfg.mesh.microbatches > 1:
+            raise ConfigError(
+                f"mesh.microbatches ({cfg.mesh.microbatches}) only applies with mesh.pipeline > 1; "
+                "use train.grad_accum to split the batch without a pipeline"
+            )
+        return None, None
+    plan = plan_pipeline(cfg.mesh, cfg.model, stages)
+    return plan, make_pipeline_runner(plan, mesh, rules)
+
+
+def _check_batch(cfg: Config, batch_sharding: NamedSharding, pipeline: PipelinePlan | None) -> None:
+    """Each gradient-accumulation step, and each pipeline microbatch of it, must split evenly over the batch axes."""
+    rows, what = cfg.train.batch_size // cfg.train.grad_accum, "train.batch_size / train.grad_accum"
+    if pipeline is not None:
+        if rows % pipeline.microbatches:
+            raise ConfigError(f"{what} ({rows}) is not divisible by mesh.microbatches ({pipeline.microbatches})")
+        rows, what = rows // pipeline.microbatches, f"{what} / mesh.microbatches"
+    mesh = batch_sharding.mesh
+    check_divisible(
+        (rows, cfg.train.seq_len), batch_sharding.spec, mesh, f"the batch ({what} = {rows} rows)", BATCH_AXES
+    )
 
 
 def _with_axis_rules(fn, resolver):
@@ -54,6 +85,7 @@ class Trainer:
     batch_sharding: NamedSharding
     train_step: Any  # jitted (state, batch) -> (state, metrics)
     eval_step: Any  # jitted (params, batch) -> sums
+    pipeline: PipelinePlan | None = None  # None without pipeline parallelism
 
     @classmethod
     def build(cls, cfg: Config, devices: list[jax.Device] | None = None) -> Trainer:
@@ -76,23 +108,27 @@ class Trainer:
         )
         state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings}
         batch_sharding = NamedSharding(mesh, logical_to_mesh(BATCH_AXES, rules, mesh))
-        per_microbatch = cfg.train.batch_size // cfg.train.grad_accum
-        check_divisible(
-            (per_microbatch, cfg.train.seq_len), batch_sharding.spec, mesh, "train.batch_size / train.grad_accum (rows per microbatch)"
-        )
+        pipeline, runner = _pipeline(cfg, mesh, rules)
+        _check_batch(cfg, batch_sharding, pipeline)
         resolver = activation_resolver(rules, mesh)
         train_step = jax.jit(
-            _with_axis_rules(make_train_step(cfg, model, tx, schedule), resolver),
+            _with_axis_rules(make_train_step(cfg, model, tx, schedule, runner=runner), resolver),
             in_shardings=(state_shardings, batch_sharding),
             out_shardings=(state_shardings, replicated),
             donate_argnums=0,
         )
         eval_step = jax.jit(
-            _with_axis_rules(make_eval_step(model), resolver),
+            _with_axis_rules(make_eval_step(model, runner=runner), resolver),
             in_shardings=(param_shardings, batch_sharding),
             out_shardings=replicated,
         )
-        return cls(cfg, mesh, rules, model, tx, schedule, state_shardings, batch_sharding, train_step, eval_step)
+        return cls(
+            cfg, mesh, rules, model, tx, schedule, state_shardings, batch_sharding, train_step, eval_step, pipeline
+        )
+
+    def data_shard(self) -> tuple[int, int]:
+        """(index, count) of the batch rows this process feeds: its devices' rows and no others."""
+        return process_rows(self.batch_sharding, (self.cfg.train.batch_size, self.cfg.train.seq_len))
 
     def _init_fn(self) -> TrainState:
         params = self.model.init(self.cfg.train.seed)
@@ -114,7 +150,9 @@ class Trainer:
     def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Assemble this process's rows into global arrays sharded over the batch axes."""
         return {
-            key: jax.make_array_from_process_local_data(self.batch_sharding, value)
+            key: jax.make_array_from_process_local_data(
+                self.batch_sharding, value, (self.cfg.train.batch_size, *value.shape[1:])
+            )
             for key, value in local_batch.items()
         }
 
@@ -127,6 +165,17 @@ class Trainer:
         memory: dict[str, int] = {}
         analysis = compiled.memory_analysis()
         if analysis is not None:
-            for field in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes"):
+            for field in (
+                "argument_size_in_bytes",
+                "output_size_in_bytes",
+                "alias_size_in_bytes",
+                "temp_size_in_bytes",
+            ):
                 memory[field.removesuffix("_size_in_bytes")] = int(getattr(analysis, field, 0))
         return seconds, memory
+
+
+def device_bytes(memory: dict[str, int]) -> int:
+    """Bytes one device holds while the compiled step runs: inputs, outputs and temporaries,
+    counting donated buffers that outputs reuse (aliases) once."""
+    return memory.get("argument", 0) + memory.get("output", 0) - memory.get("alias", 0) + memory.get("temp", 0)

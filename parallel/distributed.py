@@ -1,0 +1,113 @@
+"""Multi-host start-up: `jax.distributed` from CLI flags or the cluster, and each process's rows.
+
+`initialize` must run before anything touches a device: afterwards `jax.devices()` lists the
+devices of every process and a mesh can span them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+from jax.sharding import Sharding
+
+from model.config import ConfigError
+
+# Environment variables that stand in for the flags (handy in job scripts).
+ENV_VARS = {
+    "coordinator": "SCALELAB_COORDINATOR",
+    "num_processes": "SCALELAB_NUM_PROCESSES",
+    "process_id": "SCALELAB_PROCESS_ID",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --coordinator, --num-processes, --process-id and --distributed to a subcommand."""
+    group = parser.add_argument_group("multi-host (jax.distributed)")
+    group.add_argument(
+        "--coordinator", metavar="HOST:PORT", help=f"process 0's address (env {ENV_VARS['coordinator']})"
+    )
+    group.add_argument(
+        "--num-processes", type=int, metavar="N", help=f"processes in the job (env {ENV_VARS['num_processes']})"
+    )
+    group.add_argument(
+        "--process-id", type=int, metavar="I", help=f"this process, 0..N-1 (env {ENV_VARS['process_id']})"
+    )
+    group.add_argument(
+        "--distributed",
+        action="store_true",
+        help="initialise jax.distributed from the cluster (TPU pod, SLURM, Open MPI) without explicit flags",
+    )
+
+
+def detect_cluster(environ: Mapping[str, str]) -> str | None:
+    """The multi-process launcher JAX can read its settings from, if this process runs under one."""
+    if "SLURM_STEP_NODELIST" in environ and int(environ.get("SLURM_NTASKS", "1")) > 1:
+        return "slurm"  # inside `srun` with several tasks
+    if int(environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+        return "openmpi"
+    if "MEGASCALE_COORDINATOR_ADDRESS" in environ or "," in environ.get("TPU_WORKER_HOSTNAMES", ""):
+        return "tpu-pod"
+    return None
+
+
+def initialize_kwargs(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> dict[str, Any] | None:
+    """Arguments for jax.distributed.initialize: explicit ones, {} to let JAX detect the cluster, or None."""
+    explicit: dict[str, Any] = {}
+    for key, var in ENV_VARS.items():
+        value = getattr(args, key, None)
+        if value is None and var in environ:
+            value = environ[var] if key == "coordinator" else int(environ[var])
+        if value is not None:
+            explicit[key] = value
+    if explicit:
+        missing = [f"--{key.replace('_', '-')}" for key in ENV_VARS if key not in explicit]
+        if missing:
+            raise ConfigError(
+                f"multi-host launch: {', '.join(missing)} missing; give all of --coordinator, "
+                "--num-processes and --process-id (or none, with --distributed)"
+            )
+        coordinator, count, index = explicit["coordinator"], explicit["num_processes"], explicit["process_id"]
+        if ":" not in coordinator:
+            raise ConfigError(f"--coordinator {coordinator!r} must be HOST:PORT, e.g. 10.0.0.1:1234")
+        if count < 1 or not 0 <= index < count:
+            raise ConfigError(f"--process-id ({index}) must be in 0..{count - 1} for --num-processes {count}")
+        return {"coordinator_address": coordinator, "num_processes": count, "process_id": index}
+    if getattr(args, "distributed", False) or detect_cluster(environ):
+        return {}
+    return None
+
+
+def initialize(kwargs: dict[str, Any] | None) -> None:
+    """Start jax.distributed with `kwargs` (None: single process, nothing to do)."""
+    if kwargs is None or jax.distributed.is_initialized():
+        return
+    jax.distributed.initialize(**kwargs)
+
+
+def process_rows(sharding: Sharding, shape: tuple[int, ...]) -> tuple[int, int]:
+    """(index, count): this process feeds rows [index * B / count, (index + 1) * B / count) of the batch.
+
+    Processes whose devices hold the same rows (e.g. different pipeline stages or tensor
+    shards of one data shard) get the same index, so each loads exactly the rows its
+    devices need and no more.
+    """
+    rows = shape[0]
+    blocks: dict[int, set[tuple[int, int]]] = {}
+    for device, index in sharding.devices_indices_map(shape).items():
+        start, stop, _ = index[0].indices(rows)
+        blocks.setdefault(device.process_index, set()).add((start, stop))
+    spans = {}
+    for process, parts in blocks.items():
+        start, stop = min(p[0] for p in parts), max(p[1] for p in parts)
+        if sum(b - a for a, b in parts) < stop - start:
+            raise ConfigError(f"process {process}'s devices hold non-contiguous batch rows; reorder the mesh axes")
+        spans[process] = (start, stop)
+    distinct = sorted(set(spans.values()))
+    width = distinct[0][1] - distinct[0][0]
+    if any(b - a != width for a, b in distinct) or len(distinct) * width != rows:
+        raise ConfigError(f"the batch rows do not split evenly over processes: {sorted(spans.items())}")
+    return distinct.index(spans[jax.process_index()]), len(distinct)

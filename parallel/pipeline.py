@@ -1,0 +1,185 @@
+"""Pipeline parallelism: the stacked layers split into stages over the `pipeline` mesh axis.
+
+The schedule is written as a loop over iterations in which every stage runs at once, as a
+`jax.vmap` over a leading stage dimension that is sharded over `pipeline` (so each device
+computes only its own stage), and activations move to the next stage with a roll along
+that dimension (a collective permute). GSPMD keeps the data, fsdp and tensor axes working
+inside each stage, so the pipeline composes with them and with per-layer remat.
+
+One loop covers both schedules. The model's L layers form G = stages * repeats groups of
+L / G consecutive layers; group g runs on stage g % stages. GPipe is repeats = 1 (each stage
+holds one contiguous block); circular (interleaved) has repeats > 1, so each stage holds
+`repeats` non-adjacent groups and every microbatch loops around the stages `repeats` times.
+Item k = repeat * microbatches + microbatch enters stage 0 at iteration k and stage s at
+iteration k + s; the last stage writes its output back into the microbatch's slot of a
+buffer that also holds the fresh inputs, from which stage 0 reads the next repeat.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from model.config import ConfigError, ModelConfig
+from model.layers import AttentionInputs
+from model.stack import LayerRunner, block_fn
+from parallel.rules import MeshAxes, logical_to_mesh
+
+SCHEDULES = ("gpipe", "circular")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelinePlan:
+    """How the layers and microbatches of one step are laid out over the pipeline stages."""
+
+    stages: int
+    repeats: int  # layer groups per stage; 1 for GPipe
+    microbatches: int
+    n_layers: int
+    schedule: str
+
+    @property
+    def layers_per_group(self) -> int:
+        """Consecutive layers a stage runs each time a microbatch visits it."""
+        return self.n_layers // (self.stages * self.repeats)
+
+    @property
+    def iterations(self) -> int:
+        """Loop iterations per forward pass: every item plus the fill and drain of the pipe."""
+        return self.microbatches * self.repeats + self.stages - 1
+
+    @property
+    def bubble(self) -> float:
+        """Fraction of stage-iterations spent idle while the pipe fills and drains."""
+        return (self.stages - 1) / self.iterations
+
+    def describe(self) -> str:
+        """One line for the start-up summary."""
+        groups = f", {self.repeats} groups of {self.layers_per_group} layers per stage" if self.repeats > 1 else ""
+        return (
+            f"{self.schedule}: {self.stages} stages x {self.n_layers // self.stages} layers{groups}, "
+            f"{self.microbatches} microbatches, bubble {self.bubble:.1%}"
+        )
+
+
+def plan_pipeline(mesh_cfg, model_cfg: ModelConfig, stages: int) -> PipelinePlan:
+    """Validate the pipeline settings against the model and return the plan (errors name both numbers)."""
+    if mesh_cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"mesh.schedule: unknown value {mesh_cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    n_layers, microbatches = model_cfg.n_layers, mesh_cfg.microbatches
+    if n_layers % stages:
+        raise ConfigError(
+            f"model.n_layers ({n_layers}) is not divisible by mesh.pipeline ({stages}); "
+            "each stage needs the same number of layers"
+        )
+    if mesh_cfg.schedule == "gpipe":
+        if mesh_cfg.repeats not in (None, 1):
+            raise ConfigError(f"mesh.repeats ({mesh_cfg.repeats}) needs mesh.schedule=circular; gpipe uses 1")
+        repeats = 1
+    else:
+        # By default interleave as finely as possible: one layer per group, the smallest bubble.
+        repeats = mesh_cfg.repeats or n_layers // stages
+        if n_layers % (stages * repeats):
+            raise ConfigError(
+                f"model.n_layers ({n_layers}) is not divisible by mesh.pipeline x mesh.repeats "
+                f"({stages} x {repeats} = {stages * repeats})"
+            )
+        if repeats > 1 and microbatches < stages:
+            raise ConfigError(
+                f"mesh.microbatches ({microbatches}) must be at least mesh.pipeline ({stages}) for the circular "
+                "schedule: a microbatch re-enters stage 0 only after every stage has started"
+            )
+    return PipelinePlan(stages, repeats, microbatches, n_layers, mesh_cfg.schedule)
+
+
+def stage_layout(array: jax.Array, plan: PipelinePlan) -> jax.Array:
+    """(n_layers, ...) in model order -> (stages, repeats, layers_per_group, ...): [s, r, j] is
+    layer (r * stages + s) * layers_per_group + j."""
+    grouped = array.reshape(plan.repeats, plan.stages, plan.layers_per_group, *array.shape[1:])
+    return jnp.swapaxes(grouped, 0, 1)
+
+
+def _split_microbatches(x: jax.Array, count: int) -> jax.Array:
+    # Microbatch m takes rows m, m + count, ...: a device's contiguous rows of the batch then
+    # hold its rows of every microbatch, so splitting moves no data between devices.
+    return x.reshape(x.shape[0] // count, count, *x.shape[1:])
+
+
+def _merge_microbatches(x: jax.Array) -> jax.Array:
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def make_pipeline_runner(plan: PipelinePlan, mesh: Mesh, rules: dict[str, MeshAxes]) -> LayerRunner:
+    """A LayerRunner that runs the stacked layers as `plan` describes on `mesh`."""
+    stage_spec = logical_to_mesh(PartitionSpec("stage"), rules, mesh)
+    stage_axis = stage_spec[0]
+    activation_spec = logical_to_mesh(PartitionSpec("stage", "batch", "length", "embed"), rules, mesh)
+    activations = NamedSharding(mesh, activation_spec)
+    S, R, M = plan.stages, plan.repeats, plan.microbatches
+
+    def constrain_stage_params(a: jax.Array) -> jax.Array:
+        # Pin only the stage dimension; the rules already placed the others (fsdp, tensor).
+        spec = PartitionSpec(stage_axis, *([PartitionSpec.UNCONSTRAINED] * (a.ndim - 1)))
+        return jax.lax.with_sharding_constraint(a, NamedSharding(mesh, spec))
+
+    def run(
+        graphdef: nnx.GraphDef,
+        state: nnx.State,
+        x: jax.Array,
+        inputs: AttentionInputs,
+        keys: jax.Array | None,
+        remat: str,
+    ) -> jax.Array:
+        apply = block_fn(graphdef, remat)
+        batch = x.shape[0]
+        if batch % M:
+            raise ConfigError(f"batch of {batch} rows is not divisible by mesh.microbatches ({M})")
+        params = jax.tree.map(lambda a: constrain_stage_params(stage_layout(a, plan)), state)
+        # Per-example attention inputs (masks, rotary tables) are split like x; broadcast ones are shared.
+        per_example = jax.tree.map(lambda a: a.shape[0] == batch, inputs)
+        micro_inputs = jax.tree.map(lambda a, split: _split_microbatches(a, M) if split else a, inputs, per_example)
+        stage_ids = jnp.arange(S)
+
+        def stage(stage_params, stage_id, item, x_in):
+            """Run one stage's group of layers for `item` (repeat * M + microbatch) on x_in."""
+            repeat, micro = jnp.clip(item // M, 0, R - 1), item % M
+            group = jax.tree.map(lambda a: a[repeat], stage_params)
+            own_inputs = jax.tree.map(lambda a, split: a[:, micro] if split else a, micro_inputs, per_example)
+            first_layer = (repeat * S + stage_id) * plan.layers_per_group
+
+            def body(h, layer):
+                layer_state, offset = layer
+                # Each microbatch draws its own dropout mask from the layer's key.
+                key = None if keys is None else jax.random.fold_in(keys[first_layer + offset], micro)
+                return apply(h, layer_state, own_inputs, key), None
+
+            h, _ = jax.lax.scan(body, x_in, (group, jnp.arange(plan.layers_per_group)))
+            return h
+
+        run_stages = jax.vmap(stage, spmd_axis_name=stage_axis)
+
+        def iteration(carry, t):
+            stage_in, buffer = carry
+            items = t - stage_ids
+            # Stage 0 reads a fresh microbatch (first repeat) or the last stage's earlier output.
+            fresh = jax.lax.dynamic_index_in_dim(buffer, items[0] % M, axis=1, keepdims=False)
+            first = (stage_ids == 0)[:, None, None, None]
+            stage_in = jax.lax.with_sharding_constraint(jnp.where(first, fresh[None], stage_in), activations)
+            out = jax.lax.with_sharding_constraint(run_stages(params, stage_ids, items, stage_in), activations)
+            done = items[-1]
+            slot = done % M
+            previous = jax.lax.dynamic_index_in_dim(buffer, slot, axis=1, keepdims=False)
+            finished = jnp.where((done >= 0) & (done < M * R), out[-1], previous)
+            buffer = jax.lax.dynamic_update_index_in_dim(buffer, finished, slot, axis=1)
+            return (jnp.roll(out, 1, axis=0), buffer), None
+
+        buffer = _split_microbatches(x, M)
+        stage_in = jax.lax.with_sharding_constraint(jnp.zeros((S, *buffer[:, 0].shape), x.dtype), activations)
+        (_, buffer), _ = jax.lax.scan(iteration, (stage_in, buffer), jnp.arange(plan.iterations))
+        return _merge_microbatches(buffer)
+
+    return run
