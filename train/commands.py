@@ -29,6 +29,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/<config name>)")
     parser.add_argument("--quiet", action="store_true", help="no summary and no progress bar")
+    add_distributed_arguments(parser)
     parser.set_defaults(func=run_train)
 
 
@@ -38,13 +39,12 @@ def run_train(args: argparse.Namespace) -> int:
     from train.loop import train
 
     cfg = load_config(args.config, args.overrides)
+    # Multi-host: join the other processes before anything touches a device.
+    initialize_distributed(initialize_kwargs(args))
     run_dir = args.run_dir or Path("runs") / cfg.name
     result = train(cfg, run_dir, quiet=args.quiet)
     evaluation = "" if result.eval_loss is None else f", eval loss {result.eval_loss:.4f}"
     print(
-    add_distributed_arguments(parser)
         f"done: {result.steps} steps, final loss {result.final_loss:.4f}{evaluation}; metrics in {run_dir}/metrics.jsonl"
     )
     return 0
-    # Multi-host: join the other processes before anything touches a device.
-    initialize_distributed(initialize_kwargs(args))

@@ -161,16 +161,16 @@ class MeshConfig:
     pipeline: int = 1
     microbatches: int = 1
     schedule: str = "gpipe"
+    repeats: int | None = None  # circular: layer groups per stage (None: one layer per group)
     rules: dict[str, Any] | None = None  # overrides of the logical-to-mesh axis rules
+    dcn: dict[str, Any] | None = None  # ways of each axis that span slices (DCN), e.g. {data: 2}
 
     def __post_init__(self) -> None:
         sizes = {key: getattr(self, key) for key in ("data", "fsdp", "tensor", "pipeline")}
         if sum(1 for v in sizes.values() if v == -1) > 1:
             raise ConfigError("mesh: at most one axis may be -1 (the remaining devices)")
         for key, value in sizes.items():
-    repeats: int | None = None  # circular: layer groups per stage (None: one layer per group)
             if value == 0 or value < -1:
-    dcn: dict[str, Any] | None = None  # ways of each axis that span slices (DCN), e.g. {data: 2}
                 raise ConfigError(f"mesh.{key} must be a positive size or -1, got {value}")
         if self.microbatches <= 0:
             raise ConfigError(f"mesh.microbatches must be positive, got {self.microbatches}")
@@ -178,13 +178,6 @@ class MeshConfig:
             raise ConfigError(
                 f"mesh.schedule: unknown value {self.schedule!r}; choose one of {', '.join(PIPELINE_SCHEDULES)}"
             )
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointConfig:
-    """How often checkpoints are written and how many are kept (every=0 turns them off)."""
-
-    every: int = 0
         if self.repeats is not None and self.repeats <= 0:
             raise ConfigError(f"mesh.repeats must be positive or null, got {self.repeats}")
         for key, value in (self.dcn or {}).items():
@@ -192,6 +185,13 @@ class CheckpointConfig:
                 raise ConfigError(f"mesh.dcn.{key}: not a mesh axis; choose from {', '.join(sizes)}")
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"mesh.dcn.{key} must be a positive integer, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """How often checkpoints are written and how many are kept (every=0 turns them off)."""
+
+    every: int = 0
     every_minutes: float | None = None
     keep: int = 3
 
