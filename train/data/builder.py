@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +18,8 @@ import tensorflow_datasets as tfds
 from tqdm import tqdm
 
 from train.data.cleaning import SPLITS, Cleaner, CleaningReport, CleaningRules
-from train.data.corpus import ensure_default_corpus
-from train.data.documents import find_files
+from train.data.corpus import default_corpus_dir, ensure_default_corpus
+from train.data.documents import find_files, read_raw
 from train.data.storage import DataError, dataset_version_dir, publish_dir, resolve_data_dir
 
 REPORT_FILE = "scalelab_prepare.json"
@@ -30,8 +31,9 @@ class LocalText(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Cleaned documents; train and validation split by content hash."}  # noqa: RUF012
 
-    def __init__(self, *, files: list[Path], rules: CleaningRules, progress: bool = True, **kwargs):
+    def __init__(self, *, files: list[Path], rules: CleaningRules, corpus: str, progress: bool = True, **kwargs):
         self.files = files
+        self.corpus = corpus
         self.rules = rules
         self.progress = progress
         self.report = CleaningReport()
@@ -45,6 +47,13 @@ class LocalText(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             features=tfds.features.FeaturesDict({"text": tfds.features.Text()}),
         )
 
+    # TFDS prints where it writes; that is our staging folder, which would only mislead.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
     def _split_generators(self, dl_manager) -> dict[str, Iterator]:
         return {split: self._generate_examples(split) for split in SPLITS}
 
@@ -52,6 +61,28 @@ class LocalText(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         documents = Cleaner(self.rules, self.report).documents(self.files, split)
         for key, text in tqdm(documents, desc=f"{self.name} {split}", unit=" docs", disable=not self.progress):
             yield key, {"text": text}
+        if self.report.kept[split] == 0:
+            # Say why here: TFDS would only assert that the split got no examples.
+            raise self._empty_split_error(split)
+
+    def _empty_split_error(self, split: str) -> DataError:
+        """Why `split` ended up with no documents, and what to change."""
+        where = f"corpus {self.corpus}"
+        if next(read_raw(self.files), None) is None:
+            return DataError(f"{where} is empty: its {len(self.files)} files hold no documents; add text to it")
+        fraction = f"data.validation_fraction={self.rules.validation_fraction}"
+        if split == "validation":
+            return DataError(
+                f"{where}: no document fell into validation ({self.report.kept['train']} kept for train, "
+                f"{fraction}); add documents or raise data.validation_fraction"
+            )
+        dropped = ", ".join(f"{n} {reason}" for reason, n in self.report.dropped.items() if n)
+        if dropped:
+            return DataError(
+                f"{where}: every training document was dropped ({dropped}); "
+                "relax data.min_chars / data.max_chars or fix the files"
+            )
+        return DataError(f"{where}: no document fell into train ({fraction}); lower data.validation_fraction")
 
 
 def builder_class(name: str) -> type[LocalText]:
@@ -71,54 +102,56 @@ class Prepared:
     built: bool
 
 
-def read_report(version_dir: Path) -> dict:
-    """The cleaning report stored with a dataset prepared by scalelab ({} for other datasets)."""
+def read_record(version_dir: Path) -> dict:
+    """What a scalelab prepare stored with a dataset: inputs, rules and report ({} for other datasets)."""
     path = version_dir / REPORT_FILE
-    return json.loads(path.read_text())["report"] if path.is_file() else {}
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def corpus_files(corpus: list[str] | None) -> tuple[list[Path], list[str]]:
-    """The input files and a description of the inputs; None means the default corpus (fetched if missing)."""
-    specs = corpus if corpus else [str(ensure_default_corpus())]
-    files = sorted({file for spec in specs for file in find_files(spec)})
-    return files, specs
+def requested_inputs(data, corpus: list[str] | None) -> list[str]:
+    """The absolute input specs a prepare reads: `corpus`, else `data.corpus`, else the default corpus."""
+    specs = corpus or ([data.corpus] if data.corpus else [str(default_corpus_dir())])
+    return [os.path.abspath(os.path.expanduser(spec)) for spec in specs]
+
+
+def _changes(record: dict, inputs: list[str], rules: CleaningRules) -> list[str]:
+    """How a stored prepare differs from the requested one."""
+    changes = [] if record.get("inputs", inputs) == inputs else [f"inputs {record['inputs']} -> {inputs}"]
+    stored = record.get("rules", {})
+    for key, value in dataclasses.asdict(rules).items():
+        if key in stored and stored[key] != value:
+            changes.append(f"data.{key} {stored[key]!r} -> {value!r}")
+    return changes
 
 
 def prepare_dataset(data, corpus: list[str] | None = None, force: bool = False, progress: bool = True) -> Prepared:
     """Clean `corpus` (default: `data.corpus`, else the default corpus) into dataset `data.name`."""
     data_dir = resolve_data_dir(data.data_dir)
+    inputs = requested_inputs(data, corpus)
+    rules = CleaningRules.from_config(data)
     existing = dataset_version_dir(data_dir, data.name)
     if existing is not None and not force:
-        return Prepared(existing, read_report(existing), built=False)
+        record = read_record(existing)
+        changes = _changes(record, inputs, rules)
+        if changes:
+            raise DataError(
+                f"dataset {data.name!r} in {existing} was prepared differently ({'; '.join(changes)}); "
+                "add --force to rebuild it, or set data.name to prepare it under another name"
+            )
+        return Prepared(existing, record.get("report", {}), built=False)
     cls = builder_class(data.name)
-    files, specs = corpus_files(corpus or ([data.corpus] if data.corpus else None))
-    rules = CleaningRules.from_config(data)
+    if inputs == [str(default_corpus_dir())]:
+        ensure_default_corpus()
+    files = sorted({file for spec in inputs for file in find_files(spec)})
     with publish_dir(data_dir / data.name) as staging:
-        builder = cls(files=files, rules=rules, progress=progress, data_dir=str(staging / "tfds"))
+        builder = cls(
+            files=files, rules=rules, corpus=", ".join(inputs), progress=progress, data_dir=str(staging / "tfds")
+        )
         tfds.disable_progress_bar()  # our own bars count documents; TFDS's nest badly around them
         builder.download_and_prepare()
-        _check_splits(builder.report, specs, len(files), rules)
         version = staging / str(cls.VERSION)
         (staging / "tfds" / data.name / str(cls.VERSION)).rename(version)
         shutil.rmtree(staging / "tfds")
-        record = {"inputs": specs, "files": len(files), "rules": dataclasses.asdict(rules)}
+        record = {"inputs": inputs, "files": len(files), "rules": dataclasses.asdict(rules)}
         (version / REPORT_FILE).write_text(json.dumps({**record, "report": builder.report.to_dict()}, indent=2))
     return Prepared(data_dir / data.name / str(cls.VERSION), builder.report.to_dict(), built=True)
-
-
-def _check_splits(report: CleaningReport, specs: list[str], n_files: int, rules: CleaningRules) -> None:
-    """Refuse to publish a dataset with an empty split, saying why it is empty."""
-    where = ", ".join(specs)
-    if report.documents == 0:
-        raise DataError(f"corpus {where} is empty: its {n_files} files hold no documents; add text to it")
-    if report.kept["train"] == 0:
-        dropped = ", ".join(f"{n} {reason}" for reason, n in report.dropped.items() if n)
-        raise DataError(
-            f"corpus {where}: every training document was dropped ({dropped}); "
-            "relax data.min_chars / data.max_chars or fix the files"
-        )
-    if report.kept["validation"] == 0:
-        raise DataError(
-            f"corpus {where}: no document fell into validation ({report.kept['train']} kept, "
-            f"data.validation_fraction={rules.validation_fraction}); add documents or raise data.validation_fraction"
-        )

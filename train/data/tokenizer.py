@@ -139,6 +139,6 @@ def _vocab_error(message: str, kind: str, vocab_size: int) -> DataError:
             f"model.vocab_size={vocab_size} is more than this corpus supports for a {kind} tokenizer "
             f"(at most {match[2]}); lower model.vocab_size or add text to the corpus"
         )
-    if "no sentences" in message.lower() or "empty" in message.lower():
+    if "!sentences_.empty()" in message:  # sentencepiece's check that it got any text
         return DataError("the corpus has no text to train a tokenizer on; add documents and run data prepare again")
     return DataError(f"sentencepiece could not train a {kind} tokenizer with {vocab_size} pieces: {message}")
