@@ -7,8 +7,9 @@ import dataclasses
 FAMILIES = ("gpt", "bert", "t5")
 ACTIVATIONS = ("relu", "gelu", "swiglu")
 NORMS = ("layernorm", "rmsnorm")
-POSITIONS = ("rope", "learned", "sinusoidal")
-ATTENTIONS = ("full",)
+NORM_POSITIONS = ("pre", "post")
+POSITIONS = ("rope", "learned", "sinusoidal", "relative", "alibi")
+ATTENTIONS = ("full", "sliding", "sparse")
 DTYPES = ("bfloat16", "float32")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch", "offload_dots")
 
@@ -33,11 +34,20 @@ class ModelConfig:
     activation: str = "gelu"
     norm: str = "rmsnorm"
     norm_eps: float = 1e-6
+    norm_position: str = "pre"  # pre: x + f(norm(x)); post: norm(x + f(x)), "Add & Norm" as in the original
     position: str = "rope"
     rope_theta: float = 10000.0
+    relative_buckets: int = 32  # relative: T5 buckets per direction pair (half per direction when bidirectional)
+    relative_max_distance: int = 128  # relative: offsets beyond this share the last bucket
     attention: str = "full"
+    window: int = 128  # sliding/sparse: causal sees itself and the w-1 before; bidirectional sees +-w/2
+    global_tokens: int = 1  # sparse: leading positions that see and are seen by every position
     max_seq_len: int = 1024
     tie_embeddings: bool = True
+    n_encoder_layers: int | None = None  # t5: None means n_layers
+    n_decoder_layers: int | None = None  # t5: None means n_layers
+    tie_encoder_decoder_embeddings: bool = True  # t5: one token table for encoder and decoder
+    n_classes: int = 0  # bert: > 0 replaces the language-model head with a classifier on the first token
     use_bias: bool = False
     dropout: float = 0.0
     dtype: str = "bfloat16"
@@ -63,12 +73,23 @@ class ModelConfig:
         """Hidden width of the feed-forward layer."""
         return self.d_ff or int(self.ffn_multiplier * self.d_model)
 
+    @property
+    def encoder_layers(self) -> int:
+        """Blocks in a t5 encoder."""
+        return self.n_encoder_layers or self.n_layers
+
+    @property
+    def decoder_layers(self) -> int:
+        """Blocks in a t5 decoder."""
+        return self.n_decoder_layers or self.n_layers
+
     def validate(self) -> None:
         """Raise ConfigError naming the first inconsistent field."""
         choices = {
             "family": FAMILIES,
             "activation": ACTIVATIONS,
             "norm": NORMS,
+            "norm_position": NORM_POSITIONS,
             "position": POSITIONS,
             "attention": ATTENTIONS,
             "dtype": DTYPES,
@@ -94,3 +115,35 @@ class ModelConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.ffn_dim <= 0:
             raise ConfigError(f"model.d_ff must be positive, got {self.ffn_dim}")
+        self._validate_families()
+        self._validate_attention()
+
+    def _validate_families(self) -> None:
+        for key in ("n_encoder_layers", "n_decoder_layers"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"model.{key} must be positive or null, got {value}")
+            if value is not None and self.family != "t5":
+                raise ConfigError(f"model.{key} applies to model.family=t5 only (family is {self.family})")
+        if self.n_classes < 0:
+            raise ConfigError(f"model.n_classes must be >= 0, got {self.n_classes}")
+        if self.n_classes and self.family != "bert":
+            raise ConfigError(f"model.n_classes (a classification head) needs model.family=bert, got {self.family}")
+
+    def _validate_attention(self) -> None:
+        if self.window < 1:
+            raise ConfigError(f"model.window must be positive, got {self.window}")
+        # Encoders see window/2 positions on each side, so the window must split evenly.
+        if self.attention != "full" and self.family != "gpt" and self.window % 2:
+            raise ConfigError(
+                f"model.window ({self.window}) must be even for the bidirectional attention of {self.family}"
+            )
+        if self.global_tokens < 0 or (self.attention == "sparse" and self.global_tokens < 1):
+            raise ConfigError(f"model.global_tokens must be >= 1 with model.attention=sparse, got {self.global_tokens}")
+        if self.relative_buckets < 4 or self.relative_buckets % 2:
+            raise ConfigError(f"model.relative_buckets must be an even number >= 4, got {self.relative_buckets}")
+        if self.relative_max_distance <= self.relative_buckets // 2:
+            raise ConfigError(
+                f"model.relative_max_distance ({self.relative_max_distance}) must exceed half of "
+                f"model.relative_buckets ({self.relative_buckets})"
+            )

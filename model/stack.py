@@ -7,13 +7,16 @@ function of (graphdef, stacked state, x, ...), so parallel/ can swap in a pipeli
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import jax
 from flax import nnx
 
 from model.config import ModelConfig
-from model.layers import AttentionInputs
+
+# What every block receives besides x, computed once per forward pass: AttentionInputs, or
+# CrossInputs in a T5 decoder. Runners only pass it through, so any pytree works.
+BlockInputs = Any
 
 REMAT_POLICIES: dict[str, Callable | None] = {
     "none": None,
@@ -31,7 +34,7 @@ class LayerRunner(Protocol):
         graphdef: nnx.GraphDef,
         state: nnx.State,
         x: jax.Array,
-        inputs: AttentionInputs,
+        inputs: BlockInputs,
         keys: jax.Array | None,
         remat: str,
     ) -> jax.Array: ...
@@ -40,7 +43,7 @@ class LayerRunner(Protocol):
 def block_fn(graphdef: nnx.GraphDef, remat: str) -> Callable:
     """f(x, layer_state, inputs, key) -> x for one block, wrapped in jax.checkpoint per `remat`."""
 
-    def apply(x: jax.Array, layer_state: nnx.State, inputs: AttentionInputs, key: jax.Array | None) -> jax.Array:
+    def apply(x: jax.Array, layer_state: nnx.State, inputs: BlockInputs, key: jax.Array | None) -> jax.Array:
         return nnx.merge(graphdef, layer_state)(x, inputs, key)
 
     if remat == "none":
@@ -78,14 +81,14 @@ def prepend_axis(module: nnx.Module, name: str) -> None:
 
 
 class LayerStack(nnx.Module):
-    """n_layers copies of `block_cls`, parameters stacked along a leading `layers` axis."""
+    """n_layers (default cfg.n_layers) copies of `block_cls`, parameters stacked along a leading `layers` axis."""
 
-    def __init__(self, cfg: ModelConfig, block_cls: type[nnx.Module], *, rngs: nnx.Rngs):
-        self.n_layers = cfg.n_layers
+    def __init__(self, cfg: ModelConfig, block_cls: type[nnx.Module], *, rngs: nnx.Rngs, n_layers: int | None = None):
+        self.n_layers = n_layers or cfg.n_layers
         self.remat = cfg.remat
         self.runner: LayerRunner = scan_runner if cfg.scan_layers else unrolled_runner
 
-        @nnx.split_rngs(splits=cfg.n_layers)
+        @nnx.split_rngs(splits=self.n_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0)
         def make(layer_rngs: nnx.Rngs) -> nnx.Module:
             return block_cls(cfg, rngs=layer_rngs)
@@ -96,7 +99,7 @@ class LayerStack(nnx.Module):
     def __call__(
         self,
         x: jax.Array,
-        inputs: AttentionInputs,
+        inputs: BlockInputs,
         dropout_key: jax.Array | None,
         runner: LayerRunner | None = None,
     ) -> jax.Array:

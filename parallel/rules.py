@@ -32,6 +32,8 @@ DEFAULT_RULES: dict[str, MeshAxes] = {
     "mlp": ("tensor",),
     "vocab": ("tensor",),
     "positions": (),
+    "relative_buckets": (),
+    "classes": (),
     "layers": ("pipeline",),
     "stage": ("pipeline",),
 }

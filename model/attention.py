@@ -1,0 +1,269 @@
+"""Attention: the kernel of each pattern, the per-forward inputs they need, and the layer.
+
+Each kernel has two halves. `prepare` builds the mask and position bias once per forward
+pass, in the kernel's own layout, and the layer scan closes over them. `attend` computes
+the attention of one layer. Full attention scores all (query, key) pairs. Sliding and
+sparse attention reshape queries into blocks and keys into each block's span of nearby
+blocks, so memory and FLOPs grow as O(n·w); their masks equal `pattern.allowed` exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model.axes import constrain
+from model.config import ModelConfig
+from model.layers import AttentionInputs, matmul, param, zeros_param
+from model.masks import BIDIRECTIONAL, Blocking, FullAttention, LocalGlobal, Pattern, SlidingWindow
+
+# Key-minus-query offsets (..., q, k) -> fp32 bias (..., heads, q, k), or None for no bias.
+BiasFn = Callable[[jax.Array], jax.Array | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossInputs:
+    """A decoder block's inputs: its self-attention's, its cross-attention's and the encoder output."""
+
+    self_attn: AttentionInputs
+    cross_attn: AttentionInputs
+    memory: jax.Array  # (batch, encoder length, d_model)
+
+
+jax.tree_util.register_dataclass(CrossInputs, data_fields=["self_attn", "cross_attn", "memory"], meta_fields=[])
+
+
+def apply_rotary(x: jax.Array, rotary: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """Rotate pairs (first half, second half) of the head dimension by position-dependent angles."""
+    cos, sin = rotary
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def dot_product_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, bias: jax.Array | None, dtype: jnp.dtype
+) -> jax.Array:
+    """softmax(Q K^T / sqrt(d) + bias, masked) V with grouped query heads; softmax in fp32.
+
+    q: (..., q_len, heads, head_dim); k, v: (..., kv_len, kv_heads, head_dim), where `...` is
+    (batch,) or (batch, blocks). mask broadcasts to (..., q_len, kv_len), bias to
+    (..., heads, q_len, kv_len).
+    """
+    *lead, t, h, d = q.shape
+    kv_heads = k.shape[-2]
+    q = q.reshape(*lead, t, kv_heads, h // kv_heads, d)
+    logits = matmul("...tkgd,...skd->...kgts", q, k, dtype) / math.sqrt(d)
+    if bias is not None:
+        logits = logits + bias.reshape(*bias.shape[:-3], kv_heads, h // kv_heads, *bias.shape[-2:])
+    if mask is not None:
+        logits = jnp.where(mask[..., None, None, :, :], logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    out = matmul("...kgts,...skd->...tkgd", weights, v, dtype)
+    return out.reshape(*lead, t, h, d).astype(dtype)
+
+
+def same_segment(q_segments: jax.Array, k_segments: jax.Array) -> jax.Array:
+    """True where query and key belong to one packed document: (..., q) x (..., k) -> (..., q, k)."""
+    return q_segments[..., :, None] == k_segments[..., None, :]
+
+
+def to_blocks(x: jax.Array, blocks: Blocking) -> jax.Array:
+    """(batch, length, ...) -> (batch, count, size, ...), zero-padded at the end."""
+    padded = jnp.pad(x, [(0, 0), (0, blocks.count * blocks.size - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+    return padded.reshape(x.shape[0], blocks.count, blocks.size, *x.shape[2:])
+
+
+def to_spans(x: jax.Array, blocks: Blocking) -> jax.Array:
+    """(batch, length, ...) -> (batch, count, span, ...): the keys each query block scores."""
+    left = blocks.before * blocks.size
+    right = blocks.count * blocks.size - x.shape[1] + blocks.after * blocks.size
+    padded = jnp.pad(x, [(0, 0), (left, right)] + [(0, 0)] * (x.ndim - 2))
+    grouped = padded.reshape(x.shape[0], blocks.count + blocks.before + blocks.after, blocks.size, *x.shape[2:])
+    shifted = [grouped[:, j : j + blocks.count] for j in range(blocks.before + 1 + blocks.after)]
+    return jnp.concatenate(shifted, axis=2)
+
+
+def _bias(bias_fn: BiasFn, relative: jax.Array) -> jax.Array | None:
+    """The bias for `relative` offsets with a leading batch axis of 1, or None."""
+    bias = bias_fn(relative)
+    return None if bias is None else bias[None]
+
+
+class Kernel(Protocol):
+    """How one attention pattern lays out its mask and bias and computes attention."""
+
+    @staticmethod
+    def prepare(pattern: Any, length: int, segment_ids: jax.Array | None, bias_fn: BiasFn) -> tuple[Any, Any]: ...
+
+    @staticmethod
+    def attend(q: jax.Array, k: jax.Array, v: jax.Array, inputs: AttentionInputs, dtype: jnp.dtype) -> jax.Array: ...
+
+
+class DenseKernel:
+    """Full attention: mask (batch or 1, q, k) and bias (1, heads, q, k)."""
+
+    @staticmethod
+    def prepare(
+        pattern: FullAttention, length: int, segment_ids: jax.Array | None, bias_fn: BiasFn
+    ) -> tuple[jax.Array, jax.Array | None]:
+        q, k = jnp.arange(length)[:, None], jnp.arange(length)[None, :]
+        mask = pattern.allowed(q, k)[None]
+        if segment_ids is not None:
+            mask = mask & same_segment(segment_ids, segment_ids)
+        return mask, _bias(bias_fn, k - q)
+
+    @staticmethod
+    def attend(q: jax.Array, k: jax.Array, v: jax.Array, inputs: AttentionInputs, dtype: jnp.dtype) -> jax.Array:
+        return dot_product_attention(q, k, v, inputs.mask, inputs.bias, dtype)
+
+
+class BandedKernel:
+    """Sliding window: mask (batch or 1, count, size, span) and bias (1, 1, heads, size, span)."""
+
+    @staticmethod
+    def prepare(
+        pattern: SlidingWindow, length: int, segment_ids: jax.Array | None, bias_fn: BiasFn
+    ) -> tuple[jax.Array, jax.Array | None]:
+        blocks = pattern.blocking(length)
+        q, k = blocks.query_index(), blocks.key_index()
+        mask = (pattern.allowed(q, k) & (k >= 0) & (k < length))[None]
+        if segment_ids is not None:
+            mask = mask & same_segment(to_blocks(segment_ids, blocks), to_spans(segment_ids, blocks))
+        # Every block sees the same offsets, so one (size, span) bias serves them all.
+        return mask, _bias(bias_fn, k[:1] - q[:1])
+
+    @staticmethod
+    def attend(q: jax.Array, k: jax.Array, v: jax.Array, inputs: AttentionInputs, dtype: jnp.dtype) -> jax.Array:
+        b, n, h, d = q.shape
+        blocks = inputs.pattern.blocking(n)
+        out = dot_product_attention(
+            to_blocks(q, blocks), to_spans(k, blocks), to_spans(v, blocks), inputs.mask, inputs.bias, dtype
+        )
+        return out.reshape(b, blocks.count * blocks.size, h, d)[:, :n]
+
+
+class LocalGlobalKernel:
+    """Sparse: each query block scores its band plus the global keys; the global queries score every key.
+
+    mask and bias are pairs: the blocks' (batch or 1, count, size, span + globals) and the global
+    rows' (batch or 1, globals, length); a global key is masked out of the band so it counts once.
+    """
+
+    @staticmethod
+    def prepare(
+        pattern: LocalGlobal, length: int, segment_ids: jax.Array | None, bias_fn: BiasFn
+    ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array] | None]:
+        blocks, n_global = pattern.blocking(length), pattern.globals_in(length)
+        q, k = blocks.query_index(), blocks.key_index()
+        global_k = jnp.broadcast_to(jnp.arange(n_global), (blocks.count, 1, n_global))
+        band = pattern.visible(q, k) & pattern.local(q, k) & (k >= n_global) & (k < length)
+        block_mask = jnp.concatenate([band, pattern.visible(q, global_k)], axis=-1)[None]
+        row_q, row_k = jnp.arange(n_global)[:, None], jnp.arange(length)[None, :]
+        row_mask = pattern.visible(row_q, row_k)[None]
+        if segment_ids is not None:
+            global_segments = jnp.broadcast_to(
+                segment_ids[:, None, :n_global], (len(segment_ids), blocks.count, n_global)
+            )
+            key_segments = jnp.concatenate([to_spans(segment_ids, blocks), global_segments], axis=-1)
+            block_mask = block_mask & same_segment(to_blocks(segment_ids, blocks), key_segments)
+            row_mask = row_mask & same_segment(segment_ids[:, :n_global], segment_ids)
+        block_bias = _bias(bias_fn, jnp.concatenate([k - q, global_k - q], axis=-1))
+        row_bias = _bias(bias_fn, row_k - row_q)
+        return (block_mask, row_mask), None if block_bias is None else (block_bias, row_bias)
+
+    @staticmethod
+    def attend(q: jax.Array, k: jax.Array, v: jax.Array, inputs: AttentionInputs, dtype: jnp.dtype) -> jax.Array:
+        b, n, h, d = q.shape
+        pattern = inputs.pattern
+        blocks, n_global = pattern.blocking(n), pattern.globals_in(n)
+        (block_mask, row_mask), (block_bias, row_bias) = inputs.mask, inputs.bias or (None, None)
+
+        def with_globals(x: jax.Array) -> jax.Array:
+            shared = jnp.broadcast_to(x[:, None, :n_global], (b, blocks.count, *x[:, :n_global].shape[1:]))
+            return jnp.concatenate([to_spans(x, blocks), shared], axis=2)
+
+        local = dot_product_attention(
+            to_blocks(q, blocks), with_globals(k), with_globals(v), block_mask, block_bias, dtype
+        )
+        local = local.reshape(b, blocks.count * blocks.size, h, d)
+        rows = dot_product_attention(q[:, :n_global], k, v, row_mask, row_bias, dtype)
+        return jnp.concatenate([rows, local[:, n_global:n]], axis=1)
+
+
+ATTENTION_KERNELS: dict[type[Pattern], type[Kernel]] = {
+    FullAttention: DenseKernel,
+    SlidingWindow: BandedKernel,
+    LocalGlobal: LocalGlobalKernel,
+}
+
+
+def self_attention_inputs(
+    pattern: Pattern,
+    length: int,
+    segment_ids: jax.Array | None,
+    rotary: tuple[jax.Array, jax.Array] | None,
+    bias_fn: BiasFn,
+) -> AttentionInputs:
+    """Self-attention inputs over `length` positions, in the layout of `pattern`'s kernel."""
+    mask, bias = ATTENTION_KERNELS[type(pattern)].prepare(pattern, length, segment_ids, bias_fn)
+    return AttentionInputs(mask=mask, rotary=rotary, bias=bias, pattern=pattern)
+
+
+def cross_attention_inputs(q_segments: jax.Array | None, kv_segments: jax.Array | None) -> AttentionInputs:
+    """Cross-attention sees every encoder position of the query's document (no positions, no bias).
+
+    Without decoder segment ids every query belongs to segment 1, the first document of a
+    packed row; encoder segment 0 (padding) is then never attended to.
+    """
+    if kv_segments is None:
+        return AttentionInputs(pattern=BIDIRECTIONAL)
+    if q_segments is None:
+        q_segments = jnp.ones((kv_segments.shape[0], 1), kv_segments.dtype)
+    return AttentionInputs(mask=same_segment(q_segments, kv_segments), pattern=BIDIRECTIONAL)
+
+
+class Attention(nnx.Module):
+    """Multi-head attention with optional grouped key/value heads; self- or cross-attention."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.dtype = jnp.dtype(cfg.dtype)
+        d, h, kv, hd = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head
+        std, out_std = cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        self.wq = param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), std)
+        self.wk = param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), std)
+        self.wv = param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), std)
+        self.wo = param(rngs, (h, hd, d), ("heads", "head_dim", "embed"), out_std)
+        if cfg.use_bias:
+            self.bq = zeros_param((h, hd), ("heads", "head_dim"))
+            self.bk = zeros_param((kv, hd), ("kv_heads", "head_dim"))
+            self.bv = zeros_param((kv, hd), ("kv_heads", "head_dim"))
+            self.bo = zeros_param((d,), ("embed",))
+        else:
+            self.bq = self.bk = self.bv = self.bo = None
+
+    def _project(self, x: jax.Array, w: nnx.Param, b: nnx.Param | None, heads_axis: str) -> jax.Array:
+        y = matmul("btd,dhk->bthk", x, w[...], self.dtype)
+        if b is not None:
+            y = y + b[...]
+        return constrain(y.astype(self.dtype), ("batch", "length", heads_axis, "head_dim"))
+
+    def __call__(self, x: jax.Array, inputs: AttentionInputs, memory: jax.Array | None = None) -> jax.Array:
+        """Attend from x to itself, or to `memory` (cross-attention) when it is given."""
+        source = x if memory is None else memory
+        q = self._project(x, self.wq, self.bq, "heads")
+        k = self._project(source, self.wk, self.bk, "kv_heads")
+        v = self._project(source, self.wv, self.bv, "kv_heads")
+        if inputs.rotary is not None:
+            q, k = apply_rotary(q, inputs.rotary), apply_rotary(k, inputs.rotary)
+        out = ATTENTION_KERNELS[type(inputs.pattern)].attend(q, k, v, inputs, self.dtype)
+        y = matmul("bthk,hkd->btd", out, self.wo[...], self.dtype)
+        if self.bo is not None:
+            y = y + self.bo[...]
+        return y.astype(self.dtype)

@@ -1,0 +1,90 @@
+"""The body every family shares: positions, a stack of blocks and the norms around it.
+
+A Tower maps embedded tokens to hidden states. GPT and BERT are towers with token
+embeddings and an output head; T5 holds two (a bidirectional encoder and a causal
+decoder whose blocks also attend to the encoder output).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model.attention import CrossInputs, cross_attention_inputs, self_attention_inputs
+from model.axes import constrain
+from model.blocks import NORM_PLACEMENTS, Block, CrossBlock
+from model.config import ModelConfig
+from model.layers import dropout, make_norm, matmul, param
+from model.masks import make_pattern
+from model.positions import POSITION_ENCODINGS
+from model.stack import LayerRunner, LayerStack
+
+
+def default_positions(tokens: jax.Array, positions: jax.Array | None) -> jax.Array:
+    """`positions` if given, else 0..length-1 for every row."""
+    if positions is not None:
+        return positions
+    return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+
+
+def token_table(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Param:
+    """A token embedding table (vocab, d_model)."""
+    return param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.init_std)
+
+
+def output_head(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Param | None:
+    """An untied logits projection (d_model, vocab), or None when the logits reuse the embeddings."""
+    return None if cfg.tie_embeddings else param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std)
+
+
+def vocab_logits(x: jax.Array, table: nnx.Param, head: nnx.Param | None, dtype: jnp.dtype) -> jax.Array:
+    """fp32 logits (batch, length, vocab): through the untied head, else the embedding table."""
+    if head is None:
+        logits = matmul("btd,vd->btv", x, table[...], dtype)
+    else:
+        logits = matmul("btd,dv->btv", x, head[...], dtype)
+    return constrain(logits, ("batch", "length", "vocab"))
+
+
+class Tower(nnx.Module):
+    """Position encoding, a stack of blocks and the norms its placement needs, over embedded tokens."""
+
+    def __init__(
+        self, cfg: ModelConfig, *, causal: bool, rngs: nnx.Rngs, cross: bool = False, n_layers: int | None = None
+    ):
+        self.cfg = cfg
+        self.dtype = jnp.dtype(cfg.dtype)
+        self.causal = causal
+        self.pattern = make_pattern(cfg, causal)
+        placement = NORM_PLACEMENTS[cfg.norm_position]
+        self.positions = POSITION_ENCODINGS[cfg.position](cfg, rngs=rngs)
+        self.embed_norm = make_norm(cfg, rngs) if placement.norm_embeddings else None
+        self.layers = LayerStack(cfg, CrossBlock if cross else Block, rngs=rngs, n_layers=n_layers)
+        self.final_norm = make_norm(cfg, rngs) if placement.norm_output else None
+
+    def body(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        segment_ids: jax.Array | None,
+        dropout_key: jax.Array | None,
+        runner: LayerRunner | None,
+        memory: jax.Array | None = None,
+        memory_segments: jax.Array | None = None,
+    ) -> jax.Array:
+        """Hidden states (batch, length, d_model) of embedded tokens x; blocks attend to `memory` if given."""
+        embed_key, layers_key = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
+        x = self.positions.embed(x, positions)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        x = constrain(dropout(x, self.cfg.dropout, embed_key), ("batch", "length", "embed"))
+        bias_fn = functools.partial(self.positions.attention_bias, bidirectional=not self.causal)
+        rotary = self.positions.rotary(positions)
+        inputs = self_attention_inputs(self.pattern, x.shape[1], segment_ids, rotary, bias_fn)
+        if memory is not None:
+            inputs = CrossInputs(inputs, cross_attention_inputs(segment_ids, memory_segments), memory)
+        x = self.layers(x, inputs, layers_key, runner)
+        return x if self.final_norm is None else self.final_norm(x)
