@@ -84,9 +84,12 @@ class TfdsSource:
         self.rows = process_rows(self.batch_size, process_index, process_count)
         self.train = self.store.stream("train")
         self.eval = self.store.stream("eval")
-        # Each split holds at least one document, so at least one (EOS, token) pair and one row.
         self.n_train = num_rows(len(self.train), self.seq_len)
         self.n_eval = num_rows(len(self.eval), self.seq_len)
+        for role, n in (("train", self.n_train), ("eval", self.n_eval)):
+            if n == 0:  # only a split whose documents are all empty (possible in catalog data) has no row
+                split = self.store.meta["splits"][role]["split"]
+                raise DataError(f"{self.store.path}: the {split} split holds no tokens, only empty documents")
         self.prefetcher = Prefetcher(self._train_batch, data.prefetch) if data.prefetch else None
 
     def _global_positions(self, index: int) -> range:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from train.data import make_source
 from train.data.loader import TfdsSource, shuffled_rows
 from train.data.reader import TextSplit, require_dataset
 from train.data.storage import DataError
-from train.data.tokens import build_store, find_store
+from train.data.tokens import build_store, find_store, open_store
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -140,6 +141,18 @@ def test_vocab_size_must_match_a_trained_tokenizer(prepared):
     assert "--set model.vocab_size=512" in message and f"bpe-{VOCAB}" in message
     with pytest.raises(DataError, match="no unigram tokenizer"):
         find_store(with_data(cfg, tokenizer="unigram").data, VOCAB)
+
+
+def test_a_store_must_match_the_config(prepared, tmp_path):
+    cfg, store = prepared
+    with pytest.raises(DataError, match=rf"model.vocab_size \(512\) differs .* \({VOCAB} pieces\)"):
+        TfdsSource(make_cfg(tmp_path, vocab_size=512), store=store)
+    copy = tmp_path / "store"
+    shutil.copytree(store.path, copy)
+    eos = np.array([store.meta["eos_id"]], np.dtype(store.meta["dtype"]))
+    (copy / store.meta["splits"]["eval"]["file"]).write_bytes(eos.tobytes())  # one empty document
+    with pytest.raises(DataError, match="the validation split holds no tokens"):
+        TfdsSource(cfg, store=open_store(copy))
 
 
 def test_unprepared_dataset_names_the_command(tmp_path):
