@@ -16,6 +16,7 @@ COMMANDS: tuple[str, ...] = (
     "train.commands:register_train",
     "train.data.cli:register_data",
     "train.data.cli:register_tokenizer",
+    "scaling.sweep_cli:register_sweep",
 )
 
 
