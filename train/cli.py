@@ -17,6 +17,8 @@ COMMANDS: tuple[str, ...] = (
     "train.data.cli:register_data",
     "train.data.cli:register_tokenizer",
     "scaling.sweep_cli:register_sweep",
+    "scaling.fit_cli:register_fit",
+    "scaling.fit_cli:register_plot",
 )
 
 

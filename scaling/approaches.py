@@ -1,0 +1,319 @@
+"""Chinchilla approaches 1 and 2: compute-optimal N and D from envelopes and isoFLOP parabolas, with bootstraps.
+
+Both end in power laws N_opt = G_N C^a and D_opt = G_D C^b fitted by least squares in log space.
+They are closed-form, so their bootstraps are vectorised numpy over resamples.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scaling.bootstrap import resample_counts
+from scaling.table import FitInputError, FitTable, FitWarning, group_by_c
+
+ENVELOPE_POINTS = 100  # log-spaced FLOP values at which approach 1 takes the minimum over curves
+MIN_COVER = 2  # an envelope point needs at least this many runs reaching its FLOPs (one run is no comparison)
+
+
+@dataclass(frozen=True)
+class IsoFlopGroup:
+    """One isoFLOP profile: its rows, the parabola loss = c0 + c1 u + c2 u² in u = log N - center, and its minimum."""
+
+    C: float
+    rows: np.ndarray
+    center: float
+    coef: np.ndarray | None
+    N_opt: float
+    D_opt: float
+    loss_min: float
+    usable: bool
+
+
+@dataclass(frozen=True)
+class AllocationFit:
+    """N_opt(C) and D_opt(C) power laws from approach 1 or 2; boot holds (a, log G_N, b, log G_D) per resample."""
+
+    name: str
+    C: np.ndarray
+    N_opt: np.ndarray
+    D_opt: np.ndarray
+    loss: np.ndarray
+    a: float
+    log_gn: float
+    b: float
+    log_gd: float
+    r2_n: float
+    r2_d: float
+    boot: np.ndarray | None = None
+    groups: tuple[IsoFlopGroup, ...] = field(default=())
+    from_curves: bool = False
+
+    @property
+    def converged(self) -> bool:
+        """Closed-form fits converge unless the points leave the slopes undetermined."""
+        return bool(np.isfinite([self.a, self.b, self.log_gn, self.log_gd]).all())
+
+    @property
+    def n_points(self) -> int:
+        """Number of (C, N_opt) points the power laws were fitted to."""
+        return len(self.C)
+
+    def residuals(self) -> np.ndarray:
+        """log N_opt residuals of the fitted line (log D_opt residuals follow from C = k N D)."""
+        return np.log(self.N_opt) - (self.a * np.log(self.C) + self.log_gn)
+
+
+def _lines(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares slope and intercept of y on x over the masked entries of the last axis (NaN if undetermined)."""
+    m = mask.astype(np.float64)
+    count = m.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xm = (m * x).sum(-1) / count
+        ym = (m * y).sum(-1) / count
+        dx = np.where(mask, x - xm[..., None], 0.0)
+        sxx = (dx * dx).sum(-1)
+        slope = (dx * np.where(mask, y - ym[..., None], 0.0)).sum(-1) / sxx
+    bad = (count < 2) | ~(sxx > 1e-12)
+    slope = np.where(bad, np.nan, slope)
+    return slope, np.where(bad, np.nan, ym - slope * xm)
+
+
+def _r2(x: np.ndarray, y: np.ndarray, slope: float, intercept: float) -> float:
+    total = float(np.sum((y - y.mean()) ** 2))
+    return float(1 - np.sum((y - slope * x - intercept) ** 2) / total) if total > 0 else float("nan")
+
+
+def _require_sizes(table: FitTable, name: str) -> None:
+    if np.unique(table.N).size < 2:
+        raise FitInputError(
+            f"{name} compares model sizes, but every row has N = {table.N[0]:.4g} ({table.rows(np.arange(len(table)))}); "
+            "add runs of other sizes"
+        )
+
+
+def _smooth(loss: np.ndarray) -> np.ndarray:
+    # Centred moving average over ~5% of the logged points: removes step-to-step noise, which would
+    # otherwise bias the minimum over runs downwards, without the lag an exponential average adds.
+    half = max(len(loss) // 40, 0)
+    if half == 0:
+        return loss
+    c = np.concatenate([[0.0], np.cumsum(loss)])
+    i = np.arange(len(loss))
+    lo, hi = np.maximum(i - half, 0), np.minimum(i + half + 1, len(loss))
+    return (c[hi] - c[lo]) / (hi - lo)
+
+
+def _envelope_inputs(table: FitTable, c_rtol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+    """(FLOP grid G, loss matrix (G, R) with inf where run R does not reach G, tokens (G, R), sizes (R,), curves?)."""
+    if table.curves:
+        runs = table.curves
+        finals = np.sort([c.C[-1] for c in runs])
+        if len(runs) < MIN_COVER or finals[-2] <= finals[0] * (1 + 1e-9):
+            raise FitInputError(
+                "approach 1 needs runs that end at different FLOP counts; all curves end at "
+                f"C = {finals[0]:.4g}; add runs with other budgets"
+            )
+        # From the earliest finished run to the second-largest budget: before the first finish every curve is
+        # mid-schedule, and beyond the second-largest budget only one run is left to compare.
+        grid = np.geomspace(finals[0], finals[-2], ENVELOPE_POINTS)
+        loss = np.full((len(grid), len(runs)), np.inf)
+        tokens = np.zeros_like(loss)
+        for r, curve in enumerate(runs):
+            inside = (grid >= curve.C[0]) & (grid <= curve.C[-1])
+            loss[inside, r] = np.interp(np.log(grid[inside]), np.log(curve.C), _smooth(curve.loss))
+            tokens[:, r] = curve.D[-1] * grid / curve.C[-1]
+        return grid, loss, tokens, np.array([c.N for c in runs]), True
+    warnings.warn(
+        "no training curves (metrics.jsonl) found: approach 1 uses each run's final point, so its envelope is "
+        "the lowest-loss run of each isoFLOP group",
+        FitWarning,
+        stacklevel=3,
+    )
+    groups = group_by_c(table.C, c_rtol)
+    singles = [g for g in groups if len(g) < MIN_COVER]
+    if singles:
+        warnings.warn(
+            f"approach 1: {len(singles)} FLOP groups have a single run and are left out: "
+            f"{table.rows(np.concatenate(singles))}",
+            FitWarning,
+            stacklevel=3,
+        )
+    grid = np.array([np.exp(np.mean(np.log(table.C[g]))) for g in groups])
+    loss = np.full((len(groups), len(table)), np.inf)
+    for i, g in enumerate(groups):
+        loss[i, g] = table.loss[g]
+    return grid, loss, np.broadcast_to(table.D, loss.shape), table.N, False
+
+
+def _envelope(loss: np.ndarray, include: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Winning run per FLOP value and whether enough included runs reach it; include is (..., R)."""
+    masked = np.where(include[..., None, :], loss, np.inf)
+    reach = np.isfinite(masked).sum(-1)
+    return np.argmin(masked, axis=-1), reach >= MIN_COVER
+
+
+def approach1(table: FitTable, n_boot: int, rng: np.random.Generator, c_rtol: float = 0.1) -> AllocationFit:
+    """Approach 1: at each FLOP count the run with the lowest (smoothed) loss; power laws through its N and D."""
+    _require_sizes(table, "approach 1")
+    grid, loss, tokens, sizes, curves = _envelope_inputs(table, c_rtol)
+    winner, valid = _envelope(loss, np.ones(loss.shape[1], bool))
+    if valid.sum() < 2:
+        raise FitInputError(
+            "approach 1 needs at least 2 FLOP values where 2 or more runs can be compared; "
+            "add runs so that budgets overlap (several sizes per budget)"
+        )
+    g = np.flatnonzero(valid)
+    n_opt, d_opt = sizes[winner[g]], tokens[g, winner[g]]
+    logc = np.log(grid[g])
+    a, gn = (float(v) for v in _lines(logc, np.log(n_opt), np.ones_like(logc, bool)))
+    b, gd = (float(v) for v in _lines(logc, np.log(d_opt), np.ones_like(logc, bool)))
+    if np.unique(n_opt).size < 2:
+        warnings.warn(
+            f"approach 1: one model size (N = {n_opt[0]:.4g}) has the lowest loss at every FLOP count, so a = 0 "
+            "by construction; the sizes do not bracket the optimum: add smaller and larger models",
+            FitWarning,
+            stacklevel=2,
+        )
+    boot = None
+    if n_boot:
+        # Resample whole runs (a curve is one unit: its points are not independent).
+        include = resample_counts(rng, loss.shape[1], n_boot) > 0
+        win, ok = _envelope(loss, include)
+        cols = np.arange(len(grid))
+        lc = np.broadcast_to(np.log(grid), win.shape)
+        ba, bgn = _lines(lc, np.log(sizes[win]), ok)
+        bb, bgd = _lines(lc, np.log(tokens[cols, win]), ok)
+        boot = np.stack([ba, bgn, bb, bgd], 1)
+    return AllocationFit(
+        name="approach1",
+        C=grid[g],
+        N_opt=n_opt,
+        D_opt=d_opt,
+        loss=loss[g, winner[g]],
+        a=a,
+        log_gn=gn,
+        b=b,
+        log_gd=gd,
+        r2_n=_r2(logc, np.log(n_opt), a, gn),
+        r2_d=_r2(logc, np.log(d_opt), b, gd),
+        boot=boot,
+        from_curves=curves,
+    )
+
+
+def _parabolas(u: np.ndarray, loss: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted least-squares (c0, c1, c2) of loss on (1, u, u²) for each row of weights w (K, n); NaN if singular."""
+    design = np.stack([np.ones_like(u), u, u * u], 1)
+    gram = np.einsum("kn,ni,nj->kij", w, design, design)
+    rhs = np.einsum("kn,ni,n->ki", w, design, loss)
+    sizes = (w[:, :, None] * (u[None, :, None] == np.unique(u)[None, None, :])).sum(1) > 0
+    ok = sizes.sum(1) >= 3  # three distinct sizes with weight, or the parabola is undetermined
+    out = np.full((len(w), 3), np.nan)
+    if ok.any():
+        out[ok] = np.linalg.solve(gram[ok], rhs[ok][..., None])[..., 0]
+    return out
+
+
+def _group(table: FitTable, rows: np.ndarray, c_rtol: float) -> IsoFlopGroup:
+    c = float(np.exp(np.mean(np.log(table.C[rows]))))
+    where = f"isoFLOP group C≈{c:.3g} ({table.rows(rows)})"
+    if table.C[rows].max() > table.C[rows].min() * (1 + c_rtol) ** 2:
+        warnings.warn(
+            f"{where} spans C from {table.C[rows].min():.3g} to {table.C[rows].max():.3g}: is this an isoFLOP sweep? "
+            "Set --c-rtol to the spread of C within one budget",
+            FitWarning,
+            stacklevel=4,
+        )
+    logn = np.log(table.N[rows])
+    center = float(logn.mean())
+    empty = IsoFlopGroup(c, rows, center, None, np.nan, np.nan, np.nan, False)
+    n_sizes = np.unique(logn).size
+    if n_sizes < 3:
+        warnings.warn(
+            f"{where} has {n_sizes} model size(s); a parabola needs 3, so approach 2 leaves it out",
+            FitWarning,
+            stacklevel=4,
+        )
+        return empty
+    coef = _parabolas(logn - center, table.loss[rows], np.ones((1, len(rows))))[0]
+    if not coef[2] > 0:
+        warnings.warn(
+            f"{where}: its parabola opens downward (curvature {coef[2]:.3g}), so it has no minimum; approach 2 leaves "
+            "it out. Add sizes on both sides of the best one",
+            FitWarning,
+            stacklevel=4,
+        )
+        return IsoFlopGroup(c, rows, center, coef, np.nan, np.nan, np.nan, False)
+    u_star = -coef[1] / (2 * coef[2])
+    n_opt = float(np.exp(center + u_star))
+    if not logn.min() <= center + u_star <= logn.max():
+        warnings.warn(
+            f"{where}: the parabola's minimum N≈{n_opt:.3g} lies outside the sizes it sampled "
+            f"({np.exp(logn.min()):.3g} to {np.exp(logn.max()):.3g}); it is extrapolated",
+            FitWarning,
+            stacklevel=4,
+        )
+    k = float(np.median(table.C[rows] / (table.N[rows] * table.D[rows])))  # FLOPs per parameter-token here
+    return IsoFlopGroup(
+        c, rows, center, coef, n_opt, c / (k * n_opt), float(coef[0] - coef[1] ** 2 / (4 * coef[2])), True
+    )
+
+
+def approach2(table: FitTable, n_boot: int, rng: np.random.Generator, c_rtol: float = 0.1) -> AllocationFit:
+    """Approach 2: a parabola in log N per isoFLOP group; power laws through the minima."""
+    _require_sizes(table, "approach 2")
+    rows = group_by_c(table.C, c_rtol)
+    if len(rows) < 2:
+        raise FitInputError(
+            f"approach 2 needs several compute budgets, but all rows fall in one isoFLOP group (C≈{np.median(table.C):.3g}: "
+            f"{table.rows(np.arange(len(table)))}); add runs at other budgets (or lower --c-rtol)"
+        )
+    groups = tuple(_group(table, r, c_rtol) for r in rows)
+    used = [g for g in groups if g.usable]
+    if len(used) < 2:
+        raise FitInputError(
+            f"approach 2 needs at least 2 isoFLOP groups with an upward parabola over 3+ sizes; {len(used)} of "
+            f"{len(groups)} qualify (see the warnings above); add sizes to the budgets"
+        )
+    logc = np.log([g.C for g in used])
+    n_opt = np.array([g.N_opt for g in used])
+    d_opt = np.array([g.D_opt for g in used])
+    a, gn = (float(v) for v in _lines(logc, np.log(n_opt), np.ones_like(logc, bool)))
+    b, gd = (float(v) for v in _lines(logc, np.log(d_opt), np.ones_like(logc, bool)))
+    boot = _bootstrap2(table, used, n_boot, rng) if n_boot else None
+    return AllocationFit(
+        name="approach2",
+        C=np.exp(logc),
+        N_opt=n_opt,
+        D_opt=d_opt,
+        loss=np.array([g.loss_min for g in used]),
+        a=a,
+        log_gn=gn,
+        b=b,
+        log_gd=gd,
+        r2_n=_r2(logc, np.log(n_opt), a, gn),
+        r2_d=_r2(logc, np.log(d_opt), b, gd),
+        boot=boot,
+        groups=groups,
+    )
+
+
+def _bootstrap2(table: FitTable, used: list[IsoFlopGroup], n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    # Resample rows within each isoFLOP group, so every resample keeps the sweep's design of budgets.
+    log_n = np.full((n_boot, len(used)), np.nan)
+    log_d = np.full_like(log_n, np.nan)
+    for j, g in enumerate(used):
+        u = np.log(table.N[g.rows]) - g.center
+        coef = _parabolas(u, table.loss[g.rows], resample_counts(rng, len(g.rows), n_boot))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            star = np.where(coef[:, 2] > 0, g.center - coef[:, 1] / (2 * coef[:, 2]), np.nan)
+        log_n[:, j] = star
+        log_d[:, j] = np.log(g.D_opt * g.N_opt) - star  # D_opt = C/(k N_opt): same C and k as the group
+    logc = np.broadcast_to(np.log([g.C for g in used]), log_n.shape)
+    ok = np.isfinite(log_n)
+    a, gn = _lines(logc, np.where(ok, log_n, 0.0), ok)
+    b, gd = _lines(logc, np.where(ok, log_d, 0.0), ok)
+    return np.stack([a, gn, b, gd], 1)
