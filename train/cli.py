@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run the chosen command and turn user errors into clean messages."""
     from model.config import ConfigError
+    from train.faults import EXIT_PREEMPTED, Preempted
 
     args = build_parser().parse_args(argv)
     try:
@@ -49,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, ConfigError, FileNotFoundError) as error:
         print(f"scalelab {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Preempted as stop:  # a clean stop on SIGTERM/SIGINT; re-running the command resumes
+        print(f"scalelab {args.command}: {stop}", file=sys.stderr)
+        return EXIT_PREEMPTED
 
 
 if __name__ == "__main__":

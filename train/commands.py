@@ -27,7 +27,20 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a config key; VALUE is parsed as YAML (repeatable)",
     )
-    parser.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/<config name>)")
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="run directory (default: runs/<config name>); re-running in it resumes from its newest checkpoint",
+    )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR_OR_CHECKPOINT",
+        help="start a new run from the parameters of another run's newest checkpoint (or of one step folder), "
+        "with a fresh optimizer state at step 0; ignored when --run-dir already holds checkpoints",
+    )
     parser.add_argument("--quiet", action="store_true", help="no summary and no progress bar")
     add_distributed_arguments(parser)
     parser.set_defaults(func=run_train)
@@ -42,7 +55,7 @@ def run_train(args: argparse.Namespace) -> int:
     # Multi-host: join the other processes before anything touches a device.
     initialize_distributed(initialize_kwargs(args))
     run_dir = args.run_dir or Path("runs") / cfg.name
-    result = train(cfg, run_dir, quiet=args.quiet)
+    result = train(cfg, run_dir, quiet=args.quiet, init_from=args.init_from)
     evaluation = "" if result.eval_loss is None else f", eval loss {result.eval_loss:.4f}"
     print(
         f"done: {result.steps} steps, final loss {result.final_loss:.4f}{evaluation}; metrics in {run_dir}/metrics.jsonl"

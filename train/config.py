@@ -134,6 +134,9 @@ class TrainLoopConfig:
     z_loss: float = 0.0
     seed: int = 0
     nan_policy: str = "stop"
+    max_rollbacks: int = 3  # nan_policy=rollback: stop (as with `stop`) after this many rollbacks in one run
+    # Fault injection, to rehearse the NaN policy before a long run: these data batches get NaN loss weights.
+    inject_nan_batches: list[int] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches"):
@@ -148,6 +151,12 @@ class TrainLoopConfig:
         if self.nan_policy not in NAN_POLICIES:
             raise ConfigError(
                 f"train.nan_policy: unknown value {self.nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}"
+            )
+        if self.max_rollbacks < 0:
+            raise ConfigError(f"train.max_rollbacks must be >= 0, got {self.max_rollbacks}")
+        if any(index < 0 for index in self.inject_nan_batches):
+            raise ConfigError(
+                f"train.inject_nan_batches holds data batch indices (>= 0), got {self.inject_nan_batches}"
             )
 
 
@@ -189,17 +198,28 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
-    """How often checkpoints are written and how many are kept (every=0 turns them off)."""
+    """How often checkpoints are written and how many are kept (every=0 and no every_minutes: off)."""
 
     every: int = 0
     every_minutes: float | None = None
     keep: int = 3
+    keep_best: int = 0  # also keep this many checkpoints with the lowest eval loss (each eval then saves one)
+    async_save: bool = True  # write in a background thread while training goes on
 
     def __post_init__(self) -> None:
         if self.every < 0:
             raise ConfigError(f"checkpoint.every must be >= 0, got {self.every}")
+        if self.every_minutes is not None and self.every_minutes <= 0:
+            raise ConfigError(f"checkpoint.every_minutes must be positive or null, got {self.every_minutes}")
         if self.keep <= 0:
             raise ConfigError(f"checkpoint.keep must be positive, got {self.keep}")
+        if self.keep_best < 0:
+            raise ConfigError(f"checkpoint.keep_best must be >= 0, got {self.keep_best}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this run writes checkpoints at all."""
+        return self.every > 0 or self.every_minutes is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,6 +261,16 @@ class Config:
                 f"train.seq_len ({self.train.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len}) "
                 "with learned positions; raise model.max_seq_len"
             )
+        if self.train.nan_policy == "rollback" and not self.checkpoint.enabled:
+            raise ConfigError(
+                "train.nan_policy=rollback needs checkpoints to roll back to; set checkpoint.every "
+                "(or checkpoint.every_minutes)"
+            )
+        if self.checkpoint.keep_best and not (self.checkpoint.enabled and self.train.eval_every):
+            raise ConfigError(
+                "checkpoint.keep_best ranks checkpoints by eval loss; it needs checkpoint.every "
+                "(or checkpoint.every_minutes) and train.eval_every to be set"
+            )
 
 
 def _type_name(tp: Any) -> str:
@@ -267,6 +297,11 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             except ConfigError as error:
                 errors.append(str(error))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} matches none of {tp}")
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        (item_type,) = typing.get_args(tp)
+        return [_convert(item, item_type, f"{path}[{i}]") for i, item in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")

@@ -1,0 +1,191 @@
+"""The checkpoint store: corrupt-checkpoint fallback, config checks, re-sharding, --init-from, save cadence."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from tests.train.ckpt_support import (
+    FAST,
+    assert_states_equal,
+    compile_cache,
+    exact_metrics,
+    flat_arrays,
+    saved_state,
+)
+from train.checkpoint import CheckpointError, CheckpointStore, checkpoint_meta, load_params, saved_steps
+from train.cli import main
+from train.config import load_config
+from train.loop import train
+from train.manifest import MANIFEST
+from train.metrics import read_metrics
+from train.trainer import Trainer
+
+BASE = [*FAST, "train.steps=12", "train.eval_every=4", "checkpoint.every=4", "checkpoint.keep=3"]
+RESHARDED = ["mesh.data=2", "mesh.tensor=2", "mesh.pipeline=2"]  # from data=8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_compiles(tmp_path_factory):
+    with compile_cache(tmp_path_factory.getbasetemp() / "checkpoint-tests-jax-cache"):
+        yield
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory) -> Path:
+    """An uninterrupted 12-step run with checkpoints at steps 4, 8 and 12."""
+    run = tmp_path_factory.mktemp("base")
+    train(load_config("gpt-tiny", BASE), run, quiet=True)
+    assert saved_steps(run / "checkpoints") == [4, 8, 12]
+    return run
+
+
+def clone(run: Path, dest: Path) -> Path:
+    """A copy of a run directory to damage or extend."""
+    shutil.copytree(run, dest)
+    return dest
+
+
+def largest_file(directory: Path) -> Path:
+    """The biggest file under `directory`: array data, not metadata."""
+    return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped byte", "no manifest"])
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(base_run, tmp_path, capsys, damage):
+    run = clone(base_run, tmp_path / "run")
+    root = run / "checkpoints"
+    final = saved_state(root / "12")
+    victim = largest_file(root / "12" / "state")
+    data = bytearray(victim.read_bytes())
+    if damage == "truncated":
+        victim.write_bytes(data[: len(data) // 2])
+    elif damage == "flipped byte":
+        data[len(data) // 2] ^= 0xFF
+        victim.write_bytes(data)
+    else:
+        (root / "12" / MANIFEST).unlink()
+
+    train(load_config("gpt-tiny", BASE), run, quiet=True)
+    err = capsys.readouterr().err
+    assert f"checkpoint step 12 ({root / '12'}) is corrupt" in err
+    assert f"using step 8 ({root / '8'}) instead" in err
+    assert (run / "checkpoints-corrupt" / "12").is_dir()
+    # Steps 8..11 were trained again, exactly as the first time.
+    assert saved_steps(root) == [4, 8, 12]
+    assert_states_equal(saved_state(root / "12"), final)
+    assert exact_metrics(run) == exact_metrics(base_run)
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("model.d_model=128", r"model\.d_model: checkpoint 64, config 128 \| arrays: .*checkpoint \(256, 64\) float32"),
+        ("model.activation=relu", r"model\.activation: checkpoint 'gelu', config 'relu'"),
+        ("optimizer.clip_norm=null", r"optimizer\.clip_norm: checkpoint 1\.0, config None \| arrays: opt_state\."),
+    ],
+)
+def test_incompatible_config_is_an_error_naming_the_fields(base_run, override, named):
+    with pytest.raises(CheckpointError, match=named):
+        train(load_config("gpt-tiny", [*BASE, override]), base_run, quiet=True)
+    assert saved_steps(base_run / "checkpoints") == [4, 8, 12]
+
+
+def test_cli_reports_an_incompatible_checkpoint_with_status_2(base_run, capsys):
+    argv = ["train", "gpt-tiny", "--run-dir", str(base_run), "--quiet", "--set", "model.n_layers=3"]
+    for override in BASE:
+        argv += ["--set", override]
+    assert main(argv) == 2
+    assert "model.n_layers: checkpoint 2, config 3" in capsys.readouterr().err
+
+
+def test_checkpointing_off_refuses_a_run_dir_that_holds_checkpoints(base_run):
+    with pytest.raises(CheckpointError, match=r"checkpointing is off.*--set checkpoint\.every=N"):
+        train(load_config("gpt-tiny", [*BASE, "checkpoint.every=0"]), base_run, quiet=True)
+    assert saved_steps(base_run / "checkpoints") == [4, 8, 12]
+
+
+def test_restore_onto_another_mesh_and_train_on(base_run, tmp_path):
+    run = clone(base_run, tmp_path / "run")
+    shutil.rmtree(run / "checkpoints" / "12")
+    cfg = load_config("gpt-tiny", [*BASE, *RESHARDED])
+    store = CheckpointStore(run, cfg, Trainer.build(cfg))
+    restored = store.restore_latest()
+    store.close()
+    assert restored.step == 8
+    wq = restored.state["params"]["layers"]["blocks"]["attn"]["wq"]
+    assert wq.sharding.spec == jax.sharding.PartitionSpec("pipeline", None, "tensor", None)
+    # Re-sharding moves the values and changes nothing else.
+    assert_states_equal(flat_arrays(restored.state), saved_state(run / "checkpoints" / "8"))
+
+    train(cfg, run, quiet=True)
+    before, after = exact_metrics(base_run), exact_metrics(run)
+    assert [r["step"] for r in after] == [r["step"] for r in before]
+    kept = [r for r in before if r["step"] < 8]
+    assert after[: len(kept)] == kept  # lines before the checkpoint stay as they were
+    resumed = [r["loss"] for r in after[len(kept) :] if "loss" in r]
+    np.testing.assert_allclose(resumed, [r["loss"] for r in before[len(kept) :] if "loss" in r], rtol=2e-2)
+    assert saved_steps(run / "checkpoints") == [4, 8, 12]
+
+
+def test_init_from_starts_a_fresh_run_from_the_parameters(base_run, tmp_path):
+    resharded = load_config("gpt-tiny", [*BASE, "mesh.data=4", "mesh.fsdp=2"])
+    params, step_dir = load_params(base_run, resharded, Trainer.build(resharded))
+    assert step_dir == (base_run / "checkpoints" / "12").absolute()
+    saved = saved_state(step_dir)
+    for name, array in flat_arrays(params).items():
+        assert array.tobytes() == saved[f"params.{name}"].tobytes(), name
+
+    run = tmp_path / "finetune"
+    cfg = load_config("gpt-tiny", BASE)
+    train(cfg, run, quiet=True, init_from=base_run)
+    first = next(r["loss"] for r in read_metrics(run) if "loss" in r)
+    untrained = next(r["loss"] for r in read_metrics(base_run) if "loss" in r)
+    assert first < untrained - 0.3  # it starts where the other run ended, not from scratch
+    state = saved_state(run / "checkpoints" / "12")
+    counts = [value for name, value in state.items() if name.endswith("count")]
+    assert counts and all(int(c) == 12 for c in counts)  # a fresh optimizer: 12 updates, not 12 + 12
+    assert int(state["step"]) == 12
+
+    # Re-running the same command resumes the fine-tuning run; --init-from is not read again.
+    result = train(cfg, run, quiet=True, init_from=tmp_path / "gone")
+    assert result.final_loss == [r["loss"] for r in read_metrics(run) if "loss" in r][-1]
+
+
+def test_init_from_a_different_shape_is_an_error(base_run):
+    cfg = load_config("gpt-tiny", [*FAST, "model.n_heads=2"])
+    with pytest.raises(CheckpointError, match=r"model\.n_heads: checkpoint 4, config 2 \| arrays: params\.layers"):
+        load_params(base_run, cfg, Trainer.build(cfg))
+    with pytest.raises(CheckpointError, match="no checkpoints there"):
+        load_params(base_run / "metrics.jsonl", cfg, Trainer.build(cfg))
+
+
+@pytest.mark.parametrize(("minutes", "expected"), [(1e-6, [4, 8, 12]), (60.0, [12])])
+def test_time_based_saves(tmp_path, minutes, expected):
+    timed = ["checkpoint.every=0", f"checkpoint.every_minutes={minutes}", "logging.log_every=4", "checkpoint.keep=5"]
+    train(load_config("gpt-tiny", [*BASE, *timed]), tmp_path, quiet=True)
+    assert saved_steps(tmp_path / "checkpoints") == expected
+
+
+def test_keep_best_keeps_the_lowest_eval_losses_besides_the_newest(tmp_path):
+    cfg = load_config("gpt-tiny", [*BASE, "checkpoint.keep=1", "checkpoint.keep_best=2"])
+    trainer = Trainer.build(cfg)
+    store = CheckpointStore(tmp_path, cfg, trainer)
+    state = trainer.init_state()
+    for step, eval_loss in [(2, 3.0), (4, 1.0), (6, 2.5), (8, 2.0), (10, 2.7)]:
+        store.save(step, state, checkpoint_meta(cfg, trainer, step, [], eval_loss, "eval"), eval_loss, wait=False)
+    store.close()
+    assert saved_steps(tmp_path / "checkpoints") == [4, 8, 10]
+
+
+def test_each_evaluation_saves_a_checkpoint_when_keeping_the_best(tmp_path):
+    # No step interval and a timer that never fires: only the evaluations (and the end) save.
+    best_two = ["checkpoint.every=0", "checkpoint.every_minutes=60", "checkpoint.keep=1", "checkpoint.keep_best=2"]
+    train(load_config("gpt-tiny", [*BASE, *best_two]), tmp_path, quiet=True)
+    evals = {r["step"] + 1: r["eval_loss"] for r in read_metrics(tmp_path) if "eval_loss" in r}
+    assert sorted(evals) == [4, 8, 12]
+    assert saved_steps(tmp_path / "checkpoints") == sorted({12, *sorted(evals, key=evals.get)[:2]})
