@@ -19,6 +19,18 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class SequenceLengths:
+    """Tokens one training row puts through the model (the objective decides them).
+
+    inputs: the encoder's (or the only stack's) positions. targets: the positions that get
+    logits, which are the decoder's in an encoder-decoder model.
+    """
+
+    inputs: int
+    targets: int
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Shape and numerics of a transformer; every field is a config key under `model.`."""
 
@@ -138,8 +150,10 @@ class ModelConfig:
             raise ConfigError(
                 f"model.window ({self.window}) must be even for the bidirectional attention of {self.family}"
             )
-        if self.global_tokens < 0 or (self.attention == "sparse" and self.global_tokens < 1):
-            raise ConfigError(f"model.global_tokens must be >= 1 with model.attention=sparse, got {self.global_tokens}")
+        if self.global_tokens < (1 if self.attention == "sparse" else 0):
+            raise ConfigError(
+                f"model.global_tokens must be >= 1 with model.attention=sparse (>= 0 otherwise), got {self.global_tokens}"
+            )
         if self.relative_buckets < 4 or self.relative_buckets % 2:
             raise ConfigError(f"model.relative_buckets must be an even number >= 4, got {self.relative_buckets}")
         if self.relative_max_distance <= self.relative_buckets // 2:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import jax
 
-from model.config import ModelConfig
+from model.config import ModelConfig, SequenceLengths
 from model.functional import describe
 from model.masks import make_pattern
 
@@ -36,18 +36,6 @@ class ParamCounts:
     total: int
     non_embedding: int
     matmul: int
-
-
-@dataclasses.dataclass(frozen=True)
-class SequenceLengths:
-    """Tokens one training row puts through the model.
-
-    inputs: the encoder's (or the only stack's) positions. targets: the positions that get
-    logits, which are the decoder's in an encoder-decoder model.
-    """
-
-    inputs: int
-    targets: int
 
 
 @functools.lru_cache(maxsize=256)
