@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from model.config import ConfigError, ModelConfig
+from train.objectives import validate_objective
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
@@ -237,6 +238,25 @@ class LoggingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """What the model learns from each row of tokens; train/objectives.py describes each objective."""
+
+    name: str | None = None  # causal_lm, mlm, classification, span_corruption, prefix_lm; None: the family's
+    mask_rate: float = 0.15  # mlm: share of positions chosen for prediction
+    mask_token: int = 0  # mlm: the [MASK] id; 0 is the tokenizer's <unk>, which byte fallback never emits
+    noise_density: float = 0.15  # span_corruption: share of tokens moved into noise spans
+    mean_span_length: float = 3.0  # span_corruption: average noise span length
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mask_rate < 1.0:
+            raise ConfigError(f"objective.mask_rate must be in (0, 1), got {self.mask_rate}")
+        if not 0.0 < self.noise_density < 1.0:
+            raise ConfigError(f"objective.noise_density must be in (0, 1), got {self.noise_density}")
+        if self.mean_span_length < 1.0:
+            raise ConfigError(f"objective.mean_span_length must be >= 1, got {self.mean_span_length}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """A whole training run."""
 
@@ -249,8 +269,10 @@ class Config:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
 
     def __post_init__(self) -> None:
+        validate_objective(self)
         if self.schedule.warmup_steps > self.train.steps:
             raise ConfigError(
                 f"schedule.warmup_steps ({self.schedule.warmup_steps}) is longer than training "

@@ -21,6 +21,7 @@ from train.config import Config, save_config
 from train.data import BatchSource, make_source
 from train.faults import DataSkips, Preempted, PreemptionGuard, poison_batch
 from train.metrics import MetricsWriter, truncate_metrics
+from train.objectives import model_lengths
 from train.peak import peak_flops_per_device
 from train.steps import TrainState
 from train.trainer import Trainer, device_bytes
@@ -52,7 +53,7 @@ def _human(n: float, unit: str = "") -> str:
 def summary(cfg: Config, trainer: Trainer, peak: tuple[float, str], compile_s: float, memory: dict[str, int]) -> str:
     """The one-screen description printed when a run starts."""
     counts = count_params(cfg.model)
-    fpt = flops_per_token(cfg.model, cfg.train.seq_len)
+    fpt = flops_per_token(cfg.model, cfg.train.seq_len, model_lengths(cfg))
     m, t = cfg.model, cfg.train
     device = jax.devices()[0]
     mesh = " x ".join(f"{axis}={size}" for axis, size in trainer.mesh.shape.items() if size > 1) or "single device"
@@ -133,7 +134,8 @@ class _Session:
         self._reopen_metrics(self.step)
         tokens_per_step = self.cfg.train.batch_size * self.cfg.train.seq_len
         self.tokens_per_step = tokens_per_step
-        self.flops_per_step = flops_per_token(self.cfg.model, self.cfg.train.seq_len) * tokens_per_step
+        lengths = model_lengths(self.cfg)  # what each row puts through the model under its objective
+        self.flops_per_step = flops_per_token(self.cfg.model, self.cfg.train.seq_len, lengths) * tokens_per_step
         self.total_peak = (
             peak_flops_per_device(self.cfg.logging.peak_flops, self.cfg.model.dtype)[0] * jax.device_count()
         )
