@@ -163,18 +163,23 @@ def _budget_sizes(family: Family, budget: float, count: int, ratios: tuple[float
         )
     large = family.closest(large, ratio, fewest)
     small = family.closest(family.first(lambda k: ratio(k) <= most) or large, ratio, most)
+    if large - small + 1 < count:
+        raise SpecError(
+            f"budget {budget:.3g}: sizes_per_budget={count}, but only {large - small + 1} distinct shapes lie "
+            f"between {family.describe(small)} and {family.describe(large)} (duplicate runs); widen "
+            "tokens_per_param, lower family.head_dim for a finer ladder, or ask for fewer sizes"
+        )
     low, high = math.log(family.size(small)), math.log(family.size(large))
     if count == 1:
         targets = [math.exp((low + high) / 2)]
     else:
         targets = [math.exp(low + (high - low) * i / (count - 1)) for i in range(count)]
-    rungs = sorted({family.nearest(t) for t in targets})
-    if len(rungs) < count:
-        raise SpecError(
-            f"budget {budget:.3g}: sizes_per_budget={count}, but only {len(rungs)} distinct shapes lie between "
-            f"{family.describe(small)} and {family.describe(large)} (duplicate runs); widen tokens_per_param, "
-            "lower family.head_dim for a finer ladder, or ask for fewer sizes"
-        )
+    rungs: list[int] = []
+    for i, target in enumerate(targets):
+        # the nearest rung (size is monotone in k, so clamping keeps it nearest) that lies above the
+        # previous pick and leaves one rung for each later size: distinct shapes, as log-even as the ladder allows
+        first, last = (rungs[-1] + 1 if rungs else small), large - (count - 1 - i)
+        rungs.append(min(max(family.nearest(target), first), last))
     return rungs
 
 

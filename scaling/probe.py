@@ -100,7 +100,6 @@ def estimate(plan: Plan, points: Sequence[ProbePoint], runs: Sequence[PlannedRun
         slope, overhead = np.polyfit(flops, step, 1)
         if slope <= 0:  # noise on a flat, overhead-bound range: take the mean as a constant step time
             slope, overhead = 0.0, float(step.mean())
-        overhead = max(float(overhead), 0.0)
     else:  # one point: assume time proportional to work
         slope, overhead = float(step[0] / flops[0]), 0.0
     order = np.argsort(flops)

@@ -99,7 +99,8 @@ def rebuild_csv(sweep_dir: Path, run_names: Iterable[str]) -> int:
         # Serialise rebuilds: a shard that commits a row and then rebuilds must not be overwritten
         # by another shard's rebuild that listed the rows before that commit.
         fcntl.lockf(lock, fcntl.LOCK_EX)
-        rows = [row for name in run_names if (row := read_result(sweep_dir / "runs" / name)) is not None]
+        unique = dict.fromkeys(run_names)  # one row per run, whatever the caller passes
+        rows = [row for name in unique if (row := read_result(sweep_dir / "runs" / name)) is not None]
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow((*COLUMNS, *EXTRA_COLUMNS))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import yaml
 from tqdm import tqdm
 
@@ -131,6 +132,77 @@ def _train_one(run: PlannedRun, run_dir: Path, quiet: bool) -> str:
     return "ok"
 
 
+class SweepProgress:
+    """The sweep-level bar above each run's own bar: the current run, compute done, and the sweep's ETA.
+
+    The ETA models a run's wall time as a fixed cost (build, compile, evaluation) plus its FLOPs at a
+    steady rate, fitted to the runs finished so far: on a small sweep the fixed cost is a large share,
+    so a FLOPs-only rate would overestimate the remaining big-budget runs from the small first ones.
+    """
+
+    def __init__(self, label: str, runs: list[PlannedRun], todo: list[PlannedRun], enabled: bool):
+        self.label, self.total_runs = label, len(runs)
+        self.left = list(todo)
+        self.finished: list[tuple[float, float]] = []  # (FLOPs, seconds) of runs trained by this call
+        self.bar = tqdm(
+            total=sum(run.flops for run in runs),
+            initial=sum(run.flops for run in runs) - sum(run.flops for run in todo),
+            unit="FLOP",
+            unit_scale=True,
+            desc=label,
+            disable=not enabled,
+            dynamic_ncols=True,
+            bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} FLOP [{elapsed}{postfix}]",
+        )
+        self._show()
+
+    def eta(self) -> float | None:
+        """Seconds left for the runs not yet finished, or None before any run has finished."""
+        if not self.finished:
+            return None
+        flops = np.array([f for f, _ in self.finished])
+        seconds = np.array([s for _, s in self.finished])
+        left = np.array([run.flops for run in self.left], dtype=float)
+        if len(set(flops)) > 1:
+            per_flop, fixed = np.polyfit(flops, seconds, 1)
+            if per_flop > 0 and fixed >= 0:
+                return float(np.sum(fixed + per_flop * left))
+            if per_flop <= 0:  # fixed costs dominate: every run takes about the same time
+                return float(seconds.mean() * len(left))
+        return float(left.sum() * seconds.sum() / flops.sum())
+
+    def _show(self) -> None:
+        eta = self.eta()
+        done = self.total_runs - len(self.left)
+        remaining = "?" if eta is None else tqdm.format_interval(eta)
+        self.bar.set_postfix_str(f"<{remaining} left, {done}/{self.total_runs} runs done")
+
+    def start(self, run: PlannedRun) -> None:
+        """Announce `run` on its own line and in the bar."""
+        index = self.total_runs - len(self.left) + 1
+        self.bar.set_description_str(f"{self.label} [{index}/{self.total_runs}] {run.name}")
+        self._show()
+        if not self.bar.disable:
+            tqdm.write(
+                f"[{index}/{self.total_runs}] {run.name}: N={human(run.n_total)} (non-embedding "
+                f"{human(run.n_nonembed)}), D={human(run.tokens)}, C={run.flops:.3g}, {run.steps} steps, "
+                f"batch {run.batch_size}, lr {run.lr:.3g}",
+                file=sys.stdout,
+            )
+
+    def finish(self, run: PlannedRun, seconds: float | None) -> None:
+        """Count `run` as done after `seconds`; None: it failed, so neither its time nor its FLOPs count."""
+        self.left.remove(run)
+        if seconds is not None:
+            self.finished.append((run.flops, seconds))
+            self.bar.update(run.flops)
+        self._show()
+
+    def close(self) -> None:
+        """Leave the final bar on screen."""
+        self.bar.close()
+
+
 def run_sweep(plan: Plan, sweep_dir: Path, shard: tuple[int, int] = (0, 1), quiet: bool = False) -> SweepReport:
     """Train every unfinished run of this shard in `sweep_dir`, committing each row as it ends.
 
@@ -147,30 +219,11 @@ def run_sweep(plan: Plan, sweep_dir: Path, shard: tuple[int, int] = (0, 1), quie
         check_run_dir(run, sweep_dir / "runs" / run.name)
     todo = [run for run in mine if read_result(sweep_dir / "runs" / run.name) is None]
     report = SweepReport(shard_runs=len(mine), skipped=len(mine) - len(todo))
-    done_flops = sum(run.flops for run in mine) - sum(run.flops for run in todo)
     label = f"sweep {plan.spec.name}" + (f" shard {shard[0]}/{shard[1]}" if shard[1] > 1 else "")
-    bar = tqdm(
-        total=sum(run.flops for run in mine),
-        initial=done_flops,
-        unit="FLOP",
-        unit_scale=True,
-        smoothing=0,  # the sweep's average FLOP rate: runs differ too much for a recent-rate ETA
-        desc=label,
-        disable=not is_writer,
-        dynamic_ncols=True,
-        bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} FLOP [{elapsed}<{remaining}]{postfix}",
-    )
-    bar.set_postfix_str(f"{report.skipped}/{len(mine)} runs done")
-    try:  # a preemption (IncompleteRunError, SystemExit) or Ctrl-C ends the sweep; the next call resumes it
-        for index, run in enumerate(todo, start=report.skipped + 1):
-            bar.set_description_str(f"{label} [{index}/{len(mine)}] {run.name}")
-            if is_writer:
-                tqdm.write(
-                    f"[{index}/{len(mine)}] {run.name}: N={human(run.n_total)} (non-embedding "
-                    f"{human(run.n_nonembed)}), D={human(run.tokens)}, C={run.flops:.3g}, {run.steps} steps, "
-                    f"batch {run.batch_size}, lr {run.lr:.3g}",
-                    file=sys.stdout,
-                )
+    progress = SweepProgress(label, mine, todo, enabled=is_writer)
+    try:  # a preemption (Preempted, IncompleteRunError) or Ctrl-C ends the sweep; the next call resumes it
+        for run in todo:
+            progress.start(run)
             run_dir = sweep_dir / "runs" / run.name
             start = time.perf_counter()
             try:
@@ -179,17 +232,18 @@ def run_sweep(plan: Plan, sweep_dir: Path, shard: tuple[int, int] = (0, 1), quie
                 # One broken run (out of memory, a bad shape) must not stop a shard's other runs.
                 tqdm.write(f"{run.name}: failed:\n{traceback.format_exc()}", file=sys.stderr)
                 report.failed.append(run.name)
+                progress.finish(run, None)
                 continue
             finally:
                 jax.clear_caches()  # drop this run's compiled programs before the next shape compiles
+            seconds = time.perf_counter() - start
             if is_writer:
-                write_result(run_dir, result_row(run, run_dir, status, time.perf_counter() - start))
+                write_result(run_dir, result_row(run, run_dir, status, seconds))
                 report.rows = rebuild_csv(sweep_dir, names)
             (report.ran if status == "ok" else report.diverged).append(run.name)
-            bar.update(run.flops)
-            bar.set_postfix_str(f"{report.skipped + len(report.ran) + len(report.diverged)}/{len(mine)} runs done")
+            progress.finish(run, seconds)
     finally:
-        bar.close()
+        progress.close()
     if is_writer:
         report.rows = rebuild_csv(sweep_dir, names)
     return report

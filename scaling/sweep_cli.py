@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_PROBE_STEPS = 10
-DEFAULT_PROBE_MAX_FLOPS = 3e11  # per step: a 10-step probe then takes well under a minute on a 2-core CPU
+DEFAULT_PROBE_STEPS = 20
+DEFAULT_PROBE_MAX_FLOPS = 3e11  # per step: a 20-step probe then takes well under a minute on a 2-core CPU
 
 
 def register_sweep(subparsers: argparse._SubParsersAction) -> None:

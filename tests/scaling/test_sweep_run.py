@@ -1,0 +1,144 @@
+"""Running sweeps in-process: a micro sweep end to end in two shards, skips, records and failures."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+
+import scaling.runner
+from model.counting import flops_per_token
+from scaling.plan import make_plan
+from scaling.results import (
+    COLUMNS,
+    RESULTS_CSV,
+    IncompleteRunError,
+    atomic_write,
+    curve_summary,
+    read_csv,
+    rebuild_csv,
+)
+from scaling.runner import SweepProgress, run_sweep
+from scaling.spec import SpecError, spec_from_dict
+from tests.scaling.sweep_specs import micro
+from train.loop import NonFiniteLossError
+from train.metrics import read_metrics
+
+
+def test_micro_sweep_runs_end_to_end_in_two_shards_then_skips_everything(tmp_path):
+    plan = make_plan(spec_from_dict(micro()))
+    names = [run.name for run in plan.runs]
+
+    first = run_sweep(plan, tmp_path, shard=(0, 2), quiet=True)
+    assert first.skipped == 0 and not first.failed and len(first.ran) == first.shard_runs == 2
+    rows = read_csv(tmp_path / RESULTS_CSV)
+    assert [row["run"] for row in rows] == [name for name in names if name in first.ran]
+
+    second = run_sweep(plan, tmp_path, shard=(1, 2), quiet=True)
+    assert sorted(first.ran + second.ran) == sorted(names)  # the shards split the sweep exactly
+    rows = read_csv(tmp_path / RESULTS_CSV)
+    assert [row["run"] for row in rows] == names and second.rows == 4
+    assert list(rows[0])[: len(COLUMNS)] == list(COLUMNS)
+    for run, row in zip(plan.runs, rows, strict=True):
+        run_dir = tmp_path / "runs" / run.name
+        records = read_metrics(run_dir)
+        steps = [r["step"] for r in records if "loss" in r]
+        assert steps == list(range(run.steps))  # the whole loss curve is kept, every step once
+        assert int(row["N"]) == run.n_total and int(row["N_nonembed"]) == run.n_nonembed
+        assert int(row["C"]) == flops_per_token(run.config.model, 16) * int(row["D"]) == run.flops
+        assert int(row["D"]) == run.tokens and int(row["steps"]) == run.steps and row["status"] == "ok"
+        evals = [r["eval_loss"] for r in records if "eval_loss" in r]
+        assert float(row["eval_loss"]) == evals[-1] and float(row["best_eval_loss"]) == min(evals)
+        assert float(row["final_loss"]) == [r["loss"] for r in records if "loss" in r][-1]
+        assert math.isfinite(float(row["final_loss"])) and float(row["budget"]) == run.budget
+        assert (run_dir / "config.yaml").exists()
+    # the tiny model learns on the larger budget: more compute, lower loss at the same size
+    by_name = {row["run"]: float(row["eval_loss"]) for row in rows}
+    assert by_name[names[2]] < by_name[names[0]]
+
+    stamps = {name: os.stat(tmp_path / "runs" / name / "metrics.jsonl").st_mtime_ns for name in names}
+    table = (tmp_path / RESULTS_CSV).read_text()
+    again = run_sweep(plan, tmp_path, quiet=True)
+    assert again.ran == [] and again.skipped == 4
+    assert stamps == {name: os.stat(tmp_path / "runs" / name / "metrics.jsonl").st_mtime_ns for name in names}
+    assert (tmp_path / RESULTS_CSV).read_text() == table
+
+    changed = make_plan(spec_from_dict(micro(rules__lr={"value": 1e-3, "ref_params": 1e4, "exponent": -0.25})))
+    with pytest.raises(SpecError, match=r"optimizer\.lr.*use a new --sweep-dir"):
+        run_sweep(changed, tmp_path, quiet=True)
+
+
+def _fake_train(outcomes):
+    """A stand-in for train() that raises per run name, to test the runner's bookkeeping alone."""
+
+    def fake(cfg, run_dir, quiet=False):
+        outcome = outcomes.get(cfg.name)
+        if outcome is not None:
+            raise outcome
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lines = [f'{{"step": {s}, "loss": {5.0 - s / 100}}}' for s in range(cfg.train.steps)]
+        lines.append(f'{{"step": {cfg.train.steps - 1}, "eval_loss": 4.5}}')
+        (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+    return fake
+
+
+def test_divergence_is_a_result_and_a_failure_is_retried(tmp_path, monkeypatch):
+    plan = make_plan(spec_from_dict(micro()))
+    diverging, failing = plan.runs[1].name, plan.runs[2].name
+    outcomes = {diverging: NonFiniteLossError("step 3: loss nan"), failing: MemoryError("out of memory")}
+    monkeypatch.setattr(scaling.runner, "train", _fake_train(outcomes))
+    report = run_sweep(plan, tmp_path, quiet=True)
+    assert report.diverged == [diverging] and report.failed == [failing] and len(report.ran) == 2
+    rows = {row["run"]: row for row in read_csv(tmp_path / RESULTS_CSV)}
+    assert failing not in rows and len(rows) == 3  # a failed run has no row until it succeeds
+    assert rows[diverging]["status"] == "diverged" and rows[diverging]["final_loss"] == "nan"
+    assert rows[plan.runs[0].name]["eval_loss"] == "4.5"
+
+    monkeypatch.setattr(scaling.runner, "train", _fake_train({}))
+    retry = run_sweep(plan, tmp_path, quiet=True)
+    assert retry.ran == [failing] and retry.skipped == 3  # the diverged run is not retried
+    assert [row["run"] for row in read_csv(tmp_path / RESULTS_CSV)] == [run.name for run in plan.runs]
+
+
+def test_a_run_that_stops_early_is_not_recorded(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "loss": 5.0}\n{"step": 1, "loss": 4.9}\n')
+    with pytest.raises(IncompleteRunError, match="ends at step 2 of 10"):
+        curve_summary(tmp_path, 10)
+
+
+def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):
+    path = tmp_path / RESULTS_CSV
+    atomic_write(path, "old\n")
+
+    def crash(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, "new\n")
+    assert path.read_text() == "old\n" and os.listdir(tmp_path) == [RESULTS_CSV]
+
+
+def test_rebuild_lists_committed_runs_once_in_plan_order(tmp_path, monkeypatch):
+    plan = make_plan(spec_from_dict(micro()))
+    monkeypatch.setattr(scaling.runner, "train", _fake_train({}))
+    run_sweep(plan, tmp_path, shard=(1, 2), quiet=True)
+    names = [run.name for run in plan.runs]
+    committed = [name for name in names if (tmp_path / "runs" / name / "result.json").exists()]
+    assert len(committed) == 2
+    assert rebuild_csv(tmp_path, names + names[::-1]) == 2  # a name listed twice is still one row
+    assert [row["run"] for row in read_csv(tmp_path / RESULTS_CSV)] == committed
+
+
+def test_sweep_eta_fits_a_fixed_cost_per_run_plus_a_flop_rate():
+    runs = list(make_plan(spec_from_dict(micro())).runs)
+    progress = SweepProgress("sweep micro", runs, runs, enabled=False)
+    assert progress.eta() is None
+    progress.finish(runs[0], 5.0 + runs[0].flops / 1e8)
+    assert progress.eta() == pytest.approx(sum(r.flops for r in runs[1:]) * progress.finished[0][1] / runs[0].flops)
+    progress.finish(runs[1], None)  # a failed run: no time, no FLOPs
+    progress.finish(runs[2], 5.0 + runs[2].flops / 1e8)
+    assert progress.eta() == pytest.approx(5.0 + runs[3].flops / 1e8)
+    progress.close()
