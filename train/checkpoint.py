@@ -40,7 +40,8 @@ class CheckpointError(ConfigError):
     """A checkpoint cannot be used; the message names it and what to do instead."""
 
 
-def _warn(message: str) -> None:
+def warn(message: str) -> None:
+    """Print a warning to stderr, once (from process 0)."""
     if jax.process_index() == 0:
         print(f"scalelab train: warning: {message}", file=sys.stderr, flush=True)
 
@@ -198,7 +199,7 @@ class CheckpointStore:
         self._sealing: int | None = None  # the step whose save the seal callback finishes
         unfinished = sorted(p.name for p in self.root.glob("*.orbax-checkpoint-tmp*"))
         if unfinished:
-            _warn(f"discarding unfinished checkpoint saves in {self.root} (killed mid-save): {', '.join(unfinished)}")
+            warn(f"discarding unfinished checkpoint saves in {self.root} (killed mid-save): {', '.join(unfinished)}")
         self._manager: ocp.CheckpointManager | None = None  # created after corrupt checkpoints are moved away
 
     @property
@@ -304,7 +305,7 @@ class CheckpointStore:
             ),
         )
         for bad_step, problem, moved in bad:
-            _warn(
+            warn(
                 f"checkpoint step {bad_step} ({self.root / str(bad_step)}) is corrupt: {problem}; "
                 f"moved it to {moved} and using step {step} ({path}) instead"
             )
@@ -315,7 +316,7 @@ class CheckpointStore:
         changes = config_changes(meta["config"], to_dict(self.cfg))
         shown = [f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items() if not k.startswith("logging.")]
         if shown:
-            _warn(f"resuming from {path} with changed settings: {'; '.join(shown)}")
+            warn(f"resuming from {path} with changed settings: {'; '.join(shown)}")
 
     def close(self) -> None:
         """Wait for the last save to be committed and release orbax's threads."""
@@ -351,7 +352,7 @@ def _init_source(source: Path) -> Path:
         problem = verify_manifest(root / str(step))
         if problem is None:
             return root / str(step)
-        _warn(f"--init-from: checkpoint {root / str(step)} is corrupt ({problem}); trying the one before it")
+        warn(f"--init-from: checkpoint {root / str(step)} is corrupt ({problem}); trying the one before it")
     raise CheckpointError(f"--init-from {source}: every checkpoint in {root} is corrupt")
 
 

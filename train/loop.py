@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from model.counting import count_params, flops_per_token
-from train.checkpoint import CheckpointStore, checkpoint_meta, load_params, refuse_unmanaged
+from train.checkpoint import CheckpointStore, checkpoint_meta, load_params, refuse_unmanaged, warn
 from train.config import Config, save_config
 from train.data import BatchSource, make_source
 from train.faults import DataSkips, Preempted, PreemptionGuard, poison_batch
@@ -91,11 +90,6 @@ class _Rollback(Exception):
     def __init__(self, step: int):
         super().__init__(step)
         self.step = step
-
-
-def _warn(message: str) -> None:
-    if jax.process_index() == 0:
-        print(f"scalelab train: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _start_state(trainer: Trainer, init_from: Path | None) -> TrainState:
@@ -277,7 +271,7 @@ class _Session:
         self._reopen_metrics(target)
         self.progress.n = target
         self.progress.refresh()
-        _warn(
+        warn(
             f"step {bad_step}: non-finite loss (train.nan_policy=rollback); rolled back to "
             f"{f'checkpoint step {target}' if restored else 'the initial state'} and skipping data batches "
             f"{bad_index + 1 - skipped}..{bad_index} (rollback {self.rollbacks} of at most {self.cfg.train.max_rollbacks})"

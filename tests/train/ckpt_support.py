@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,3 +77,9 @@ def compile_cache(directory: Path) -> Iterator[None]:
         for name, value in previous.items():
             jax.config.update(name, value)
         compilation_cache.reset_cache()
+
+
+def shared_cache_dir(tmp_path_factory: Any) -> Path:
+    """One compilation cache for all checkpoint test modules, across pytest-xdist workers too."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "checkpoint-tests-jax-cache"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import jax
@@ -16,10 +18,20 @@ from tests.train.ckpt_support import (
     exact_metrics,
     flat_arrays,
     saved_state,
+    shared_cache_dir,
 )
-from train.checkpoint import CheckpointError, CheckpointStore, checkpoint_meta, load_params, saved_steps
+from train import loop
+from train.checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    checkpoint_meta,
+    data_reference,
+    load_params,
+    saved_steps,
+)
 from train.cli import main
 from train.config import load_config
+from train.faults import Preempted
 from train.loop import train
 from train.manifest import MANIFEST
 from train.metrics import read_metrics
@@ -31,7 +43,7 @@ RESHARDED = ["mesh.data=2", "mesh.tensor=2", "mesh.pipeline=2"]  # from data=8
 
 @pytest.fixture(scope="module", autouse=True)
 def _shared_compiles(tmp_path_factory):
-    with compile_cache(tmp_path_factory.getbasetemp() / "checkpoint-tests-jax-cache"):
+    with compile_cache(shared_cache_dir(tmp_path_factory)):
         yield
 
 
@@ -189,3 +201,47 @@ def test_each_evaluation_saves_a_checkpoint_when_keeping_the_best(tmp_path):
     evals = {r["step"] + 1: r["eval_loss"] for r in read_metrics(tmp_path) if "eval_loss" in r}
     assert sorted(evals) == [4, 8, 12]
     assert saved_steps(tmp_path / "checkpoints") == sorted({12, *sorted(evals, key=evals.get)[:2]})
+
+
+def test_tfds_runs_record_their_dataset_and_tokenizer(tmp_path):
+    version = tmp_path / "scalelab_text" / "1.0.0"
+    version.mkdir(parents=True)
+    (version / "dataset_info.json").write_text("{}")
+    reference = data_reference(load_config("gpt-tiny", ["data.source=tfds", f"data.data_dir={tmp_path}"]))
+    assert reference["dataset"] == str(version)
+    assert reference["tokenizer"] == str(version / "tokenizers" / "bpe-256")
+
+
+class SignalAt:
+    """A batch source that sends this process SIGTERM when asked for data batch `index` (once)."""
+
+    def __init__(self, source, index: int):
+        self.source, self.index, self.sent = source, index, False
+
+    def batch(self, step: int):
+        if step == self.index and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by the loop's guard: the training runs in this thread
+        return self.source.batch(step)
+
+    def eval_batch(self, index: int):
+        return self.source.eval_batch(index)
+
+
+@pytest.mark.parametrize("every", [4, 0])
+def test_sigterm_saves_and_stops_cleanly(tmp_path, monkeypatch, every):
+    make_source = loop.make_source
+    monkeypatch.setattr(loop, "make_source", lambda *args: SignalAt(make_source(*args), index=5))
+    cfg = load_config("gpt-tiny", [*BASE, f"checkpoint.every={every}"])
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Preempted, match="stopped by SIGTERM after step 6; ") as stop:
+        train(cfg, tmp_path, quiet=True)
+    assert stop.value.step == 6
+    assert [r["step"] for r in read_metrics(tmp_path) if "loss" in r] == list(range(6))
+    if every:
+        assert saved_steps(tmp_path / "checkpoints") == [4, 6]
+        assert f"newest checkpoint: step 6 in {tmp_path / 'checkpoints'}" in str(stop.value)
+    else:
+        assert not (tmp_path / "checkpoints").exists()
+        assert "checkpointing is off" in str(stop.value)
+    assert signal.getsignal(signal.SIGTERM) is handler  # the guard put the previous handler back

@@ -7,7 +7,14 @@ import shutil
 
 import pytest
 
-from tests.train.ckpt_support import FAST, assert_states_equal, compile_cache, exact_metrics, saved_state
+from tests.train.ckpt_support import (
+    FAST,
+    assert_states_equal,
+    compile_cache,
+    exact_metrics,
+    saved_state,
+    shared_cache_dir,
+)
 from train.checkpoint import read_meta, saved_steps
 from train.config import load_config
 from train.loop import NonFiniteLossError, train
@@ -19,7 +26,7 @@ POISONED = [*BASE, "train.inject_nan_batches=[6]"]
 
 @pytest.fixture(scope="module", autouse=True)
 def _shared_compiles(tmp_path_factory):
-    with compile_cache(tmp_path_factory.getbasetemp() / "checkpoint-tests-jax-cache"):
+    with compile_cache(shared_cache_dir(tmp_path_factory)):
         yield
 
 
