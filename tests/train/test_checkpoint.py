@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from model.config import ConfigError
 from tests.train.ckpt_support import (
     FAST,
     assert_states_equal,
@@ -245,3 +246,21 @@ def test_sigterm_saves_and_stops_cleanly(tmp_path, monkeypatch, every):
         assert not (tmp_path / "checkpoints").exists()
         assert "checkpointing is off" in str(stop.value)
     assert signal.getsignal(signal.SIGTERM) is handler  # the guard put the previous handler back
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.nan_policy=rollback"], "train.nan_policy=rollback needs checkpoints"),
+        (["checkpoint.every=4", "checkpoint.keep_best=1", "train.eval_every=0"], "checkpoint.keep_best ranks"),
+        (["checkpoint.every_minutes=0"], "checkpoint.every_minutes must be positive"),
+        (["checkpoint.keep_best=-1"], "checkpoint.keep_best must be >= 0"),
+        (["train.max_rollbacks=-1"], "train.max_rollbacks must be >= 0"),
+        (["train.inject_nan_batches=5"], "train.inject_nan_batches: expected a list, got int 5"),
+        (["train.inject_nan_batches=[-1]"], "train.inject_nan_batches holds data batch indices"),
+        (["train.inject_nan_batches=[x]"], r"train\.inject_nan_batches\[0\]: expected int"),
+    ],
+)
+def test_checkpoint_and_fault_settings_are_validated(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("gpt-tiny", overrides)

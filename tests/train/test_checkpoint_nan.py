@@ -17,6 +17,7 @@ from tests.train.ckpt_support import (
 )
 from train.checkpoint import read_meta, saved_steps
 from train.config import load_config
+from train.faults import DataSkips
 from train.loop import NonFiniteLossError, train
 from train.metrics import read_metrics
 
@@ -88,3 +89,17 @@ def test_rollback_gives_up_after_max_rollbacks(tmp_path):
     overrides = ["train.nan_policy=rollback", "train.max_rollbacks=1", "train.inject_nan_batches=[5,9]"]
     with pytest.raises(NonFiniteLossError, match=r"step 7 \(data batch 9\): loss is not finite after 1 rollbacks"):
         train(load_config("gpt-tiny", [*BASE, *overrides]), tmp_path, quiet=True)
+
+
+def test_data_skips_after_repeated_rollbacks():
+    skips = DataSkips().after_rollback(target=4, bad_step=6)
+    assert skips.entries == [(4, 3)] and [skips.data_index(s) for s in (3, 4, 5)] == [3, 7, 8]
+    # A second bad step (step 5, data batch 8) rolled back to the same checkpoint skips on from there.
+    skips = skips.after_rollback(target=4, bad_step=5)
+    assert [skips.data_index(s) for s in (3, 4)] == [3, 9]
+    # Back to a checkpoint older than a recorded skip: that skip is replaced by one wider skip.
+    skips = DataSkips([(4, 3), (8, 2)])
+    assert skips.data_index(9) == 14
+    wider = skips.after_rollback(target=4, bad_step=9)
+    assert wider.entries == [(4, 3), (4, 8)] and wider.data_index(4) == 15
+    assert DataSkips.from_json(wider.to_json()) == wider
