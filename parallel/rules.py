@@ -90,29 +90,26 @@ def check_divisible(
     spec: PartitionSpec,
     mesh: Mesh,
     what: str,
-    logical: PartitionSpec | None = None,
+    labels: tuple[str | None, ...] = (),
 ) -> None:
     """Raise naming both numbers when mesh axes do not divide the dimension they shard.
 
-    `logical`, the spec before the rules were applied, lets the message name the config key.
+    `labels` name each dimension for the message, ideally by the config key that sets it.
     """
     padded = tuple(spec) + (None,) * (len(shape) - len(spec))
-    names = tuple(logical or ()) + (None,) * (len(shape) - len(logical or ()))
-    for size, axes, name in zip(shape, padded, names, strict=True):
+    labels = tuple(labels) + (None,) * (len(shape) - len(labels))
+    for dim, (size, axes, label) in enumerate(zip(shape, padded, labels, strict=True)):
         if axes is None:
             continue
         axes = (axes,) if isinstance(axes, str) else tuple(axes)
         ways = math.prod(mesh.shape[axis] for axis in axes)
         if size % ways == 0:
             continue
-        sizes = " x ".join(str(mesh.shape[axis]) for axis in axes)
-        mesh_keys = " x ".join(f"mesh.{axis}" for axis in axes)
-        if len(axes) > 1:
-            sizes = f"{sizes} = {ways}"
-        source = AXIS_SOURCES.get(name, f"axis {name!r}") if name else "dimension"
+        sizes = " x ".join(str(mesh.shape[axis]) for axis in axes) + (f" = {ways}" if len(axes) > 1 else "")
         raise ConfigError(
-            f"{source} ({size}) is not divisible by {mesh_keys} ({sizes}): {what} shards it over "
-            f"{'x'.join(axes)}; change the mesh or the model, or override mesh.rules"
+            f"{label or f'dimension {dim}'} ({size}) is not divisible by "
+            f"{' x '.join(f'mesh.{axis}' for axis in axes)} ({sizes}), over which {what} is sharded; "
+            "change the mesh or the model, or override mesh.rules"
         )
 
 
@@ -123,7 +120,8 @@ def tree_shardings(
 
     def one(path, spec, shape):
         mesh_spec = logical_to_mesh(spec, rules, mesh)
-        check_divisible(tuple(shape.shape), mesh_spec, mesh, f"{what} {jax.tree_util.keystr(path)}", spec)
+        labels = tuple(AXIS_SOURCES.get(name, name) if name else None for name in spec)
+        check_divisible(tuple(shape.shape), mesh_spec, mesh, f"{what} {jax.tree_util.keystr(path)}", labels)
         return NamedSharding(mesh, mesh_spec)
 
     return jax.tree_util.tree_map_with_path(one, logical, shapes)
