@@ -146,16 +146,15 @@ class _Session:
                 self.run_dir, tensorboard=self.cfg.logging.tensorboard, purge_step=step if step else None
             )
 
-    def run(self) -> None:
-        """Train to train.steps; on a signal, save and raise Preempted."""
-        with PreemptionGuard() as guard:
-            while self.step < self.cfg.train.steps:  # a signal after the last step changes nothing
-                if guard.requested(self.step):
-                    self._preempt(guard.signal_name or "a signal")
-                try:
-                    self._advance()
-                except _Rollback as bad:
-                    self._rollback(bad.step)
+    def run(self, guard: PreemptionGuard) -> None:
+        """Train to train.steps; when `guard` reports a signal, save and raise Preempted."""
+        while self.step < self.cfg.train.steps:  # a signal after the last step changes nothing
+            if guard.requested(self.step):
+                self._preempt(guard.signal_name or "a signal")
+            try:
+                self._advance()
+            except _Rollback as bad:
+                self._rollback(bad.step)
 
     def _advance(self) -> None:
         """One train step, then the metric flush, evaluation and checkpoint that are due."""
@@ -308,9 +307,14 @@ def train(cfg: Config, run_dir: Path, quiet: bool = False, init_from: Path | Non
 
     Writes config.yaml, metrics.jsonl, TensorBoard events and (if enabled) checkpoints/.
     `init_from` (a run directory or checkpoint) seeds the parameters of a new run. Raises
-    Preempted after saving when SIGTERM or SIGINT arrives.
+    Preempted after saving when SIGTERM or SIGINT arrives, also during start-up and compilation.
     """
-    run_dir = Path(run_dir)
+    with PreemptionGuard() as guard:
+        return _train(cfg, Path(run_dir), quiet, init_from, guard)
+
+
+def _train(cfg: Config, run_dir: Path, quiet: bool, init_from: Path | None, guard: PreemptionGuard) -> RunResult:
+    """The body of `train`, under its signal guard."""
     is_writer = jax.process_index() == 0  # one writer for files shared by all processes
     trainer = Trainer.build(cfg)
     source = make_source(cfg, *trainer.data_shard())  # only the rows this process's devices hold
@@ -346,7 +350,7 @@ def train(cfg: Config, run_dir: Path, quiet: bool = False, init_from: Path | Non
     )
     session = _Session(trainer, source, store, run_dir, progress, start, lambda: _start_state(trainer, init_from))
     try:
-        session.run()
+        session.run(guard)
     finally:
         session.close()
     evals = [session.evals[k] for k in sorted(session.evals)]
