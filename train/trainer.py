@@ -92,6 +92,7 @@ class Trainer:
         """Build the mesh, shardings, optimizer and jitted steps for `cfg`."""
         mesh = build_mesh(cfg.mesh, devices)
         rules = make_rules(cfg.mesh.rules)
+        pipeline, runner = _pipeline(cfg, mesh, rules)  # first: its layer-split errors are the most specific
         model = describe(cfg.model)
         tx = make_optimizer(cfg, model.axes)
         schedule = learning_rate(cfg)
@@ -108,7 +109,6 @@ class Trainer:
         )
         state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings}
         batch_sharding = NamedSharding(mesh, logical_to_mesh(BATCH_AXES, rules, mesh))
-        pipeline, runner = _pipeline(cfg, mesh, rules)
         _check_batch(cfg, batch_sharding, pipeline)
         resolver = activation_resolver(rules, mesh)
         train_step = jax.jit(
