@@ -28,6 +28,9 @@ from scaling.spec import SpecError
 from train.config import to_dict
 from train.loop import NonFiniteLossError, train
 
+# results.csv status values: the fitter keeps only DONE rows
+DONE, DIVERGED = "done", "diverged"
+
 
 @dataclasses.dataclass
 class SweepReport:
@@ -96,7 +99,7 @@ def check_run_dir(run: PlannedRun, run_dir: Path) -> None:
 
 def result_row(run: PlannedRun, run_dir: Path, status: str, wall_s: float) -> dict[str, Any]:
     """The results.csv row of a run that has ended, its losses read from its loss curve."""
-    if status == "ok":
+    if status == DONE:
         losses = curve_summary(run_dir, run.steps)
     else:
         losses = {"final_loss": float("nan"), "eval_loss": None, "best_eval_loss": None}
@@ -128,8 +131,8 @@ def _train_one(run: PlannedRun, run_dir: Path, quiet: bool) -> str:
             train(run.config, run_dir, quiet=quiet)
     except NonFiniteLossError as error:
         tqdm.write(f"{run.name}: diverged: {error}", file=sys.stderr)
-        return "diverged"
-    return "ok"
+        return DIVERGED
+    return DONE
 
 
 class SweepProgress:
@@ -240,7 +243,7 @@ def run_sweep(plan: Plan, sweep_dir: Path, shard: tuple[int, int] = (0, 1), quie
             if is_writer:
                 write_result(run_dir, result_row(run, run_dir, status, seconds))
                 report.rows = rebuild_csv(sweep_dir, names)
-            (report.ran if status == "ok" else report.diverged).append(run.name)
+            (report.ran if status == DONE else report.diverged).append(run.name)
             progress.finish(run, seconds)
     finally:
         progress.close()
