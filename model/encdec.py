@@ -2,7 +2,8 @@
 whose blocks also attend to the encoder output, predicts the targets.
 
 A batch carries `inputs` (and optionally `positions` and `segment_ids`, 0 marking padding)
-for the encoder and `decoder_inputs` (the targets shifted right) for the decoder.
+for the encoder, and `decoder_inputs` (the targets shifted right, with optional
+`decoder_segment_ids`) for the decoder.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class EncoderDecoderLM(nnx.Module):
         y = table[...].astype(self.dtype)[decoder_tokens]
         y = self.decoder.body(
             y,
-            default_positions(decoder_tokens, batch.get("decoder_positions")),
+            default_positions(decoder_tokens, None),
             batch.get("decoder_segment_ids"),
             decoder_key,
             runner,

@@ -273,6 +273,13 @@ class Config:
 
     def __post_init__(self) -> None:
         validate_objective(self)
+        layers = {self.model.n_layers, self.model.encoder_layers, self.model.decoder_layers}
+        if self.mesh.pipeline != 1 and self.model.family == "t5" and len(layers) > 1:
+            raise ConfigError(
+                "mesh.pipeline splits the t5 encoder and decoder into the same stages, so model.n_encoder_layers "
+                f"({self.model.encoder_layers}) and model.n_decoder_layers ({self.model.decoder_layers}) must equal "
+                f"model.n_layers ({self.model.n_layers})"
+            )
         if self.schedule.warmup_steps > self.train.steps:
             raise ConfigError(
                 f"schedule.warmup_steps ({self.schedule.warmup_steps}) is longer than training "

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from model.config import ConfigError
 from tests.train.data.conftest import VOCAB, make_documents, write_jsonl
 from train.cli import main
 from train.config import Config, config_from_dict, load_config
@@ -97,11 +98,11 @@ MESHES = {
 }
 
 
-def _mesh_config(family: str, mesh: dict) -> Config:
+def _mesh_config(family: str, mesh: dict, **model_overrides) -> Config:
     model = {"d_model": 64, "n_layers": 2, "n_heads": 8, "vocab_size": 256, "max_seq_len": 16, "dtype": "float32"}
     return config_from_dict(
         {
-            "model": {**model, **FAMILIES[family]},
+            "model": {**model, **FAMILIES[family], **model_overrides},
             "train": {"steps": 3, "batch_size": 16, "seq_len": 16},
             "optimizer": {"lr": 3e-3},
             "schedule": {"warmup_steps": 0},
@@ -124,6 +125,12 @@ def test_every_mesh_trains_each_family_like_one_device(family, mesh):
     assert reference[-1] < reference[0]
     # fp32: the meshes differ from one device only in the order of floating-point reductions.
     np.testing.assert_allclose(losses, reference, rtol=1e-5)
+
+
+def test_a_pipelined_t5_needs_stacks_of_equal_depth():
+    with pytest.raises(ConfigError, match=r"model.n_decoder_layers \(3\) must equal model.n_layers \(2\)"):
+        _mesh_config("t5", {"data": 4, "pipeline": 2}, n_decoder_layers=3)
+    assert _mesh_config("t5", {"data": 8}, n_decoder_layers=3).model.decoder_layers == 3
 
 
 class LabelledSource(MarkovSource):
