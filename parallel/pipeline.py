@@ -140,7 +140,7 @@ def make_pipeline_runner(plan: PipelinePlan, mesh: Mesh, rules: dict[str, MeshAx
             raise ConfigError(f"batch of {batch} rows is not divisible by mesh.microbatches ({M})")
         params = jax.tree.map(lambda a: constrain_stage_params(stage_layout(a, plan)), state)
         # Per-example attention inputs (masks, rotary tables) are split like x; broadcast ones are shared.
-        per_example = jax.tree.map(lambda a: a.shape[0] == batch, inputs)
+        per_example = jax.tree.map(lambda a: a.ndim > 0 and a.shape[0] == batch, inputs)
         micro_inputs = jax.tree.map(lambda a, split: _split_microbatches(a, M) if split else a, inputs, per_example)
         stage_ids = jnp.arange(S)
 
@@ -167,7 +167,7 @@ def make_pipeline_runner(plan: PipelinePlan, mesh: Mesh, rules: dict[str, MeshAx
             items = t - stage_ids
             # Stage 0 reads a fresh microbatch (first repeat) or the last stage's earlier output.
             fresh = jax.lax.dynamic_index_in_dim(buffer, items[0] % M, axis=1, keepdims=False)
-            first = (stage_ids == 0)[:, None, None, None]
+            first = (stage_ids == 0).reshape(S, *([1] * fresh.ndim))
             stage_in = jax.lax.with_sharding_constraint(jnp.where(first, fresh[None], stage_in), activations)
             out = jax.lax.with_sharding_constraint(run_stages(params, stage_ids, items, stage_in), activations)
             done = items[-1]
