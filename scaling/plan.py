@@ -15,6 +15,7 @@ from model.config import ConfigError, ModelConfig
 from model.counting import ParamCounts, count_params, flops_per_token
 from scaling.spec import GridRuns, SpecError, SweepSpec, merge_config
 from train.config import Config, config_from_dict
+from train.objectives import model_lengths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,9 +28,9 @@ class PlannedRun:
     size: int  # N under family.size (the count that rules and targets use)
     n_total: int
     n_nonembed: int
-    flops_per_token: int
+    flops_per_token: float  # an int for decoder models; the objective's lengths can make it fractional
     tokens: int  # D
-    flops: int  # C = flops_per_token × D
+    flops: float  # C = flops_per_token × D
     steps: int
     batch_size: int
     lr: float
@@ -50,7 +51,7 @@ class Plan:
     runs: tuple[PlannedRun, ...]
 
     @property
-    def total_flops(self) -> int:
+    def total_flops(self) -> float:
         """Sum of C over all runs."""
         return sum(run.flops for run in self.runs)
 
@@ -58,10 +59,11 @@ class Plan:
 class Family:
     """The shapes a family rule builds: width k·head_dim, depth width/aspect_ratio, sorted by size."""
 
-    def __init__(self, spec: SweepSpec, base: ModelConfig, seq_len: int):
+    def __init__(self, spec: SweepSpec, base: Config):
         self.rule = spec.family
-        self.base = base
-        self.seq_len = seq_len
+        self.base = base.model
+        self.seq_len = base.train.seq_len
+        self.lengths = model_lengths(base)  # what a row puts through the model under the objective
         self.widths = self.rule.max_d_model // self.rule.head_dim  # ladder rungs 1..widths
 
     def model(self, k: int) -> ModelConfig:
@@ -88,9 +90,9 @@ class Family:
         counts = self.counts(k)
         return counts.non_embedding if self.rule.size == "non_embedding" else counts.total
 
-    def fpt(self, k: int) -> int:
+    def fpt(self, k: int) -> float:
         """Training FLOPs per token of rung `k`."""
-        return flops_per_token(self.model(k), self.seq_len)
+        return flops_per_token(self.model(k), self.seq_len, self.lengths)
 
     def describe(self, k: int) -> str:
         """A rung in words, for error messages."""
@@ -267,7 +269,7 @@ def make_plan(spec: SweepSpec) -> Plan:
         base = config_from_dict(spec.base)
     except ConfigError as error:
         raise SpecError(f"base config: {error}") from None
-    family = Family(spec, base.model, base.train.seq_len)
+    family = Family(spec, base)
     runs: list[PlannedRun] = []
     if isinstance(spec.runs, GridRuns):
         for tokens in spec.runs.tokens:

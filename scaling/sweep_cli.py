@@ -12,6 +12,8 @@ DEFAULT_PROBE_MAX_FLOPS = 3e11  # per step: a 20-step probe then takes well unde
 
 def register_sweep(subparsers: argparse._SubParsersAction) -> None:
     """Add the `sweep` subcommand with its `plan` and `run` actions."""
+    from parallel.distributed import add_arguments as add_distributed_arguments
+
     parser = subparsers.add_parser(
         "sweep",
         help="plan and run scaling sweeps",
@@ -51,6 +53,7 @@ def register_sweep(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--shard", metavar="I/K", help="run only shard I of K (0 <= I < K); shards never overlap")
     run.add_argument("--sweep-dir", type=Path, default=None, help="sweep directory (default: sweeps/<spec name>)")
     run.add_argument("--quiet", action="store_true", help="no per-run summary or progress bar; keep the sweep bar")
+    add_distributed_arguments(run)  # a shard may span hosts: every run then uses all of them
     run.set_defaults(func=run_run)
 
 
@@ -111,9 +114,11 @@ def _use_compile_cache(directory: Path) -> None:
 
 def run_run(args: argparse.Namespace) -> int:
     """Run the sweep (or one shard) and report what happened."""
+    from parallel.distributed import initialize, initialize_kwargs
     from scaling.results import IncompleteRunError
     from scaling.runner import run_sweep
 
+    initialize(initialize_kwargs(args))  # join the shard's other hosts before anything touches a device
     plan, shard, _ = _plan(args)
     sweep_dir = args.sweep_dir or Path("sweeps") / plan.spec.name
     _use_compile_cache(sweep_dir / ".jax-cache")

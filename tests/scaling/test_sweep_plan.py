@@ -12,6 +12,7 @@ from scaling.probe import ProbePoint, estimate
 from scaling.spec import PowerRule, SpecError, load_spec, spec_from_dict
 from tests.scaling.sweep_specs import micro, write_spec
 from train.cli import main
+from train.objectives import model_lengths
 
 AUTO = {"budgets": [1e11, 1e12], "sizes_per_budget": 3, "tokens_per_param": [2, 40]}
 
@@ -27,7 +28,7 @@ def test_plan_arithmetic_is_exact_and_budgets_hold_within_rounding():
     for run in plan.runs:
         cfg = run.config
         counts = count_params(cfg.model)
-        fpt = flops_per_token(cfg.model, cfg.train.seq_len)
+        fpt = flops_per_token(cfg.model, cfg.train.seq_len, model_lengths(cfg))  # as the loop counts MFU
         tokens_per_step = run.batch_size * cfg.train.seq_len
         assert (run.n_total, run.n_nonembed, run.size) == (counts.total, counts.non_embedding, counts.non_embedding)
         assert run.flops_per_token == fpt

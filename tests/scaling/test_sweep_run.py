@@ -24,6 +24,7 @@ from scaling.spec import SpecError, spec_from_dict
 from tests.scaling.sweep_specs import micro
 from train.loop import NonFiniteLossError
 from train.metrics import read_metrics
+from train.objectives import model_lengths
 
 
 def test_micro_sweep_runs_end_to_end_in_two_shards_then_skips_everything(tmp_path):
@@ -48,7 +49,8 @@ def test_micro_sweep_runs_end_to_end_in_two_shards_then_skips_everything(tmp_pat
         steps = [r["step"] for r in records if "loss" in r]
         assert steps == list(range(run.steps))  # the whole loss curve is kept, every step once
         assert int(row["N"]) == run.n_total and int(row["N_nonembed"]) == run.n_nonembed
-        assert int(row["C"]) == flops_per_token(run.config.model, 16) * int(row["D"]) == run.flops
+        fpt = flops_per_token(run.config.model, 16, model_lengths(run.config))
+        assert int(row["C"]) == fpt * int(row["D"]) == run.flops
         assert int(row["D"]) == run.tokens and int(row["steps"]) == run.steps and row["status"] == "done"
         evals = [r["eval_loss"] for r in records if "eval_loss" in r]
         assert float(row["eval_loss"]) == evals[-1] and float(row["best_eval_loss"]) == min(evals)
