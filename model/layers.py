@@ -7,6 +7,7 @@ inputs in the compute dtype and accumulate in fp32; softmax and norm statistics 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -35,8 +36,48 @@ def zeros_param(shape: tuple[int, ...], axes: tuple[str, ...]) -> nnx.Param:
 
 
 def matmul(spec: str, x: jax.Array, w: jax.Array, dtype: jnp.dtype) -> jax.Array:
-    """einsum with inputs cast to `dtype` and fp32 accumulation; the result is fp32."""
-    return jnp.einsum(spec, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+    """einsum with inputs cast to `dtype` and fp32 accumulation; the result is fp32.
+
+    Below fp32, the backward matmuls also take `dtype` inputs (see `_low_precision_einsum`).
+    """
+    if jnp.dtype(dtype) == jnp.float32:
+        return jnp.einsum(spec, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+    return _low_precision_einsum(spec, jnp.dtype(dtype), x.dtype, w.dtype)(x, w)
+
+
+@functools.cache
+def _low_precision_einsum(spec: str, dtype: jnp.dtype, x_dtype: jnp.dtype, w_dtype: jnp.dtype) -> Callable:
+    """f(x, w) = einsum(spec) in `dtype` with fp32 accumulation, whose gradients are matmuls in `dtype` too.
+
+    Autodiff of the plain einsum multiplies the fp32 output gradient by a `dtype` operand,
+    which XLA runs as an fp32 matmul (several times slower on bf16 hardware). Here the
+    gradient is rounded to `dtype` first, as mixed-precision training does everywhere, and
+    both gradient matmuls still accumulate in fp32.
+    """
+    inputs, out = spec.replace(" ", "").split("->")
+    x_spec, w_spec = inputs.split(",")
+    dx_spec, dw_spec = f"{out},{w_spec}->{x_spec}", f"{x_spec},{out}->{w_spec}"
+    for name, own, others in (("x", x_spec, out + w_spec), ("w", w_spec, out + x_spec)):
+        if set(own) - set(others) - {"."}:
+            raise ValueError(f"matmul {spec!r}: an index of {name} appears nowhere else; sum it before the matmul")
+
+    def forward(x: jax.Array, w: jax.Array) -> jax.Array:
+        return jnp.einsum(spec, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+
+    def forward_with_residuals(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        x, w = x.astype(dtype), w.astype(dtype)
+        return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32), (x, w)
+
+    def backward(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+        x, w = residuals
+        g = g.astype(dtype)
+        dx = jnp.einsum(dx_spec, g, w, preferred_element_type=jnp.float32)
+        dw = jnp.einsum(dw_spec, x, g, preferred_element_type=jnp.float32)
+        return dx.astype(x_dtype), dw.astype(w_dtype)
+
+    f = jax.custom_vjp(forward)
+    f.defvjp(forward_with_residuals, backward)
+    return f
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:

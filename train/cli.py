@@ -19,6 +19,7 @@ COMMANDS: tuple[str, ...] = (
     "scaling.sweep_cli:register_sweep",
     "scaling.fit_cli:register_fit",
     "scaling.fit_cli:register_plot",
+    "bench.cli:register_bench",
 )
 
 

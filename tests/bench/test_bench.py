@@ -1,0 +1,96 @@
+"""The benchmark's plumbing: the PyTorch baseline matches our model, options, tables and a tiny run."""
+
+import argparse
+import math
+
+import jax
+import pytest
+
+from bench import report, sections
+from bench.cli import add_arguments, run_bench
+from bench.shapes import LADDER, Shape, by_name
+from bench.suite import quick_args, targets
+from model.counting import count_params
+
+MICRO = Shape("micro", d_model=32, n_layers=1, n_heads=2, seq_len=16, batch_size=2, vocab_size=64)
+
+
+def test_ladder_holds_the_two_reference_shapes():
+    ref = {s.name: s for s in LADDER}
+    assert (ref["ref-512"].d_model, ref["ref-512"].n_layers, ref["ref-512"].n_heads) == (512, 4, 8)
+    assert (ref["ref-512"].seq_len, ref["ref-512"].batch_size, ref["ref-512"].vocab_size) == (256, 8, 8192)
+    assert (ref["ref-128"].d_model, ref["ref-128"].n_layers, ref["ref-128"].n_heads) == (128, 2, 4)
+    assert (ref["ref-128"].seq_len, ref["ref-128"].batch_size, ref["ref-128"].vocab_size) == (128, 16, 4096)
+
+
+def test_unknown_rung_is_an_error_listing_the_valid_ones():
+    with pytest.raises(ValueError, match="ref-512"):
+        by_name(["nope"])
+
+
+def test_cli_rejects_unknown_names_before_running(capsys):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--rungs", "ref-512,huge", "--sections", "ladder"])
+    args.prog = "scalelab"
+    assert run_bench(args) == 2
+    assert "huge" in capsys.readouterr().err
+
+
+def test_torch_baseline_has_exactly_our_parameters():
+    torch_gpt = pytest.importorskip("bench.torch_gpt")
+    for shape in (MICRO, by_name(["ref-128"])[0]):
+        model = torch_gpt.TorchGPT(shape)
+        assert sum(p.numel() for p in model.parameters()) == count_params(shape.config().model).total
+
+
+def test_torch_baseline_starts_near_uniform_loss():
+    torch_gpt = pytest.importorskip("bench.torch_gpt")
+    run = torch_gpt.build("torch-fp32-eager", MICRO)
+    assert abs(float(run.step()) - math.log(MICRO.vocab_size)) < 0.5
+
+
+def test_table_prints_missing_values_as_dashes():
+    rows = [{"a": "x", "b": 1.5}, {"a": "longer", "b": None}]
+    lines = report.table(rows, [("a", "name", report.text), ("b", "value", report.fixed(1))]).splitlines()
+    assert lines[0].split() == ["name", "value"]
+    assert lines[2].split() == ["x", "1.5"] and lines[3].split() == ["longer", "-"]
+
+
+def test_quick_args_are_read_without_importing(tmp_path):
+    module = tmp_path / "demo_bench.py"
+    module.write_text('raise SystemExit("imported")\nQUICK_ARGS = ["--steps", "2"]\n')
+    assert quick_args(module) == ["--steps", "2"]
+    (tmp_path / "plain_bench.py").write_text("x = 1\n")
+    assert quick_args(tmp_path / "plain_bench.py") is None
+
+
+def test_targets_name_each_measured_ratio():
+    rows = [
+        {"impl": "ours-bf16", "rung": "ref-128", "d_model": 128, "vs_torch_best": 1.5, "mfu_bf16_peak": 0.1},
+        {"impl": "ours-bf16", "rung": "ref-512", "d_model": 512, "vs_torch_best": 1.1, "mfu_bf16_peak": 0.8},
+    ]
+    lines = targets(rows, [{"n_layers": 4, "compile_s": 2.0}, {"n_layers": 48, "compile_s": 2.5}])
+    assert "1.50 (target ≥ 1.3)" in lines[0]
+    assert "80.0% (target ≥ 75%)" in lines[1]
+    assert "1.25 (target ≤ 1.5)" in lines[2]
+
+
+@pytest.mark.slow
+def test_a_micro_ladder_measures_ours_and_the_baseline():
+    pytest.importorskip("torch")
+    peaks = sections.Peaks(fp32=1e11, bf16=2e11, vendor=None)
+    rows, notes = sections.ladder(
+        [MICRO],
+        ["ours-bf16", "torch-fp32-eager"],
+        jax.devices()[:1],
+        peaks,
+        rounds=1,
+        window_s=0.05,
+        log=lambda _: None,
+    )
+    assert not notes
+    ours, baseline = rows
+    assert ours["impl"] == "ours-bf16" and ours["memory_bytes"] > 0 and ours["tokens_per_s"] > 0
+    assert baseline["impl"] == "torch-fp32-eager" and baseline["memory_bytes"] is None
+    assert ours["vs_torch_best"] == pytest.approx(ours["tokens_per_s"] / baseline["tokens_per_s"])
