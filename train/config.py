@@ -6,6 +6,7 @@ the nearest valid one.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import re
@@ -427,7 +428,7 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
 
 def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Validate a config given as a mapping (for sweeps and tests), with overrides."""
-    data = _deep_merge({}, data)
+    data = copy.deepcopy(data)  # overrides edit nested sections in place; leave the caller's mapping alone
     for override in overrides:
         data = apply_override(data, override)
     return from_dict(Config, data)

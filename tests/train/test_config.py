@@ -71,3 +71,11 @@ def test_bad_configs_fail_with_a_message_naming_the_key(override, message):
 def test_missing_config_names_the_available_ones():
     with pytest.raises(FileNotFoundError, match="gpt-tiny"):
         load_config("no-such-config")
+
+
+def test_overrides_leave_the_given_mapping_unchanged():
+    from train.config import config_from_dict, load_raw
+
+    raw = load_raw("gpt-tiny")
+    config_from_dict(raw, ["model.n_layers=5"])
+    assert raw["model"]["n_layers"] == 2
