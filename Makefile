@@ -19,8 +19,15 @@ $(STAMP): pyproject.toml
 test: setup
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -q
 
+# The demo isoFLOP sweep on the default corpus, then its fit and plots (README "Sweeps").
+# Preparing skips an existing corpus and tokenizer and the sweep skips finished runs, so re-running
+# `make demo` resumes an interrupted sweep.
 demo: setup
-	$(BIN)/scalelab train gpt-tiny --run-dir runs/demo
+	$(BIN)/scalelab data prepare
+	$(BIN)/scalelab tokenizer train
+	$(BIN)/scalelab sweep run demo --sweep-dir sweeps/demo
+	$(BIN)/scalelab fit sweeps/demo --out sweeps/demo/fit
+	$(BIN)/scalelab plot sweeps/demo/fit --out sweeps/demo/fit
 
 lint: setup
 	$(BIN)/ruff check .
