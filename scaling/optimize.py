@@ -48,12 +48,12 @@ class LBFGSOptions:
     """Settings of the minimiser; the defaults suit the normalised Huber objectives of scaling.laws."""
 
     memory: int = 10
-    max_evals: int = 500
+    max_evals: int = 300
     gtol: float = 1e-6
     ftol: float = 1e-7
     c1: float = 1e-4
     max_backtracks: int = 30
-    pool: int = 1024
+    pool: int = 256
 
 
 @dataclass(frozen=True)
@@ -246,10 +246,16 @@ def _solve(
 
     def body(state: tuple) -> tuple:
         lanes, pid, active, next_pid, out_x, out_f, out_i = state
-        # Pack running lanes to the front; while problems are queued every lane is running anyway.
-        order = jnp.argsort(~active, stable=True)
-        lanes, pid, active = jax.tree.map(lambda a: a[order], (lanes, pid, active))
-        level = jnp.where(next_pid < n_problems, 0, jnp.sum(jnp.sum(active) <= jnp.asarray(sizes[1:])))
+        queued = next_pid < n_problems
+
+        def pack(lanes_pid_active: tuple) -> tuple:
+            # Running lanes to the front, so evaluating a leading slice reaches all of them.
+            order = jnp.argsort(~lanes_pid_active[2], stable=True)
+            return jax.tree.map(lambda a: a[order], lanes_pid_active)
+
+        # While problems are queued every lane is running, so there is nothing to pack.
+        lanes, pid, active = jax.lax.cond(queued, lambda lpa: lpa, pack, (lanes, pid, active))
+        level = jnp.where(queued, 0, jnp.sum(jnp.sum(active) <= jnp.asarray(sizes[1:])))
         ft, gt = jax.lax.switch(level, [lambda xt, ids, k=k: evaluate(k, xt, ids) for k in sizes], lanes.xt, pid)
         lanes = step(lanes, ft, gt)
         done = active & (lanes.status != int(Status.RUNNING))

@@ -16,6 +16,11 @@ from scaling.laws import APPROACH3, HUBER_DELTA, KAPLAN, SINGLE_LAWS, Law
 from scaling.table import FitInputError, FitTable, FitWarning
 
 APPROACHES = ("1", "2", "3", "kaplan", "single")
+# Laws with an N/D trade-off: (optimum at a budget, implied exponents a and b, the exponents' parameter names).
+OPTIMA = {
+    "approach3": (allocation.chinchilla_optimum, allocation.chinchilla_exponents, ("alpha", "beta")),
+    "kaplan": (allocation.kaplan_optimum, allocation.kaplan_exponents, ("alpha_N", "alpha_D")),
+}
 FRONTIER_POINTS = 60
 FRONTIER_REACH = 100.0  # the N_opt(C) bands extend this factor beyond the largest budget in the table
 
@@ -126,21 +131,18 @@ def summarize_law(fit: LawFit, boot: np.ndarray | None, table: FitTable, s: FitS
     if boot is not None:
         out["bootstrap"] = {"resamples": len(boot), "failed": int(np.isnan(boot[:, 0]).sum())}
     k = table.flops_per_param_token
-    if law.name in ("approach3", "kaplan"):
-        optimum = allocation.chinchilla_optimum if law.name == "approach3" else allocation.kaplan_optimum
-        exponents = allocation.chinchilla_exponents if law.name == "approach3" else allocation.kaplan_exponents
-        names = list(public)
-        exps = exponents(*(public[n] for n in names[-2:]))
-        out["a"], out["b"] = float(exps[0]), float(exps[1])
+    if law.name in OPTIMA:
+        optimum, exponents, exponent_names = OPTIMA[law.name]
+        out["a"], out["b"] = (float(v) for v in exponents(*(public[n] for n in exponent_names)))
         if samples:
-            bexps = exponents(*(samples[n] for n in names[-2:]))
-            out["ci"]["a"], out["ci"]["b"] = _interval(bexps[0], s.level), _interval(bexps[1], s.level)
+            a, b = exponents(*(samples[n] for n in exponent_names))
+            out["ci"]["a"], out["ci"]["b"] = _interval(a, s.level), _interval(b, s.level)
 
         def point(c: np.ndarray) -> tuple:
-            return optimum(*(public[n] for n in names), c, k)
+            return optimum(**public, C=c, k=k)
 
         def per_sample(c: np.ndarray) -> tuple:
-            return optimum(*(samples[n][:, None] for n in names), c[None, :], k)
+            return optimum(**{n: v[:, None] for n, v in samples.items()}, C=c[None, :], k=k)
 
         fields, intervals = _allocation_block(point, per_sample if samples else None, table, s, has_loss=True)
         out |= fields
@@ -220,7 +222,7 @@ def run_fits(table: FitTable, s: FitSettings) -> dict:
     skipped: dict[str, str] = {}
     several = len(s.approaches) > 1
 
-    def attempt(name: str, run: object) -> None:
+    def attempt(name: str, run: Callable[[], dict]) -> None:
         try:
             result[name] = run()
         except FitInputError as error:
@@ -240,7 +242,7 @@ def run_fits(table: FitTable, s: FitSettings) -> dict:
         if boot and boot["failed"] > 0.05 * boot["resamples"]:
             warnings.warn(
                 f"{name}: {boot['failed']} of {boot['resamples']} bootstrap resamples gave no fit; its intervals "
-                "rest on the rest and may be too narrow",
+                "come from the others and may be too narrow",
                 FitWarning,
                 stacklevel=2,
             )

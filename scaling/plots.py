@@ -21,8 +21,8 @@ COLORS = {"approach1": "tab:blue", "approach2": "tab:orange", "approach3": "tab:
 
 def _save(fig: Figure, out: Path, name: str) -> list[Path]:
     paths = [out / f"{name}.png", out / f"{name}.svg"]
-    fig.savefig(paths[0], dpi=130, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    fig.savefig(paths[0], dpi=130)
+    fig.savefig(paths[1])
     return paths
 
 
@@ -38,7 +38,7 @@ def _ci_text(obj: dict, key: str) -> str:
 
 def loss_curves(fit: dict, table: FitTable, out: Path) -> list[Path]:
     """Training loss against FLOPs, one line per run coloured by N, with the approach-1 envelope."""
-    fig = Figure(figsize=(8, 5.5))
+    fig = Figure(figsize=(8, 5.5), layout="constrained")
     ax = fig.add_subplot()
     norm = LogNorm(table.N.min(), table.N.max() * (1 + 1e-9))
     cmap = colormaps["viridis"]
@@ -70,7 +70,7 @@ def isoflop_profiles(fit: dict, table: FitTable, out: Path) -> list[Path] | None
     if not a2:
         return None
     index = {label: i for i, label in enumerate(table.labels)}
-    fig = Figure(figsize=(8, 5.5))
+    fig = Figure(figsize=(8, 5.5), layout="constrained")
     ax = fig.add_subplot()
     groups = a2["groups"]
     norm = LogNorm(min(g["C"] for g in groups), max(g["C"] for g in groups) * (1 + 1e-9))
@@ -103,7 +103,7 @@ def optimal_allocation(fit: dict, out: Path) -> list[Path] | None:
     present = [n for n in COLORS if _ok(fit, n) and "frontier" in fit[n]]
     if not present:
         return None
-    fig = Figure(figsize=(12, 5))
+    fig = Figure(figsize=(12, 5), layout="constrained")
     axes = fig.subplots(1, 2)
     budget = fit["meta"].get("budget")
     for ax, key, exp in zip(axes, ("N_opt", "D_opt"), ("a", "b"), strict=True):
@@ -148,11 +148,11 @@ def loss_contours(fit: dict, table: FitTable, out: Path) -> list[Path] | None:
         loss = obj["E"] + obj["A"] * nn ** -obj["alpha"] + obj["B"] * dd ** -obj["beta"]
     else:
         loss = ((obj["N_c"] / nn) ** (obj["alpha_N"] / obj["alpha_D"]) + obj["D_c"] / dd) ** obj["alpha_D"]
-    fig = Figure(figsize=(8, 6))
+    fig = Figure(figsize=(8, 6), layout="constrained")
     ax = fig.add_subplot()
     levels = np.geomspace(loss.min(), np.percentile(loss, 98), 14)
-    filled = ax.contourf(nn, dd, loss, levels=levels, cmap="viridis_r", norm=LogNorm())
-    fig.colorbar(filled, ax=ax, label=f"predicted loss ({name})")
+    filled = ax.contourf(nn, dd, loss, levels=levels, cmap="viridis_r", norm=LogNorm(), extend="max")
+    fig.colorbar(filled, ax=ax, label=f"predicted loss ({name})", ticks=levels[::2], format="%.3g")
     for c in np.geomspace(k * n[0] * d[0], k * n[-1] * d[-1], 9)[1:-1]:
         ax.plot(n, c / (k * n), color="w", ls=":", lw=0.8)
     fr = obj["frontier"]
@@ -179,7 +179,7 @@ def residuals(fit: dict, out: Path) -> list[Path] | None:
         return None
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
-    fig = Figure(figsize=(4.5 * cols, 3.4 * rows))
+    fig = Figure(figsize=(4.5 * cols, 3.4 * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax, name in zip(axes, names, strict=False):
         r = fit[name]["residuals"]
