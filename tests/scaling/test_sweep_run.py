@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import pytest
 
@@ -21,7 +22,8 @@ from scaling.results import (
 )
 from scaling.runner import SweepProgress, run_sweep
 from scaling.spec import SpecError, spec_from_dict
-from tests.scaling.sweep_specs import micro
+from tests.scaling.sweep_specs import micro, write_spec
+from train.cli import main
 from train.loop import NonFiniteLossError
 from train.metrics import read_metrics
 from train.objectives import model_lengths
@@ -146,3 +148,14 @@ def test_sweep_eta_fits_a_fixed_cost_per_run_plus_a_flop_rate():
     progress.finish(runs[2], 5.0 + runs[2].flops / 1e8)
     assert progress.eta() == pytest.approx(5.0 + runs[3].flops / 1e8)
     progress.close()
+
+
+def test_sweep_plan_probes_shapes_and_estimates_the_wall_time(tmp_path, capsys):
+    path = write_spec(tmp_path, micro(isoflop__budgets=[2e8], isoflop__sizes=[3e3]))
+    assert main(["sweep", "plan", str(path), "--probe-steps", "4"]) == 0
+    out = capsys.readouterr().out
+    step_ms, fixed_s = re.search(r"iso-C2e8-d16l1-s0: ([\d.]+) ms/step, ([\d.]+) s per run to build", out).groups()
+    assert float(step_ms) > 0 and float(fixed_s) > 0
+    minutes = float(re.search(r"estimated wall time on this machine: ([\d.]+) min", out).group(1))
+    assert minutes * 60 + 3 >= float(fixed_s)  # minutes are printed to 0.1 (6 s)
+    assert os.listdir(tmp_path) == ["micro.yaml"]  # the probe leaves no run directory behind
