@@ -113,11 +113,15 @@ def register_plot(subparsers: argparse._SubParsersAction) -> None:
 def _parse_values(spec: str) -> tuple[float, ...]:
     if ":" in spec:
         start, stop, step = (float(v) for v in spec.split(":"))
-        if step <= 0 or stop < start:
+        if not step > 0 or stop < start:
             raise ValueError
         n = math.floor((stop - start) / step + 1e-9) + 1
-        return tuple(round(start + i * step, 10) for i in range(n))
-    return tuple(float(v) for v in spec.split(","))
+        values = tuple(round(start + i * step, 10) for i in range(n))
+    else:
+        values = tuple(float(v) for v in spec.split(","))
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError
+    return values
 
 
 def parse_grids(specs: list[str]) -> dict[str, dict[str, tuple[float, ...]]]:
@@ -213,6 +217,8 @@ def fit_input(args: argparse.Namespace, command: str) -> tuple[dict, Any]:
     meta = {
         "input": table.source,
         "columns": table.columns,
+        # What was asked for, so `scalelab plot FIT_DIR` reads the input the same way.
+        "column_flags": {"n": args.n_col, "d": args.d_col, "c": args.c_col, "loss": table.columns["loss"]},
         "rows": len(table),
         "curves": len(table.curves),
         "flops_per_param_token": table.flops_per_param_token,
@@ -256,10 +262,7 @@ def run_plot(args: argparse.Namespace) -> int:
     if fit_json.is_file():
         fit = json.loads(fit_json.read_text())
         meta = fit["meta"]
-        c = meta["columns"]
-        columns = Columns(
-            c["N"], c["D"] if c["D"] != "derived" else "D", c["C"] if c["C"] != "derived" else "C", c["loss"]
-        )
+        columns = Columns(**meta["column_flags"])
         try:
             with _report_warnings("plot"):
                 table = load_table(meta["input"], columns)

@@ -83,15 +83,27 @@ def test_plot_from_a_fit_directory(fitted, capsys):
     assert capsys.readouterr().out.count("wrote ") == 2 * len(PLOTS)
 
 
-def test_plot_fits_a_plain_csv_first(tmp_path):
+def test_plot_fits_a_mapped_csv_first_and_replots_from_its_fit(tmp_path):
     rng = np.random.default_rng(5)
-    csv = write_csv(tmp_path / "table.csv", random_table(rng, 40, 0.01))
-    assert main(["plot", str(csv), "--approach", "3", "--bootstrap", "0"]) == 0
+    t = random_table(rng, 40, 0.01)
+    columns = {"params": t["N"], "tokens": t["D"], "note": ["x"] * 40, "val_loss": t["loss"]}
+    csv = write_csv(tmp_path / "table.csv", columns)
+    flags = ["--n-col", "params", "--d-col", "tokens", "--loss-col", "val_loss"]
+    assert main(["plot", str(csv), *flags, "--approach", "3", "--bootstrap", "0"]) == 0
     out = tmp_path / "fit"
-    assert json.loads((out / "fit.json").read_text())["approach3"]["converged"]
+    fit = json.loads((out / "fit.json").read_text())
+    assert fit["approach3"]["converged"] and fit["meta"]["columns"] == {
+        "N": "params",
+        "D": "tokens",
+        "C": "derived",
+        "loss": "val_loss",
+    }
     for name in ("loss_contours", "residuals", "optimal_allocation", "loss_curves"):
         assert (out / f"{name}.png").stat().st_size > 5000
     assert not (out / "isoflop_profiles.png").exists()  # no approach 2 was fitted
+    # The fit directory remembers how to read its input.
+    assert main(["plot", str(out), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "loss_contours.svg").stat().st_size > 5000
 
 
 @pytest.mark.parametrize(
@@ -100,6 +112,7 @@ def test_plot_fits_a_plain_csv_first(tmp_path):
         (["fit", "missing.csv"], "missing.csv does not exist"),
         (["fit", "{sweep}", "--budget", "-1"], "--budget -1.0: the budget must be a positive FLOP count"),
         (["fit", "{sweep}", "--grid", "alpha"], "--grid 'alpha': expected [LAW.]PARAM=START:STOP:STEP"),
+        (["fit", "{sweep}", "--grid", "alpha=0,nan"], "--grid 'alpha=0,nan': expected"),
         (["fit", "{sweep}", "--grid", "kaplan.alpha=0,1"], "kaplan has no parameter 'alpha'"),
         (["fit", "{sweep}", "--loss-col", "ppl"], "has no column 'ppl'"),
         (["fit", "{flat}", "--approach", "2"], "approach 2 needs several compute budgets"),
