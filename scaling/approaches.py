@@ -155,6 +155,17 @@ def _envelope(loss: np.ndarray, include: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.argmin(masked, axis=-1), reach >= MIN_COVER
 
 
+def _envelope_lines(
+    loss: np.ndarray, tokens: np.ndarray, sizes: np.ndarray, grid: np.ndarray, include: np.ndarray
+) -> np.ndarray:
+    """(a, log G_N, b, log G_D) of the envelope of the included runs, one row per row of include (K, R)."""
+    win, ok = _envelope(loss, include)
+    log_c = np.broadcast_to(np.log(grid), win.shape)
+    a, gn = _lines(log_c, np.log(sizes[win]), ok)
+    b, gd = _lines(log_c, np.log(tokens[np.arange(len(grid)), win]), ok)
+    return np.stack([a, gn, b, gd], 1)
+
+
 def approach1(table: FitTable, n_boot: int, rng: np.random.Generator, c_rtol: float = 0.1) -> AllocationFit:
     """Approach 1: at each FLOP count the run with the lowest (smoothed) loss; power laws through its N and D."""
     _require_sizes(table, "approach 1")
@@ -179,14 +190,12 @@ def approach1(table: FitTable, n_boot: int, rng: np.random.Generator, c_rtol: fl
         )
     boot = None
     if n_boot:
-        # Resample whole runs (a curve is one unit: its points are not independent).
+        # Resample whole runs (a curve is one unit: its points are not independent), in chunks that keep
+        # the (resamples, FLOP values, runs) array small.
         include = resample_counts(rng, loss.shape[1], n_boot) > 0
-        win, ok = _envelope(loss, include)
-        cols = np.arange(len(grid))
-        lc = np.broadcast_to(np.log(grid), win.shape)
-        ba, bgn = _lines(lc, np.log(sizes[win]), ok)
-        bb, bgd = _lines(lc, np.log(tokens[cols, win]), ok)
-        boot = np.stack([ba, bgn, bb, bgd], 1)
+        boot = np.concatenate(
+            [_envelope_lines(loss, tokens, sizes, grid, include[i : i + 100]) for i in range(0, n_boot, 100)]
+        )
     return AllocationFit(
         name="approach1",
         C=grid[g],

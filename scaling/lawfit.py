@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from scaling.laws import FEATURE_ROWS, HUBER_DELTA, THETA_SIZE, Law, objective
 from scaling.optimize import LBFGSOptions, Solutions, Status, minimize_many
-from scaling.table import FitInputError, FitTable, describe, group_by_c
+from scaling.table import FitInputError, FitTable, FitWarning, describe, group_by_c
 
 # Starts whose objective is within this relative distance of the best one "reached the best optimum".
 # The objective is evaluated in float32 (resolution ~1e-7), so 1e-4 separates real local optima from rounding.
@@ -58,10 +59,18 @@ class LawFit:
 
 
 def _require(n_points: int, law: Law, what: str, labels: tuple[str, ...]) -> None:
-    if n_points < len(law.params):
+    p = len(law.params)
+    if n_points < p:
         raise FitInputError(
-            f"{law.name} has {len(law.params)} parameters but only {n_points} {what} ({describe(list(labels))}); "
-            f"add runs so there are at least {len(law.params)}"
+            f"{law.name} has {p} parameters but only {n_points} {what} ({describe(list(labels))}); "
+            f"add runs so there are at least {p}"
+        )
+    if n_points <= p + 1:
+        warnings.warn(
+            f"{law.name} has {p} parameters and only {n_points} {what}: with at most one point to spare, its fit "
+            "and intervals say little; add runs",
+            FitWarning,
+            stacklevel=3,
         )
 
 
