@@ -79,8 +79,8 @@ def register_fit(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "fit",
         help="fit scaling laws to a sweep or any results table",
-        description="Fit power laws (Chinchilla approaches 1-3, Kaplan, single-variable laws) to INPUT, a sweep "
-        "directory or a CSV with columns N, D (or C) and loss. Writes fit.json and prints a table.",
+        description="Fit power laws (Chinchilla approaches 1-3, Kaplan, single-variable laws) to INPUT:\n"
+        "a sweep directory or a CSV with columns N, D (or C) and loss. Writes fit.json and prints a table.",
         epilog=EPILOG_FIT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
