@@ -2,8 +2,9 @@
 
 Runs execute in this process through `train.loop.train`, the entry point of `scalelab train`.
 In-process saves the JAX start-up per run (seconds each, a large share of a small sweep on a
-CPU); a hard crash still costs nothing, because every finished run is committed on disk and the
-next `sweep run` skips it and resumes the interrupted one from its newest checkpoint.
+CPU) and lets runs share compiled programs. A hard crash, which a process per run would contain,
+loses little here: every finished run is committed on disk, and the next `sweep run` skips it
+and resumes the interrupted one from its newest checkpoint.
 """
 
 from __future__ import annotations
