@@ -10,6 +10,7 @@ blocks, so memory and FLOPs grow as O(n·w); their masks equal `pattern.allowed`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -58,15 +59,65 @@ def dot_product_attention(
     """
     *lead, t, h, d = q.shape
     kv_heads = k.shape[-2]
+    if bias is None:
+        # Query heads of a group share their key/value head; repeating it keeps the einsums plain
+        # (batch..., heads) ones, which XLA lays out with far fewer (query, key)-sized transposes.
+        k, v = (jnp.repeat(x, h // kv_heads, axis=-2) for x in (k, v))
+        return _softmax_attention(jnp.dtype(dtype))(q, k, v, mask)
     q = q.reshape(*lead, t, kv_heads, h // kv_heads, d)
     logits = matmul("...tkgd,...skd->...kgts", q, k, dtype) / math.sqrt(d)
-    if bias is not None:
-        logits = logits + bias.reshape(*bias.shape[:-3], kv_heads, h // kv_heads, *bias.shape[-2:])
+    logits = logits + bias.reshape(*bias.shape[:-3], kv_heads, h // kv_heads, *bias.shape[-2:])
     if mask is not None:
         logits = jnp.where(mask[..., None, None, :, :], logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
     out = matmul("...kgts,...skd->...tkgd", weights, v, dtype)
     return out.reshape(*lead, t, h, d).astype(dtype)
+
+
+@functools.cache
+def _softmax_attention(dtype: jnp.dtype) -> Callable:
+    """f(q, k, v, mask) for (..., length, heads, head_dim) inputs: the attention above without a bias,
+    with a backward pass that saves no (query, key)-sized array.
+
+    The plain backward keeps every layer's fp32 probabilities and reduces them against their
+    gradient over the keys; both are slow, memory-bound passes on a CPU. This one keeps the
+    row max and sum, recomputes the probabilities with one more QK^T matmul, and gets the
+    row sums from rowsum(P * dP) = rowsum(dO * O), a reduction over head_dim (FlashAttention's
+    identity). Matmuls take `dtype` inputs and accumulate in fp32; the softmax is fp32.
+    """
+    f32 = jnp.float32
+
+    def einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+        return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=f32)
+
+    def scores(q: jax.Array, k: jax.Array, mask: jax.Array | None) -> jax.Array:
+        logits = einsum("...thd,...shd->...hts", q, k) / math.sqrt(q.shape[-1])
+        return logits if mask is None else jnp.where(mask[..., None, :, :], logits, jnp.finfo(f32).min)
+
+    def forward_with_residuals(q, k, v, mask):
+        logits = scores(q, k, mask)
+        row_max = jnp.max(logits, axis=-1, keepdims=True)
+        unnormalized = jnp.exp(logits - row_max)
+        row_sum = jnp.sum(unnormalized, axis=-1, keepdims=True)
+        out = einsum("...hts,...shd->...thd", unnormalized / row_sum, v)
+        return out.astype(dtype), (q, k, v, mask, out, row_max, row_sum)
+
+    def backward(residuals, d_out):
+        q, k, v, mask, out, row_max, row_sum = residuals
+        probs = jnp.exp(scores(q, k, mask) - row_max) / row_sum  # exactly the forward's probabilities
+        d_v = einsum("...hts,...thd->...shd", probs, d_out)
+        d_probs = einsum("...thd,...shd->...hts", d_out, v)
+        row_dot = jnp.moveaxis(jnp.sum(d_out.astype(f32) * out, axis=-1), -2, -1)[..., None]
+        d_logits = probs * (d_probs - row_dot) / math.sqrt(q.shape[-1])
+        if mask is not None:  # a row that sees no key has uniform weights, but masked logits get no gradient
+            d_logits = jnp.where(mask[..., None, :, :], d_logits, 0.0)
+        d_q = einsum("...hts,...shd->...thd", d_logits, k)
+        d_k = einsum("...hts,...thd->...shd", d_logits, q)
+        return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), None
+
+    attention = jax.custom_vjp(lambda q, k, v, mask: forward_with_residuals(q, k, v, mask)[0])
+    attention.defvjp(forward_with_residuals, backward)
+    return attention
 
 
 def same_segment(q_segments: jax.Array, k_segments: jax.Array) -> jax.Array:
