@@ -72,7 +72,15 @@ def _low_precision_einsum(spec: str, dtype: jnp.dtype, x_dtype: jnp.dtype, w_dty
         x, w = residuals
         g = g.astype(dtype)
         dx = jnp.einsum(dx_spec, g, w, preferred_element_type=jnp.float32)
-        dw = jnp.einsum(dw_spec, x, g, preferred_element_type=jnp.float32)
+        if "." in w_spec:
+            dw = jnp.einsum(dw_spec, x, g, preferred_element_type=jnp.float32)
+        else:
+            # Put the larger operand's free axes last, so it is the matmul's untransposed right-hand side.
+            from_g = [c for c in w_spec if c in out]
+            from_x = [c for c in w_spec if c not in out]
+            order = from_g + from_x if x.size > g.size else from_x + from_g
+            dw = jnp.einsum(f"{x_spec},{out}->{''.join(order)}", x, g, preferred_element_type=jnp.float32)
+            dw = jnp.transpose(jax.lax.optimization_barrier(dw), [order.index(c) for c in w_spec])
         return dx.astype(x_dtype), dw.astype(w_dtype)
 
     f = jax.custom_vjp(forward)
