@@ -15,13 +15,8 @@ from model.layers import AttentionInputs
 from model.masks import FullAttention
 
 BASE = ModelConfig(vocab_size=61, d_model=32, n_layers=2, n_heads=4, max_seq_len=16, window=4, dtype="float32")
-VARIANTS = [
-    ("full", "learned"),
-    ("sliding", "alibi"),
-    ("sparse", "relative"),
-    ("sliding", "rope"),
-    ("full", "sinusoidal"),
-]
+# Each family with each pattern and each kind of position signal (absolute, bias, rotary) at least once.
+VARIANTS = [("full", "learned"), ("sliding", "alibi"), ("sparse", "relative"), ("sliding", "rope")]
 
 
 def _tokens(seed: int, shape=(2, 12)) -> jax.Array:

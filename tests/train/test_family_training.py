@@ -40,32 +40,34 @@ def _train_losses(cfg: Config, devices: list[jax.Device] | None = None) -> np.nd
     return np.asarray(losses)
 
 
+def _first_loss(run_dir) -> float:
+    return next(r["loss"] for r in read_metrics(run_dir) if "loss" in r)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "drop"), [("bert-tiny", 0.3), ("t5-tiny", 0.8)])
-def test_each_family_learns_the_synthetic_language(tmp_path, name, drop):
-    # MLM learns slowest: only its 15% masked positions carry a loss.
-    cfg = load_config(name, [*FAST, "train.steps=100", "train.eval_every=100"])
+def test_bert_learns_the_synthetic_language_through_the_loop(tmp_path):
+    cfg = load_config("bert-tiny", [*FAST, "train.steps=100", "train.eval_every=100"])
     result = train(cfg, tmp_path, quiet=True)
-    first = next(r["loss"] for r in read_metrics(tmp_path) if "loss" in r)
+    first = _first_loss(tmp_path)
     assert first == pytest.approx(math.log(cfg.model.vocab_size), rel=0.05)  # untrained: uniform
-    assert result.eval_loss < first - drop
+    assert result.eval_loss < first - 0.3  # MLM learns slowly: only the masked 15% carry a loss
 
 
 @pytest.mark.slow
-def test_an_interrupted_t5_run_resumes_bitwise(tmp_path):
-    # Span corruption draws random spans every step: a resumed run must draw the same ones.
-    cfg = load_config(
-        "t5-tiny", [*FAST, "train.steps=6", "train.eval_every=3", "checkpoint.every=3", "schedule.warmup_steps=2"]
-    )
+def test_t5_learns_through_the_loop_and_an_interrupted_run_resumes_bitwise(tmp_path):
+    cfg = load_config("t5-tiny", [*FAST, "train.steps=60", "train.eval_every=30", "checkpoint.every=30"])
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     with compile_cache(tmp_path / "jax-cache"):
-        train(cfg, tmp_path / "whole", quiet=True)
-        shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
-        shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "6")  # as if killed between steps 3 and 6
-        train(cfg, tmp_path / "resumed", quiet=True)
-    assert_states_equal(
-        saved_state(tmp_path / "resumed" / "checkpoints" / "6"), saved_state(tmp_path / "whole" / "checkpoints" / "6")
-    )
-    assert exact_metrics(tmp_path / "resumed") == exact_metrics(tmp_path / "whole")
+        result = train(cfg, whole, quiet=True)
+        shutil.copytree(whole, resumed)
+        shutil.rmtree(resumed / "checkpoints" / "60")  # as if killed between steps 30 and 60
+        train(cfg, resumed, quiet=True)
+    first = _first_loss(whole)
+    assert first == pytest.approx(math.log(cfg.model.vocab_size), rel=0.05)
+    assert result.eval_loss < first - 0.6
+    # Span corruption draws new random spans every step: the resumed run drew the same ones.
+    assert_states_equal(saved_state(resumed / "checkpoints" / "60"), saved_state(whole / "checkpoints" / "60"))
+    assert exact_metrics(resumed) == exact_metrics(whole)
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +111,12 @@ FAMILIES = {
     },
 }  # fmt: skip
 MESH_OBJECTIVES = {"bert": "mlm", "t5": "prefix_lm"}  # prefix_lm pads, so the padding masks get sharded too
+# Between them the meshes use every axis: data and fsdp split the batch and fsdp the weights too;
+# tensor splits heads, MLP and vocabulary; pipeline splits the stacked layers of each stack.
 MESHES = {
-    "data=8": {"data": 8},
-    "fsdp=8": {"data": 1, "fsdp": 8},
+    "data=2 fsdp=4": {"data": 2, "fsdp": 4},
     "tensor=8": {"data": 1, "tensor": 8},
-    "pipeline=2": {"data": 4, "pipeline": 2, "microbatches": 2},
+    "data=4 pipeline=2": {"data": 4, "pipeline": 2, "microbatches": 2},
 }
 
 
