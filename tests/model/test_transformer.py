@@ -91,5 +91,7 @@ def test_dropout_is_keyed_and_off_in_evaluation():
     params = model.init(0)
     batch = {"inputs": _tokens(6)}
     key = jax.random.key(0)
-    np.testing.assert_array_equal(model.apply(params, batch, dropout_key=key), model.apply(params, batch, dropout_key=key))
+    np.testing.assert_array_equal(
+        model.apply(params, batch, dropout_key=key), model.apply(params, batch, dropout_key=key)
+    )
     assert not np.allclose(model.apply(params, batch, dropout_key=key), model.apply(params, batch))
