@@ -92,7 +92,11 @@ def _softmax_attention(dtype: jnp.dtype) -> Callable:
 
     def scores(q: jax.Array, k: jax.Array, mask: jax.Array | None) -> jax.Array:
         logits = einsum("...thd,...shd->...hts", q, k) / math.sqrt(q.shape[-1])
-        return logits if mask is None else jnp.where(mask[..., None, :, :], logits, jnp.finfo(f32).min)
+        if mask is None:
+            return logits
+        # Adding a mask-shaped penalty, not where(mask, logits, min): XLA would hoist the latter's
+        # logits-shaped block of constants out of the layer loop and read it back every layer.
+        return logits + jnp.where(mask, 0.0, jnp.finfo(f32).min)[..., None, :, :]
 
     def forward_with_residuals(q, k, v, mask):
         logits = scores(q, k, mask)
@@ -110,7 +114,7 @@ def _softmax_attention(dtype: jnp.dtype) -> Callable:
         row_dot = jnp.moveaxis(jnp.sum(d_out.astype(f32) * out, axis=-1), -2, -1)[..., None]
         d_logits = probs * (d_probs - row_dot) / math.sqrt(q.shape[-1])
         if mask is not None:  # a row that sees no key has uniform weights, but masked logits get no gradient
-            d_logits = jnp.where(mask[..., None, :, :], d_logits, 0.0)
+            d_logits = d_logits * mask[..., None, :, :]  # (a where() would materialise a block of zeros)
         d_q = einsum("...hts,...shd->...thd", d_logits, k)
         d_k = einsum("...hts,...thd->...shd", d_logits, q)
         return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), None

@@ -65,12 +65,13 @@ def _low_precision_einsum(spec: str, dtype: jnp.dtype, x_dtype: jnp.dtype, w_dty
         return jnp.einsum(spec, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
 
     def forward_with_residuals(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        x, w = x.astype(dtype), w.astype(dtype)
-        return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32), (x, w)
+        # Keep w itself, not its cast: a layer's weights are then the scan's own input slice,
+        # which JAX forwards instead of stacking a copy of every layer's weights for the backward.
+        return forward(x, w), (x.astype(dtype), w)
 
     def backward(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
         x, w = residuals
-        g = g.astype(dtype)
+        w, g = w.astype(dtype), g.astype(dtype)
         dx = jnp.einsum(dx_spec, g, w, preferred_element_type=jnp.float32)
         if "." in w_spec:
             dw = jnp.einsum(dw_spec, x, g, preferred_element_type=jnp.float32)
