@@ -13,8 +13,8 @@ from typing import Any
 
 from model.config import ConfigError, ModelConfig
 from model.counting import ParamCounts, count_params, flops_per_token
-from scaling.spec import GridRuns, SpecError, SweepSpec, merge_config
-from train.config import Config, config_from_dict
+from scaling.spec import GridRuns, SpecError, SweepSpec
+from train.config import Config, config_from_dict, merge_config
 from train.objectives import model_lengths
 
 

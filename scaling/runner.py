@@ -26,7 +26,7 @@ from tqdm import tqdm
 from scaling.plan import Plan, PlannedRun, human, shard_runs
 from scaling.results import curve_summary, read_result, rebuild_csv, write_result
 from scaling.spec import SpecError
-from train.config import to_dict
+from train.config import flatten_config, to_dict
 from train.loop import NonFiniteLossError, train
 
 # results.csv status values: the fitter keeps only DONE rows
@@ -72,23 +72,14 @@ class _BarSafeStdout(io.TextIOBase):
             tqdm.write(line, file=self._target)
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(data, dict):
-        return {prefix: data}
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
 def check_run_dir(run: PlannedRun, run_dir: Path) -> None:
     """Refuse a run directory started from a different config, instead of mixing two experiments."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.exists():
         return
     with open(saved_path) as f:
-        saved = _flatten(yaml.safe_load(f) or {})
-    planned = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(run.config))))  # the same YAML round trip
+        saved = flatten_config(yaml.safe_load(f) or {})
+    planned = flatten_config(yaml.safe_load(yaml.safe_dump(to_dict(run.config))))  # the same YAML round trip
     changed = [key for key in sorted(saved.keys() & planned.keys()) if saved[key] != planned[key]]
     if changed:
         shown = ", ".join(f"{key}: {saved[key]!r} there, {planned[key]!r} planned" for key in changed[:3])

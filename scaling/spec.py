@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from model.config import ConfigError
-from train.config import CONFIG_DIR, from_dict, load_raw, resolve_config_path
+from train.config import CONFIG_DIR, from_dict, load_raw, merge_config, resolve_config_path
 
 SWEEP_DIR = CONFIG_DIR / "sweeps"
 SIZE_MEASURES = ("non_embedding", "total")
@@ -279,17 +279,6 @@ def spec_from_dict(data: dict[str, Any], path: Path | None = None) -> SweepSpec:
         raise _error(path, str(error)) from None
     name = str(data.get("name") or (path.stem if path else "sweep"))
     return SweepSpec(name, path, base, family, runs, rules, seeds)
-
-
-def merge_config(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `update` merged in, section by section (update wins)."""
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge_config(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def resolve_spec_path(name_or_path: str | Path) -> Path:

@@ -23,7 +23,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from model.config import ConfigError
-from train.config import Config, to_dict
+from train.config import Config, flatten_config, to_dict
 from train.manifest import verify_manifest, write_manifest
 from train.steps import TrainState
 from train.trainer import Trainer
@@ -111,18 +111,9 @@ def flat_shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
     }
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(data, dict):
-        return {prefix: data}
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """{key.path: (old, new)} for every config value that differs."""
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten_config(old), flatten_config(new)
     return {key: (a.get(key), b.get(key)) for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)}
 
 

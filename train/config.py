@@ -362,14 +362,25 @@ def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge_config(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `update` merged in, section by section (update wins)."""
     merged = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = merge_config(merged[key], value)
         else:
             merged[key] = value
     return merged
+
+
+def flatten_config(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{dotted.key: value} of a nested config mapping, for comparing two configs key by key."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(flatten_config(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
 
 
 def resolve_config_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
@@ -401,7 +412,7 @@ def load_raw(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
         return data
     parent = load_raw(base, (*_seen, path))
     parent.pop("name", None)
-    return _deep_merge(parent, data)
+    return merge_config(parent, data)
 
 
 def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
