@@ -21,7 +21,7 @@ from flax import nnx
 
 from model.axes import constrain
 from model.config import ModelConfig
-from model.layers import AttentionInputs, matmul, param, zeros_param
+from model.layers import AttentionInputs, matmul, pack_residual, param, unpack_residual, zeros_param
 from model.masks import BIDIRECTIONAL, Blocking, FullAttention, LocalGlobal, Pattern, SlidingWindow
 
 # Key-minus-query offsets (..., q, k) -> fp32 bias (..., heads, q, k), or None for no bias.
@@ -63,7 +63,7 @@ def dot_product_attention(
         # Query heads of a group share their key/value head; repeating it keeps the einsums plain
         # (batch..., heads) ones, which XLA lays out with far fewer (query, key)-sized transposes.
         k, v = (jnp.repeat(x, h // kv_heads, axis=-2) for x in (k, v))
-        return _softmax_attention(jnp.dtype(dtype))(q, k, v, mask)
+        return _softmax_attention(jnp.dtype(dtype))(q.astype(dtype), k.astype(dtype), v.astype(dtype), mask)
     q = q.reshape(*lead, t, kv_heads, h // kv_heads, d)
     logits = matmul("...tkgd,...skd->...kgts", q, k, dtype) / math.sqrt(d)
     logits = logits + bias.reshape(*bias.shape[:-3], kv_heads, h // kv_heads, *bias.shape[-2:])
@@ -76,8 +76,8 @@ def dot_product_attention(
 
 @functools.cache
 def _softmax_attention(dtype: jnp.dtype) -> Callable:
-    """f(q, k, v, mask) for (..., length, heads, head_dim) inputs: the attention above without a bias,
-    with a backward pass that saves no (query, key)-sized array.
+    """f(q, k, v, mask) for (..., length, heads, head_dim) inputs in `dtype`: the attention above
+    without a bias, with a backward pass that saves no (query, key)-sized array.
 
     The plain backward keeps every layer's fp32 probabilities and reduces them against their
     gradient over the keys; both are slow, memory-bound passes on a CPU. This one keeps the
@@ -104,10 +104,12 @@ def _softmax_attention(dtype: jnp.dtype) -> Callable:
         unnormalized = jnp.exp(logits - row_max)
         row_sum = jnp.sum(unnormalized, axis=-1, keepdims=True)
         out = einsum("...hts,...shd->...thd", unnormalized / row_sum, v)
-        return out.astype(dtype), (q, k, v, mask, out, row_max, row_sum)
+        saved = tuple(pack_residual(x) for x in (q, k, v))
+        return out.astype(dtype), (*saved, mask, out, row_max, row_sum)
 
     def backward(residuals, d_out):
-        q, k, v, mask, out, row_max, row_sum = residuals
+        *saved, mask, out, row_max, row_sum = residuals
+        q, k, v = (unpack_residual(x, dtype) for x in saved)
         probs = jnp.exp(scores(q, k, mask) - row_max) / row_sum  # exactly the forward's probabilities
         d_v = einsum("...hts,...thd->...shd", probs, d_out)
         d_probs = einsum("...thd,...shd->...hts", d_out, v)
@@ -117,7 +119,7 @@ def _softmax_attention(dtype: jnp.dtype) -> Callable:
             d_logits = d_logits * mask[..., None, :, :]  # (a where() would materialise a block of zeros)
         d_q = einsum("...hts,...shd->...thd", d_logits, k)
         d_k = einsum("...hts,...thd->...shd", d_logits, q)
-        return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), None
+        return d_q.astype(dtype), d_k.astype(dtype), d_v.astype(dtype), None
 
     attention = jax.custom_vjp(lambda q, k, v, mask: forward_with_residuals(q, k, v, mask)[0])
     attention.defvjp(forward_with_residuals, backward)

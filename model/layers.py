@@ -35,6 +35,21 @@ def zeros_param(shape: tuple[int, ...], axes: tuple[str, ...]) -> nnx.Param:
     return nnx.Param(jnp.zeros(shape, jnp.float32), axes=axes)
 
 
+def pack_residual(x: jax.Array) -> jax.Array:
+    """A bf16 array saved for the backward pass, reinterpreted as uint16 (other dtypes unchanged).
+
+    A layer scan stacks what each layer saves. XLA's CPU backend writes a layer's slice into
+    a stacked bf16 buffer by converting the whole buffer (step time grows with depth
+    squared); 16-bit integers are plain copies. The bitcast is free on every backend.
+    """
+    return jax.lax.bitcast_convert_type(x, jnp.uint16) if x.dtype == jnp.bfloat16 else x
+
+
+def unpack_residual(x: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """The inverse of pack_residual for an array that was `dtype`."""
+    return jax.lax.bitcast_convert_type(x, dtype) if x.dtype == jnp.uint16 else x
+
+
 def matmul(spec: str, x: jax.Array, w: jax.Array, dtype: jnp.dtype) -> jax.Array:
     """einsum with inputs cast to `dtype` and fp32 accumulation; the result is fp32.
 
@@ -67,11 +82,11 @@ def _low_precision_einsum(spec: str, dtype: jnp.dtype, x_dtype: jnp.dtype, w_dty
     def forward_with_residuals(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         # Keep w itself, not its cast: a layer's weights are then the scan's own input slice,
         # which JAX forwards instead of stacking a copy of every layer's weights for the backward.
-        return forward(x, w), (x.astype(dtype), w)
+        return forward(x, w), (pack_residual(x.astype(dtype)), w)
 
     def backward(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
         x, w = residuals
-        w, g = w.astype(dtype), g.astype(dtype)
+        x, w, g = unpack_residual(x, dtype), w.astype(dtype), g.astype(dtype)
         dx = jnp.einsum(dx_spec, g, w, preferred_element_type=jnp.float32)
         if "." in w_spec:
             dw = jnp.einsum(dw_spec, x, g, preferred_element_type=jnp.float32)
@@ -97,6 +112,49 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
+def recomputed(fn: Callable) -> Callable:
+    """`fn` (of arrays only) whose backward pass recomputes it from its inputs, the only things it keeps.
+
+    Autodiff would keep every fp32 intermediate of a norm or an activation. In a layer scan
+    each becomes a per-layer stacked buffer, written in the forward and read back in the
+    backward, which costs more than redoing a few elementwise operations. The kept inputs
+    are packed (see pack_residual).
+    """
+
+    def forward_with_residuals(*args: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        return fn(*args), tuple(pack_residual(a) for a in args)
+
+    def backward(saved: tuple[jax.Array, ...], g: jax.Array) -> tuple[jax.Array, ...]:
+        args = tuple(unpack_residual(a, jnp.bfloat16) for a in saved)
+        return jax.vjp(fn, *args)[1](g)
+
+    f = jax.custom_vjp(fn)
+    f.defvjp(forward_with_residuals, backward)
+    return f
+
+
+@functools.cache
+def _rms_norm(eps: float) -> Callable:
+    def norm(x: jax.Array, scale: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+        return (y * scale).astype(x.dtype)
+
+    return recomputed(norm)
+
+
+@functools.cache
+def _layer_norm(eps: float) -> Callable:
+    def norm(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        mean = jnp.mean(xf, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+        y = (xf - mean) * jax.lax.rsqrt(var + eps)
+        return (y * scale + bias).astype(x.dtype)
+
+    return recomputed(norm)
+
+
 class RMSNorm(nnx.Module):
     """Root-mean-square norm with a learned scale; statistics in fp32."""
 
@@ -105,9 +163,7 @@ class RMSNorm(nnx.Module):
         self.scale = param(rngs, (dim,), ("embed",), None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        xf = x.astype(jnp.float32)
-        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return (y * self.scale[...]).astype(x.dtype)
+        return _rms_norm(self.eps)(x, self.scale[...])
 
 
 class LayerNorm(nnx.Module):
@@ -119,11 +175,7 @@ class LayerNorm(nnx.Module):
         self.bias = zeros_param((dim,), ("embed",))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        xf = x.astype(jnp.float32)
-        mean = jnp.mean(xf, axis=-1, keepdims=True)
-        var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
-        y = (xf - mean) * jax.lax.rsqrt(var + self.eps)
-        return (y * self.scale[...] + self.bias[...]).astype(x.dtype)
+        return _layer_norm(self.eps)(x, self.scale[...], self.bias[...])
 
 
 NORMS: dict[str, type[nnx.Module]] = {"rmsnorm": RMSNorm, "layernorm": LayerNorm}
@@ -139,8 +191,8 @@ class Activation:
 
 ACTIVATIONS: dict[str, Activation] = {
     "relu": Activation(jax.nn.relu, gated=False),
-    "gelu": Activation(jax.nn.gelu, gated=False),
-    "swiglu": Activation(jax.nn.silu, gated=True),
+    "gelu": Activation(recomputed(lambda x: jax.nn.gelu(x)), gated=False),
+    "swiglu": Activation(recomputed(lambda x: jax.nn.silu(x)), gated=True),
 }
 
 
