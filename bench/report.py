@@ -80,6 +80,7 @@ def host() -> dict[str, Any]:
         "device_kind": device.device_kind,
         "jax": jax.__version__,
         "python": platform.python_version(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     try:
         import torch
