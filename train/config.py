@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from model.config import ConfigError, ModelConfig
+from train.data.special import DEFAULT_SENTINELS
 from train.objectives import validate_objective
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -47,6 +48,7 @@ class DataConfig:
     non_utf8: str = "fail"  # a document that is not valid UTF-8: fail the prepare, or skip it and report it
     validation_fraction: float = 0.02  # share of documents (by content hash) held out for validation
     tokenizer: str = "bpe"  # sentencepiece model type: bpe or unigram; its vocab size is model.vocab_size
+    sentinels: int = DEFAULT_SENTINELS  # <extra_id_i> pieces the tokenizer reserves for span corruption (ids 3+i)
     segment_ids: bool = True  # give packed rows segment ids and positions so attention stays in one document
     prefetch: int = 2  # batches built ahead by a background thread (0: build on demand)
 
@@ -77,6 +79,8 @@ class DataConfig:
             raise ConfigError(f"data.validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if self.prefetch < 0:
             raise ConfigError(f"data.prefetch must be >= 0, got {self.prefetch}")
+        if self.sentinels < 0:
+            raise ConfigError(f"data.sentinels must be >= 0, got {self.sentinels}")
 
 
 @dataclasses.dataclass(frozen=True)

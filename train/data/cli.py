@@ -8,6 +8,7 @@ the same config and overrides will look for.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from train.data.storage import DEFAULT_CONFIG
 
@@ -132,4 +133,20 @@ def run_tokenizer_train(args: argparse.Namespace) -> int:
     print(f"{verb} {store.meta['kind']} tokenizer with {store.meta['vocab_size']} pieces in {store.path}")
     for role, split in store.meta["splits"].items():
         print(f"  {split['split']:>10} ({role}): {split['documents']:,} documents, {split['tokens']:,} tokens")
+    special = store.tokenizer.special
+    if special is None:
+        _warn(
+            "it has no reserved [MASK] or sentinel pieces (it predates them), so the mlm and span_corruption "
+            "objectives refuse it; --force retrains it, after which models trained on the old one no longer fit"
+        )
+    elif len(special.sentinels) != cfg.data.sentinels:
+        _warn(
+            f"it reserves {len(special.sentinels)} sentinels, not data.sentinels={cfg.data.sentinels}; --force retrains it"
+        )
+    else:
+        print(f"  reserved ids: {special.describe()}")
     return 0
+
+
+def _warn(message: str) -> None:
+    print(f"scalelab tokenizer train: warning: {message}", file=sys.stderr)

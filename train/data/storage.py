@@ -94,7 +94,7 @@ def tokenizer_command(data, vocab_size: int) -> str:
     """The command that trains the tokenizer a DataConfig needs with `vocab_size` pieces."""
     return (
         "scalelab tokenizer train"
-        + _settings(data, ("name", "data_dir", "tokenizer"))
+        + _settings(data, ("name", "data_dir", "tokenizer", "sentinels"))
         + f" --set model.vocab_size={vocab_size}"
     )
 

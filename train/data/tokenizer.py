@@ -5,6 +5,11 @@ tabs as pieces) and fall back to UTF-8 bytes for anything outside the vocabulary
 remains in sentencepiece itself: it writes spaces as U+2581 internally, so a literal U+2581
 would come back as a space. `Tokenizer.encode` therefore emits that character as its three
 byte pieces, which decode to the character itself.
+
+The trainer also reserves [MASK] and `sentinels` T5 sentinels as control pieces with the fixed
+ids of train/data/special.py. Encoding text never produces a control piece and decoding drops
+them, so they cannot be confused with text in either direction; `decode(ids, special=True)`
+writes them as their names for reading corrupted inputs and model outputs.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from train.data.special import MASK_PIECE, SpecialIds, layout, reserved_pieces, sentinel_piece
 from train.data.storage import DataError
 
 SPACE_MARK = "\u2581"
@@ -37,6 +43,10 @@ LOSSLESS = {
     "bos_id": -1,
     "pad_id": -1,
 }
+BYTE_PIECES = 256
+META_PIECES = 2  # <unk> and EOS (no BOS or padding piece)
+# Pieces every tokenizer holds before it learns any: <unk>, EOS, the user-defined ones and the bytes.
+FIXED_PIECES = META_PIECES + len(LOSSLESS["user_defined_symbols"]) + BYTE_PIECES
 _TOO_SMALL = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
 _TOO_LARGE = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
 
@@ -48,6 +58,17 @@ class Tokenizer:
         self.proto = model_proto
         self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self.mark_ids = [self.sp.piece_to_id(f"<0x{byte:02X}>") for byte in SPACE_MARK.encode("utf-8")]
+        self.special = self._reserved_ids()
+
+    def _reserved_ids(self) -> SpecialIds | None:
+        """The ids of the [MASK] and sentinel control pieces; None for a tokenizer trained without them."""
+        mask = self.sp.piece_to_id(MASK_PIECE)  # a missing piece maps to <unk>, which is no control piece
+        if not self.sp.is_control(mask):
+            return None
+        sentinels: list[int] = []
+        while self.sp.is_control(index := self.sp.piece_to_id(sentinel_piece(len(sentinels)))):
+            sentinels.append(index)
+        return SpecialIds(mask, tuple(sentinels))
 
     @classmethod
     def load(cls, path: Path) -> Tokenizer:
@@ -88,9 +109,20 @@ class Tokenizer:
             ids += self.sp.encode(part)
         return ids
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """The text of `ids`; control ids such as EOS decode to nothing."""
-        return self.sp.decode([int(i) for i in ids])
+    def decode(self, ids: Iterable[int], special: bool = False) -> str:
+        """The text of `ids`. Control ids (EOS, [MASK], the sentinels) decode to nothing, or with
+        `special` to their names (`</s>`, `[MASK]`, `<extra_id_0>`, ...)."""
+        ids = [int(i) for i in ids]
+        if not special:
+            return self.sp.decode(ids)
+        parts, run = [], []
+        for index in ids:
+            if self.sp.is_control(index):
+                parts += [self.sp.decode(run), self.sp.id_to_piece(index)]
+                run = []
+            else:
+                run.append(index)
+        return "".join([*parts, self.sp.decode(run)])
 
 
 def training_lines(texts: Iterable[str], max_chars: int) -> Iterator[str]:
@@ -106,8 +138,20 @@ def training_lines(texts: Iterable[str], max_chars: int) -> Iterator[str]:
                     return
 
 
-def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int, max_chars: int = 200_000_000) -> Tokenizer:
-    """Train a lossless `kind` (bpe or unigram) tokenizer with `vocab_size` pieces on `texts`."""
+def train_tokenizer(
+    texts: Iterable[str], kind: str, vocab_size: int, sentinels: int, max_chars: int = 200_000_000
+) -> Tokenizer:
+    """Train a lossless `kind` (bpe or unigram) tokenizer with `vocab_size` pieces on `texts`,
+    reserving [MASK] and `sentinels` sentinels at the ids of train/data/special.py."""
+    reserved = reserved_pieces(sentinels)
+    if vocab_size <= FIXED_PIECES + len(reserved):
+        raise DataError(
+            f"model.vocab_size={vocab_size} is too small for the reserved pieces: <unk>, EOS, newline, tab, "
+            f"the {BYTE_PIECES} byte pieces, [MASK] and data.sentinels={sentinels} sentinels take "
+            f"{FIXED_PIECES + len(reserved)} ids before any of the corpus's characters, so it needs at least "
+            f"{FIXED_PIECES + len(reserved) + 1}; raise model.vocab_size well above that, or lower data.sentinels "
+            "(span corruption needs one per noise span of a row)"
+        )
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -120,19 +164,24 @@ def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int, max_chars:
             shuffle_input_sentence=True,
             num_threads=os.cpu_count() or 1,
             minloglevel=2,
+            control_symbols=reserved,
             **LOSSLESS,
         )
     except RuntimeError as error:
-        raise _vocab_error(str(error), kind, vocab_size) from None
-    return Tokenizer(model.getvalue())
+        raise _vocab_error(str(error), kind, vocab_size, sentinels) from None
+    tokenizer = Tokenizer(model.getvalue())
+    if tokenizer.special != layout(sentinels):  # sentencepiece places control pieces right after EOS
+        raise RuntimeError(f"sentencepiece put the reserved pieces at {tokenizer.special}, not {layout(sentinels)}")
+    return tokenizer
 
 
-def _vocab_error(message: str, kind: str, vocab_size: int) -> DataError:
-    """sentencepiece's vocabulary errors, restated in terms of the config key that fixes them."""
+def _vocab_error(message: str, kind: str, vocab_size: int, sentinels: int) -> DataError:
+    """sentencepiece's vocabulary errors, restated in terms of the config keys that fix them."""
     if match := _TOO_SMALL.search(message):
         return DataError(
-            f"model.vocab_size={vocab_size} is too small for this corpus: the 256 byte pieces, the special pieces "
-            f"and its characters need at least {match[2]}; raise model.vocab_size to {match[2]} or more"
+            f"model.vocab_size={vocab_size} is too small for this corpus: the {BYTE_PIECES} byte pieces, the special "
+            f"pieces ([MASK] and data.sentinels={sentinels} sentinels among them) and its characters need at least "
+            f"{match[2]}; raise model.vocab_size to {match[2]} or more, or lower data.sentinels"
         )
     if match := _TOO_LARGE.search(message):
         return DataError(

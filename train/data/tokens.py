@@ -1,8 +1,11 @@
 """The token store: a tokenizer trained on a dataset, stored with the dataset's encoded splits.
 
 `<dataset version>/tokenizers/<kind>-<vocab>/` holds `spm.model`, one flat little-endian token
-stream per split (documents joined by packing.join_documents) and `meta.json`. The stream is
-memory-mapped, so any packed row is a slice and the loader needs no iterator state.
+stream per split (documents joined by packing.join_documents) and `meta.json`, which also
+records the reserved ids (`mask_id`, `first_sentinel_id`, `sentinels`: sentinel i is
+first_sentinel_id + i). A store written before scalelab reserved them lacks those keys, and its
+tokenizer lacks the pieces. The stream is memory-mapped, so any packed row is a slice and the
+loader needs no iterator state.
 """
 
 from __future__ import annotations
@@ -75,11 +78,14 @@ def build_store(data, vocab_size: int, force: bool = False, max_chars: int = 200
     train_split = TextSplit(version_dir, "train", data.text_field)
     with tqdm(total=len(train_split), desc="reading text", unit=" docs", disable=not progress) as bar:
         texts = _counted(train_split.texts(), bar)
-        tokenizer = train_tokenizer(texts, data.tokenizer, vocab_size, max_chars)
+        tokenizer = train_tokenizer(texts, data.tokenizer, vocab_size, data.sentinels, max_chars)
     meta = {
         "kind": data.tokenizer,
         "vocab_size": tokenizer.vocab_size,
         "eos_id": tokenizer.eos_id,
+        "mask_id": tokenizer.special.mask,
+        "first_sentinel_id": tokenizer.special.sentinels[0] if data.sentinels else None,
+        "sentinels": data.sentinels,
         "dtype": token_dtype(tokenizer.vocab_size).str,
         "dataset": data.name,
         "text_field": data.text_field,

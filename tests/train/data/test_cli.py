@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.train.data.conftest import VOCAB, make_documents, write_jsonl
+from tests.train.data.conftest import SENTINELS, VOCAB, make_documents, write_jsonl
 from tests.train.data.test_corpus import write_fake_sdists
 from train.cli import main
 from train.config import load_config
@@ -14,7 +14,7 @@ from train.data import corpus, make_source
 def test_prepare_and_tokenize_a_local_corpus(tmp_path, capsys):
     docs = [*make_documents(80), "tiny", make_documents(1)[0]]  # one too short, one duplicate
     path = write_jsonl(tmp_path / "in" / "docs.jsonl", docs)
-    settings = {"data_dir": tmp_path / "data", "name": "mine", "validation_fraction": 0.2}
+    settings = {"data_dir": tmp_path / "data", "name": "mine", "validation_fraction": 0.2, "sentinels": SENTINELS}
     flags = [flag for key, value in settings.items() for flag in ("--set", f"data.{key}={value}")] + ["--quiet"]
     assert main(["data", "prepare", str(path), *flags]) == 0
     out = capsys.readouterr().out
@@ -47,6 +47,7 @@ def test_no_arguments_use_the_default_corpus_that_tfds_reads(tmp_path, monkeypat
     with pytest.raises(SystemExit):  # --help works for every new subcommand
         main(["tokenizer", "train", "--help"])
     capsys.readouterr()
-    assert main(["tokenizer", "train", "--quiet", "--set", f"model.vocab_size={VOCAB}"]) == 0
-    source = make_source(load_config("gpt-tiny-text", [f"model.vocab_size={VOCAB}"]))
+    sizes = [f"model.vocab_size={VOCAB}", f"data.sentinels={SENTINELS}"]
+    assert main(["tokenizer", "train", "--quiet", *(flag for size in sizes for flag in ("--set", size))]) == 0
+    source = make_source(load_config("gpt-tiny-text", sizes))
     assert source.batch(0)["inputs"].shape == (16, 64)
