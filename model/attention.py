@@ -311,16 +311,25 @@ class Attention(nnx.Module):
             y = y + b[...]
         return constrain(y.astype(self.dtype), ("batch", "length", heads_axis, "head_dim"))
 
-    def __call__(self, x: jax.Array, inputs: AttentionInputs, memory: jax.Array | None = None) -> jax.Array:
-        """Attend from x to itself, or to `memory` (cross-attention) when it is given."""
-        source = x if memory is None else memory
+    def qkv(
+        self, x: jax.Array, source: jax.Array, rotary: tuple[jax.Array, jax.Array] | None
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Queries from x, keys and values from `source`, in the compute dtype; q and k rotated if `rotary`."""
         q = self._project(x, self.wq, self.bq, "heads")
         k = self._project(source, self.wk, self.bk, "kv_heads")
         v = self._project(source, self.wv, self.bv, "kv_heads")
-        if inputs.rotary is not None:
-            q, k = apply_rotary(q, inputs.rotary), apply_rotary(k, inputs.rotary)
-        out = ATTENTION_KERNELS[type(inputs.pattern)].attend(q, k, v, inputs, self.dtype)
+        if rotary is not None:
+            q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
+        return q, k, v
+
+    def output(self, out: jax.Array) -> jax.Array:
+        """The output projection of attended values (batch, length, heads, head_dim) back to d_model."""
         y = matmul("bthk,hkd->btd", out, self.wo[...], self.dtype)
         if self.bo is not None:
             y = y + self.bo[...]
         return y.astype(self.dtype)
+
+    def __call__(self, x: jax.Array, inputs: AttentionInputs, memory: jax.Array | None = None) -> jax.Array:
+        """Attend from x to itself, or to `memory` (cross-attention) when it is given."""
+        q, k, v = self.qkv(x, x if memory is None else memory, inputs.rotary)
+        return self.output(ATTENTION_KERNELS[type(inputs.pattern)].attend(q, k, v, inputs, self.dtype))
