@@ -1,0 +1,252 @@
+"""KV-cache decoding for the decoder-only (gpt) family: prefill a prompt, then one token at a time.
+
+The cache holds every layer's keys and values, (layers, batch, max_len, kv_heads, head_dim) in
+the compute dtype, keys already rotated when the model uses RoPE. Slot i of a row holds
+position i. Prompts of different lengths are right-padded and each row keeps its own length:
+its next token is written at that slot and sees slots `pattern.allowed(position, slot)`, which
+hides the future (and so the padding and stale slots) and, with a sliding window, the slots
+that fell out of it. Relative and ALiBi biases are functions of slot - position, as in training.
+
+The blocks run in one lax.scan over the stacked block parameters and the cache's layer axis;
+each layer returns only its new keys and values, which are written into the cache once after
+the scan. With int8 weights (model/quantize.py) each layer's weights are dequantized inside
+the scan, right before its matmuls. The training forward pass is untouched: decoding reuses
+the modules' own projections, norms, feed-forward and attention kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from model.attention import dot_product_attention
+from model.blocks import NORM_PLACEMENTS, Block
+from model.config import ConfigError, ModelConfig
+from model.layers import AttentionInputs
+from model.quantize import dequantize
+from model.tower import vocab_logits
+
+Params = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+    """Per-layer keys and values of every row, and how many slots of each row hold tokens."""
+
+    k: jax.Array  # (layers, batch, max_len, kv_heads, head_dim), compute dtype
+    v: jax.Array  # same shape as k
+    lengths: jax.Array  # (batch,) int32: tokens held per row; the next one goes to this slot
+
+    @property
+    def max_len(self) -> int:
+        """Positions a row can hold."""
+        return self.k.shape[2]
+
+
+jax.tree_util.register_dataclass(KVCache, data_fields=["k", "v", "lengths"], meta_fields=[])
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """How the next token is chosen: greedy at temperature 0, else sampled from softmax(logits / T), top-k if set."""
+
+    temperature: float = 0.0
+    top_k: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"top_k must be >= 1 (or unset for the whole vocabulary), got {self.top_k}")
+
+
+def check_decoder(cfg: ModelConfig) -> None:
+    """Raise ConfigError unless `cfg` is a model that decodes left to right with a cache (the gpt family)."""
+    if cfg.family != "gpt":
+        raise ConfigError(
+            f"KV-cache decoding needs model.family=gpt (a causal decoder-only model); this model is {cfg.family!r}"
+        )
+
+
+def check_length(cfg: ModelConfig, prompt_len: int, new_tokens: int) -> int:
+    """The cache length for `prompt_len` + `new_tokens` positions; ConfigError past model.max_seq_len."""
+    if prompt_len < 1:
+        raise ConfigError("the prompt is empty; give at least one token to continue from")
+    total = prompt_len + new_tokens
+    if total > cfg.max_seq_len:
+        raise ConfigError(
+            f"the prompt has {prompt_len} tokens and {new_tokens} new ones are asked for, {total} in all, but the "
+            f"model holds at most model.max_seq_len={cfg.max_seq_len} positions; shorten the prompt or ask for "
+            f"at most {max(cfg.max_seq_len - prompt_len, 0)} new tokens"
+        )
+    return total
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int | None = None) -> KVCache:
+    """An empty cache for `batch` rows of up to `max_len` (default model.max_seq_len) positions."""
+    check_decoder(cfg)
+    max_len = max_len or cfg.max_seq_len
+    if max_len > cfg.max_seq_len:
+        raise ConfigError(f"a cache of {max_len} positions exceeds model.max_seq_len={cfg.max_seq_len}")
+    shape = (cfg.n_layers, batch, max_len, cfg.kv_heads, cfg.dim_per_head)
+    zeros = jnp.zeros(shape, jnp.dtype(cfg.dtype))
+    return KVCache(zeros, zeros, jnp.zeros((batch,), jnp.int32))
+
+
+def _cached_block(
+    block: Block, x: jax.Array, inputs: AttentionInputs, cache: tuple[jax.Array, jax.Array], positions: jax.Array
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """One block over new tokens x, attending to one layer's cache plus themselves; returns (x, their k and v)."""
+    rows = jnp.arange(x.shape[0])[:, None]
+    new: list[tuple[jax.Array, jax.Array]] = []
+
+    def attend(h: jax.Array) -> jax.Array:
+        q, k, v = block.attn.qkv(h, h, inputs.rotary)
+        keys, values = (
+            c.at[rows, positions].set(n.astype(c.dtype), mode="drop") for c, n in zip(cache, (k, v), strict=True)
+        )
+        new.append((k, v))
+        return block.attn.output(dot_product_attention(q, keys, values, inputs.mask, inputs.bias, block.attn.dtype))
+
+    residual = NORM_PLACEMENTS[block.norm_position].residual
+    x = residual(x, attend, block.attn_norm, 0.0, None)
+    return residual(x, block.ffn, block.ffn_norm, 0.0, None), new[0]
+
+
+def _extend(
+    graphdef: nnx.GraphDef, params: Params, scales: Params | None, cache: KVCache, tokens: jax.Array, counts: jax.Array
+) -> tuple[jax.Array, KVCache, Any]:
+    """Run tokens (batch, length) at each row's next slots; (hidden states, cache, model) with lengths += counts."""
+    model = nnx.merge(graphdef, params)
+    positions = cache.lengths[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)
+    slots = jnp.arange(cache.max_len, dtype=jnp.int32)
+    x = model.positions.embed(model.embed[...].astype(model.dtype)[tokens], positions)
+    if model.embed_norm is not None:
+        x = model.embed_norm(x)
+    inputs = AttentionInputs(
+        mask=model.pattern.allowed(positions[:, :, None], slots),
+        rotary=model.positions.rotary(positions),
+        bias=model.positions.attention_bias(slots - positions[:, :, None], bidirectional=False),
+        pattern=model.pattern,
+    )
+    block_def = nnx.graphdef(model.layers.blocks)
+    blocks = params["layers"]["blocks"]
+    block_scales = None if scales is None else scales["layers"]["blocks"]
+
+    def body(x: jax.Array, layer: tuple) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        weights, layer_scales, k, v = layer
+        block = nnx.merge(block_def, dequantize(weights, layer_scales))
+        return _cached_block(block, x, inputs, (k, v), positions)
+
+    x, (k_new, v_new) = jax.lax.scan(body, x, (blocks, block_scales, cache.k, cache.v))
+    rows = jnp.arange(tokens.shape[0])[:, None]
+    k = cache.k.at[:, rows, positions].set(k_new.astype(cache.k.dtype), mode="drop")
+    v = cache.v.at[:, rows, positions].set(v_new.astype(cache.v.dtype), mode="drop")
+    if model.final_norm is not None:
+        x = model.final_norm(x)
+    return x, KVCache(k, v, cache.lengths + counts), model
+
+
+def _logits(model: Any, x: jax.Array) -> jax.Array:
+    return vocab_logits(x, model.embed, model.head, model.dtype)
+
+
+@functools.partial(jax.jit, static_argnames="graphdef")
+def extend(
+    graphdef: nnx.GraphDef, params: Params, cache: KVCache, tokens: jax.Array, scales: Params | None = None
+) -> tuple[jax.Array, KVCache]:
+    """fp32 logits (batch, length, vocab) of tokens appended to every row of the cache, and the grown cache."""
+    counts = jnp.full(tokens.shape[:1], tokens.shape[1], jnp.int32)
+    x, cache, model = _extend(graphdef, params, scales, cache, tokens, counts)
+    return _logits(model, x), cache
+
+
+@functools.partial(jax.jit, static_argnames="graphdef")
+def prefill(
+    graphdef: nnx.GraphDef,
+    params: Params,
+    cache: KVCache,
+    tokens: jax.Array,
+    lengths: jax.Array,
+    scales: Params | None = None,
+) -> tuple[jax.Array, KVCache]:
+    """Right-padded prompts (batch, length) with `lengths` real tokens each: the logits after each prompt's
+    last token (batch, vocab) and the cache holding the prompts."""
+    x, cache, model = _extend(graphdef, params, scales, cache, tokens, lengths.astype(jnp.int32))
+    last = jnp.take_along_axis(x, (lengths - 1)[:, None, None], axis=1)
+    return _logits(model, last)[:, 0], cache
+
+
+def next_token(logits: jax.Array, key: jax.Array, sampler: Sampler) -> jax.Array:
+    """The chosen token of each row of fp32 logits (batch, vocab)."""
+    if sampler.temperature == 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / sampler.temperature
+    if sampler.top_k is not None and sampler.top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, sampler.top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "new_tokens", "sampler"))
+def _generate(
+    graphdef: nnx.GraphDef,
+    cfg: ModelConfig,
+    params: Params,
+    scales: Params | None,
+    prompts: jax.Array,
+    lengths: jax.Array,
+    key: jax.Array,
+    new_tokens: int,
+    sampler: Sampler,
+) -> jax.Array:
+    cache = init_cache(cfg, prompts.shape[0], prompts.shape[1] + new_tokens)
+    logits, cache = prefill(graphdef, params, cache, prompts, lengths, scales)
+
+    def step(carry: tuple[jax.Array, KVCache], i: jax.Array) -> tuple[tuple[jax.Array, KVCache], jax.Array]:
+        logits, cache = carry
+        token = next_token(logits, jax.random.fold_in(key, i), sampler)
+        logits, cache = extend(graphdef, params, cache, token[:, None], scales)
+        return (logits[:, 0], cache), token
+
+    _, tokens = jax.lax.scan(step, (logits, cache), jnp.arange(new_tokens))
+    return tokens.T
+
+
+def generate(
+    cfg: ModelConfig,
+    graphdef: nnx.GraphDef,
+    params: Params,
+    prompts: jax.Array,
+    lengths: jax.Array | None = None,
+    *,
+    new_tokens: int,
+    seed: int = 0,
+    sampler: Sampler = Sampler(),
+    scales: Params | None = None,
+) -> jax.Array:
+    """`new_tokens` tokens (batch, new_tokens) continuing right-padded prompts (batch, length).
+
+    `lengths` gives each prompt's real tokens (default: all of them). Draws are keyed by
+    (seed, step), so a seed reproduces a sampled continuation exactly. `scales` marks `params`
+    as int8-quantized (model/quantize.py).
+    """
+    check_decoder(cfg)
+    prompts = jnp.asarray(prompts, jnp.int32)
+    lengths = np.full(prompts.shape[:1], prompts.shape[1]) if lengths is None else np.asarray(lengths)
+    if lengths.shape != prompts.shape[:1] or lengths.min() < 1 or lengths.max() > prompts.shape[1]:
+        raise ConfigError(
+            f"prompt lengths {lengths.tolist()} must give one length in 1..{prompts.shape[1]} per prompt row"
+        )
+    check_length(cfg, prompts.shape[1], new_tokens)
+    if new_tokens < 1:
+        raise ConfigError(f"ask for at least one new token, got {new_tokens}")
+    key = jax.random.key(seed)
+    lengths = jnp.asarray(lengths, jnp.int32)
+    return _generate(graphdef, cfg, params, scales, prompts, lengths, key, new_tokens, sampler)
