@@ -248,7 +248,7 @@ class ObjectiveConfig:
 
     name: str | None = None  # causal_lm, mlm, classification, span_corruption, prefix_lm; None: the family's
     mask_rate: float = 0.15  # mlm: share of positions chosen for prediction
-    mask_token: int = 0  # mlm: the [MASK] id; 0 is the tokenizer's <unk>, which byte fallback never emits
+    mask_token: int | None = None  # mlm: the [MASK] id; None: the source's (train/data/special.py), else must equal it
     noise_density: float = 0.15  # span_corruption: share of tokens moved into noise spans
     mean_span_length: float = 3.0  # span_corruption: average noise span length
 

@@ -5,6 +5,10 @@ Sources yield rows of text: `inputs` (batch, seq_len) with next-token `targets` 
 family trains on. Its random draws come from (data seed, stream, step) for the whole global
 batch and are then cut to this process's rows, so batch(step) stays a pure function of
 (seed, step) on any number of processes.
+
+The ids an objective writes that are not text, [MASK] and the span sentinels, come from one
+place, `special_ids`: a text source's tokenizer reserved them (train/data/special.py has the
+layout), and the synthetic source uses the same layout and leaves them out of its language.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ import numpy as np
 
 from model.config import ConfigError, SequenceLengths
 from train.data import BatchSource, process_rows
+from train.data.special import SpecialIds, layout
+from train.data.storage import DataError, tokenizer_command
 
 if TYPE_CHECKING:
     from train.config import Config
+    from train.data.tokens import TokenStore
 
 Batch = dict[str, np.ndarray]
 TRAIN_STREAM, EVAL_STREAM = 0, 1
@@ -52,8 +59,8 @@ def _shift_right(targets: np.ndarray) -> np.ndarray:
     return np.concatenate([np.full((len(targets), 1), START_ID, targets.dtype), targets[:, :-1]], axis=1)
 
 
-def mask_tokens(batch: Batch, draws: Draws, cfg: Config) -> Batch:
-    """BERT's MLM: choose mask_rate of the positions; 80% become [MASK], 10% a random token, 10% stay.
+def mask_tokens(batch: Batch, draws: Draws, cfg: Config, special: SpecialIds) -> Batch:
+    """BERT's MLM: choose mask_rate of the positions; 80% become [MASK] (special.mask), 10% a random token, 10% stay.
 
     Positions with source weight 0 (padding) are never chosen. Targets are the original tokens
     and the loss weights select the chosen positions only.
@@ -65,7 +72,7 @@ def mask_tokens(batch: Batch, draws: Draws, cfg: Config) -> Batch:
     chosen = rank < np.round(candidate.sum(axis=1) * cfg.objective.mask_rate)[:, None]
     action = draws.uniform(tokens.shape[1])
     random_tokens = draws.integers(cfg.model.vocab_size, tokens.shape[1]).astype(tokens.dtype)
-    corrupted = np.where(chosen & (action < 0.8), cfg.objective.mask_token, tokens)
+    corrupted = np.where(chosen & (action < 0.8), special.mask, tokens)
     corrupted = np.where(chosen & (action >= 0.8) & (action < 0.9), random_tokens, corrupted)
     return {
         "inputs": corrupted.astype(tokens.dtype),
@@ -89,19 +96,19 @@ def _random_partition(total: int, parts: int, uniform: np.ndarray) -> np.ndarray
     return np.diff(edges, axis=1)
 
 
-def _collapse_runs(tokens: np.ndarray, dropped: np.ndarray, run: np.ndarray, vocab_size: int) -> np.ndarray:
-    """Replace each run of dropped positions by its sentinel (vocab_size - 1 - run id); rows stay equal length."""
+def _collapse_runs(tokens: np.ndarray, dropped: np.ndarray, run: np.ndarray, sentinels: np.ndarray) -> np.ndarray:
+    """Replace each run of dropped positions by its sentinel (sentinels[run id]); rows stay equal length."""
     first = dropped & ~np.concatenate([np.zeros((len(dropped), 1), bool), dropped[:, :-1]], axis=1)
-    values = np.where(first, vocab_size - 1 - run, tokens)
+    values = np.where(first, sentinels[run], tokens)
     kept = ~dropped | first
     return values[kept].reshape(len(tokens), -1).astype(tokens.dtype)
 
 
-def corrupt_spans(batch: Batch, draws: Draws, cfg: Config) -> Batch:
+def corrupt_spans(batch: Batch, draws: Draws, cfg: Config, special: SpecialIds) -> Batch:
     """T5's span corruption: noise spans become sentinels in the inputs; the targets spell them out.
 
     Each row alternates kept runs and noise spans, starting with a kept run, with span lengths
-    drawn at random. Span i is sentinel i (vocab_size - 1 - i) in the encoder inputs; the
+    drawn at random. Span i is sentinel i (special.sentinels[i]) in the encoder inputs; the
     targets are sentinel i followed by span i's tokens, for every span. A packed row is
     corrupted as one text, so `segment_ids` and `positions` are dropped.
     """
@@ -115,16 +122,17 @@ def corrupt_spans(batch: Batch, draws: Draws, cfg: Config) -> Batch:
     starts[np.arange(rows)[:, None], np.cumsum(runs, axis=1)] = 1
     run_index = np.cumsum(starts[:, :n], axis=1)  # 2i: kept run i; 2i + 1: noise span i
     is_noise, span = run_index % 2 == 1, run_index // 2
-    targets = _collapse_runs(tokens, ~is_noise, span, cfg.model.vocab_size)
+    sentinels = np.asarray(special.sentinels[:spans])
+    targets = _collapse_runs(tokens, ~is_noise, span, sentinels)
     return {
-        "inputs": _collapse_runs(tokens, is_noise, span, cfg.model.vocab_size),
+        "inputs": _collapse_runs(tokens, is_noise, span, sentinels),
         "decoder_inputs": _shift_right(targets),
         "targets": targets,
         "weights": np.ones(targets.shape, np.float32),
     }
 
 
-def split_prefix(batch: Batch, draws: Draws, cfg: Config) -> Batch:
+def split_prefix(batch: Batch, draws: Draws, cfg: Config, special: SpecialIds | None) -> Batch:
     """Prefix to suffix: each row is cut at a random point; the encoder reads the prefix, the decoder the rest.
 
     Both halves are left-aligned and padded to seq_len: encoder padding gets segment 0 (real
@@ -147,7 +155,7 @@ def split_prefix(batch: Batch, draws: Draws, cfg: Config) -> Batch:
     }
 
 
-def use_labels(batch: Batch, draws: Draws, cfg: Config) -> Batch:
+def use_labels(batch: Batch, draws: Draws, cfg: Config, special: SpecialIds | None) -> Batch:
     """Sequence classification: the source's `labels` (one per row) are the targets of the classifier."""
     if "labels" not in batch:
         raise ConfigError(
@@ -167,9 +175,11 @@ class Objective:
     """A named objective: the families it trains, its batch transform and the lengths it gives the model."""
 
     families: tuple[str, ...]
-    transform: Callable[[Batch, Draws, Config], Batch] | None  # None: the rows train as they are
+    # (rows, draws, config, special ids) -> batch; None: the rows train as they are
+    transform: Callable[[Batch, Draws, Config, SpecialIds | None], Batch] | None
     lengths: Callable[[int, Any], SequenceLengths]  # (seq_len, objective settings) -> lengths
     classifier: bool = False  # trains a classification head (model.n_classes > 0)
+    special: str | None = None  # the reserved ids it writes: "mask" or "sentinels"
 
 
 def _same_lengths(seq_len: int, settings: Any) -> SequenceLengths:
@@ -183,9 +193,9 @@ def _span_lengths(seq_len: int, settings: Any) -> SequenceLengths:
 
 OBJECTIVES: dict[str, Objective] = {
     "causal_lm": Objective(("gpt",), None, _same_lengths),
-    "mlm": Objective(("bert",), mask_tokens, _same_lengths),
+    "mlm": Objective(("bert",), mask_tokens, _same_lengths, special="mask"),
     "classification": Objective(("bert",), use_labels, _same_lengths, classifier=True),
-    "span_corruption": Objective(("t5",), corrupt_spans, _span_lengths),
+    "span_corruption": Objective(("t5",), corrupt_spans, _span_lengths, special="sentinels"),
     "prefix_lm": Objective(("t5",), split_prefix, _same_lengths),
 }
 FAMILY_DEFAULTS = {"gpt": "causal_lm", "bert": "mlm", "t5": "span_corruption"}
@@ -212,8 +222,71 @@ def validate_objective(cfg: Config) -> None:
     if objective.classifier != bool(cfg.model.n_classes):
         need = "a classifier (model.n_classes > 0)" if objective.classifier else "model.n_classes=0"
         raise ConfigError(f"objective.name={name} needs {need}, but model.n_classes={cfg.model.n_classes}")
-    if not 0 <= cfg.objective.mask_token < cfg.model.vocab_size:
-        raise ConfigError(f"objective.mask_token ({cfg.objective.mask_token}) is not below model.vocab_size")
+    mask_token = cfg.objective.mask_token
+    if mask_token is not None and not 0 <= mask_token < cfg.model.vocab_size:
+        raise ConfigError(f"objective.mask_token ({mask_token}) is not below model.vocab_size")
+    if objective.special is None:
+        return
+    needed = sentinels_needed(cfg)
+    if cfg.data.source == "synthetic":
+        top = max(special_ids(cfg).reserved)
+        if top >= cfg.model.vocab_size:
+            raise ConfigError(
+                f"objective.name={name} writes the reserved ids up to {top} (train/data/special.py), which "
+                f"model.vocab_size={cfg.model.vocab_size} does not hold; raise model.vocab_size above {top}"
+            )
+    elif needed > cfg.data.sentinels:
+        raise ConfigError(
+            f"objective.name=span_corruption cuts each row of train.seq_len={cfg.train.seq_len} tokens into {needed} "
+            f"noise spans (objective.noise_density, objective.mean_span_length), one sentinel each, but the tokenizer "
+            f"reserves data.sentinels={cfg.data.sentinels}; raise data.sentinels to {needed} or more and retrain the "
+            f"tokenizer ({tokenizer_command(dataclasses.replace(cfg.data, sentinels=needed), cfg.model.vocab_size)} "
+            "--force), or shorten train.seq_len"
+        )
+
+
+def sentinels_needed(cfg: Config) -> int:
+    """How many sentinels the objective writes into a row: one per noise span (0 without span corruption)."""
+    if OBJECTIVES[objective_name(cfg)].special != "sentinels":
+        return 0
+    return span_counts(cfg.train.seq_len, cfg.objective)[1]
+
+
+def special_ids(cfg: Config, store: TokenStore | None = None) -> SpecialIds | None:
+    """The [MASK] and sentinel ids the objective writes; None when it writes neither.
+
+    This is the one place that decides them. A text source's ids are its tokenizer's reserved
+    pieces (`store`), which must exist and match data.sentinels: a tokenizer trained before they
+    were reserved is an error that says to retrain it, never a fallback to ids that are text
+    there. Without a store (the synthetic source) they are the fixed layout of
+    train/data/special.py with as many sentinels as a row needs. An explicit
+    objective.mask_token must equal the [MASK] id either way.
+    """
+    name = objective_name(cfg)
+    if OBJECTIVES[name].special is None:
+        return None
+    source = "the synthetic source"
+    ids = layout(sentinels_needed(cfg))
+    if store is not None:
+        source = f"the tokenizer at {store.path}"
+        retrain = f"{tokenizer_command(cfg.data, cfg.model.vocab_size)} --force"
+        ids = store.tokenizer.special
+        if ids is None:
+            raise DataError(
+                f"{source} was trained before scalelab reserved [MASK] and sentinel pieces, so objective.name={name} "
+                f"has no ids of its own to write (the ids it used to take are text there); retrain it: {retrain}"
+            )
+        if len(ids.sentinels) != cfg.data.sentinels:
+            raise DataError(
+                f"{source} reserves {len(ids.sentinels)} sentinels but data.sentinels={cfg.data.sentinels}; set "
+                f"data.sentinels={len(ids.sentinels)}, or retrain it with {cfg.data.sentinels}: {retrain}"
+            )
+    if OBJECTIVES[name].special == "mask" and cfg.objective.mask_token not in (None, ids.mask):
+        raise ConfigError(
+            f"objective.mask_token={cfg.objective.mask_token} disagrees with {source}, whose [MASK] is id {ids.mask}; "
+            "leave objective.mask_token unset to use it"
+        )
+    return ids
 
 
 def model_lengths(cfg: Config) -> SequenceLengths:
@@ -226,10 +299,12 @@ class ObjectiveSource:
 
     def __init__(self, source: BatchSource, objective: Objective, cfg: Config, rows: slice):
         self.source, self.objective, self.cfg, self.rows = source, objective, cfg, rows
+        # Sources of tokenized text expose their token store, whose tokenizer holds the reserved ids.
+        self.special = special_ids(cfg, getattr(source, "store", None))
 
     def _apply(self, batch: Batch, stream: int, index: int) -> Batch:
         draws = Draws(self.cfg.data.seed, stream, index, self.cfg.train.batch_size, self.rows)
-        return self.objective.transform(batch, draws, self.cfg)
+        return self.objective.transform(batch, draws, self.cfg, self.special)
 
     def batch(self, step: int) -> Batch:
         """This process's rows of the training batch at `step`, transformed."""

@@ -12,7 +12,7 @@ import pytest
 
 from model.config import ConfigError
 from tests.train.ckpt_support import assert_states_equal, compile_cache, exact_metrics, saved_state
-from tests.train.data.conftest import VOCAB, make_documents, write_jsonl
+from tests.train.data.conftest import SENTINELS, VOCAB, make_documents, write_jsonl
 from train.cli import main
 from train.config import Config, config_from_dict, load_config
 from train.data import make_source
@@ -76,6 +76,7 @@ def text_dataset(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("text")
     docs = write_jsonl(root / "docs.jsonl", make_documents(200))
     flags = ["--set", f"data.data_dir={root / 'data'}", "--set", "data.name=family_text", "--quiet"]
+    flags += ["--set", f"data.sentinels={SENTINELS}"]
     assert main(["data", "prepare", str(docs), *flags]) == 0
     assert main(["tokenizer", "train", *flags, "--set", f"model.vocab_size={VOCAB}"]) == 0
     return str(root / "data")
@@ -87,7 +88,7 @@ def test_each_family_learns_real_text(text_dataset, family):
     cfg = config_from_dict(
         {
             "model": {"family": family, "vocab_size": VOCAB, "d_model": 64, "n_layers": 2, "n_heads": 4},
-            "data": {"source": "tfds", "name": "family_text", "data_dir": text_dataset},
+            "data": {"source": "tfds", "name": "family_text", "data_dir": text_dataset, "sentinels": SENTINELS},
             "train": {"steps": 30, "batch_size": 16, "seq_len": 64},
             "optimizer": {"lr": 3e-3},
             "schedule": {"warmup_steps": 5},

@@ -1,7 +1,9 @@
 """A learnable synthetic language: a sparse random Markov chain over the vocabulary.
 
 Each token has `branching` equally likely successors, so the best achievable loss is
-log(branching) nats, far below the log(vocab) of an untrained model.
+log(branching) nats, far below the log(vocab) of an untrained model. The reserved ids that the
+run's objective writes ([MASK], the span sentinels: train/data/special.py) are left out of the
+language, so the model can tell them from text.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from train.data import process_rows
+from train.objectives import special_ids
 
 TRAIN_STREAM, EVAL_STREAM = 0, 1
 
@@ -22,10 +25,13 @@ class MarkovSource:
         self.seq_len = cfg.train.seq_len
         self.seed = cfg.data.seed
         self.rows = process_rows(self.batch_size, process_index, process_count)
+        special = special_ids(cfg)
+        # With nothing reserved (causal_lm, prefix_lm) the alphabet is every id and the draws are as they always were.
+        self.alphabet = np.setdiff1d(np.arange(self.vocab_size), special.reserved if special else ())
         table_rng = np.random.default_rng([self.seed, 0x5CA1E])
-        branching = min(cfg.data.synthetic_branching, self.vocab_size)
+        branching = min(cfg.data.synthetic_branching, len(self.alphabet))
         self.successors = np.stack(
-            [table_rng.choice(self.vocab_size, size=branching, replace=False) for _ in range(self.vocab_size)]
+            [table_rng.choice(self.alphabet, size=branching, replace=False) for _ in range(self.vocab_size)]
         )
 
     @property
@@ -36,7 +42,7 @@ class MarkovSource:
     def _draw(self, stream: int, index: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([self.seed, stream, index])
         tokens = np.empty((self.batch_size, self.seq_len + 1), np.int32)
-        tokens[:, 0] = rng.integers(self.vocab_size, size=self.batch_size)
+        tokens[:, 0] = self.alphabet[rng.integers(len(self.alphabet), size=self.batch_size)]
         choices = rng.integers(self.successors.shape[1], size=(self.batch_size, self.seq_len))
         for t in range(self.seq_len):
             tokens[:, t + 1] = self.successors[tokens[:, t], choices[:, t]]
