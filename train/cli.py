@@ -14,6 +14,7 @@ from collections.abc import Sequence
 # Subcommand registrars, in the order `scalelab --help` lists them.
 COMMANDS: tuple[str, ...] = (
     "train.commands:register_train",
+    "train.generate:register_generate",
     "train.data.cli:register_data",
     "train.data.cli:register_tokenizer",
     "scaling.sweep_cli:register_sweep",

@@ -1,0 +1,209 @@
+"""`scalelab generate`: continue prompts with a trained gpt run, using the KV-cache decoder.
+
+The run's resolved config.yaml gives the model; its newest intact checkpoint gives the
+parameters (restored by train/checkpoint.py's `load_params`, on one device); the tokenizer the
+checkpoint recorded turns text into ids and back. A run on the synthetic source has no
+tokenizer, so its prompts are token ids (`--prompt-ids`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from train.cli import CLIError
+
+
+def register_generate(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `generate` subcommand."""
+    parser = subparsers.add_parser(
+        "generate",
+        help="continue prompts with a trained gpt run",
+        description=(
+            "Continue prompts with the newest checkpoint of a gpt run, decoding with a KV cache.\n"
+            "Prompts are text (encoded with the run's tokenizer) or, for runs without one, token ids."
+        ),
+        epilog=(
+            "examples: scalelab generate runs/gpt-tiny-text --prompt 'To be, or not' --max-new-tokens 40 --top-k 20\n"
+            "          scalelab generate runs/gpt-tiny --prompt-ids 3,17,42 --temperature 0"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a run directory written by scalelab train")
+    prompts = parser.add_mutually_exclusive_group(required=True)
+    prompts.add_argument(
+        "--prompt",
+        action="append",
+        metavar="TEXT",
+        help="text to continue (repeatable: the prompts are decoded together as one batch)",
+    )
+    prompts.add_argument(
+        "--prompt-ids",
+        action="append",
+        metavar="ID,ID,...",
+        help="token ids to continue, comma-separated (repeatable); runs on data.source=synthetic have no "
+        "tokenizer and take only these",
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=64,
+        help="tokens to generate per prompt (default 64); text output stops early at an end-of-document token",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="sampling temperature: logits are divided by it; 0 picks the likeliest token (greedy) (default 1.0)",
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=None, help="sample only among the k likeliest tokens (default: all of them)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed; the same seed gives the same text")
+    parser.add_argument(
+        "--quantize",
+        choices=("int8",),
+        default=None,
+        help="int8: per-channel int8 matmul weights, dequantized inside each layer at decode time",
+    )
+    parser.set_defaults(func=run_generate)
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """What generation needs from a run directory."""
+
+    cfg: Any  # train.config.Config
+    model: Any  # model.functional.ModelDef
+    params: dict[str, Any]
+    step_dir: Path
+    tokenizer: Any | None  # train.data.tokenizer.Tokenizer, or None for the synthetic source
+
+
+def load_run(run_dir: Path) -> LoadedRun:
+    """The config, newest checkpoint's parameters (on one device) and tokenizer of a gpt run directory."""
+    from train.checkpoint import CHECKPOINT_DIR, load_params, read_meta, saved_steps
+    from train.config import MeshConfig, load_config
+    from train.trainer import Trainer
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        what = "does not exist" if not run_dir.exists() else "has no config.yaml"
+        raise CLIError(f"run directory {run_dir} {what}; give a directory that scalelab train wrote (--run-dir)")
+    cfg = load_config(run_dir / "config.yaml")
+    if cfg.model.family != "gpt":
+        raise CLIError(
+            f"{run_dir} holds a {cfg.model.family} model (model.family={cfg.model.family}); scalelab generate "
+            "continues text with gpt (decoder-only) models only"
+        )
+    if not saved_steps(run_dir / CHECKPOINT_DIR):
+        raise CLIError(
+            f"{run_dir} has no checkpoints; train it with checkpoints on (e.g. --set checkpoint.every=100) "
+            "and wait for the first one"
+        )
+    # Decoding runs on one device, whatever mesh the run trained on.
+    local = dataclasses.replace(cfg, mesh=MeshConfig(data=1, rules=cfg.mesh.rules))
+    trainer = Trainer.build(local, devices=jax.devices()[:1])
+    params, step_dir = load_params(run_dir, local, trainer)
+    return LoadedRun(cfg, trainer.model, params, step_dir, _tokenizer(cfg, read_meta(step_dir)))
+
+
+def _tokenizer(cfg: Any, meta: dict[str, Any]) -> Any | None:
+    """The tokenizer the checkpoint recorded, else the one the config reads; None for the synthetic source."""
+    from train.data.tokens import TOKENIZER_META, find_store, open_store
+
+    if cfg.data.source != "tfds":
+        return None
+    recorded = meta.get("data", {}).get("tokenizer")
+    if recorded and (Path(recorded) / TOKENIZER_META).is_file():
+        return open_store(Path(recorded)).tokenizer
+    return find_store(cfg.data, cfg.model.vocab_size).tokenizer
+
+
+def parse_ids(texts: list[str], vocab_size: int) -> list[list[int]]:
+    """Comma-separated id lists, each id checked against the vocabulary."""
+    prompts = []
+    for text in texts:
+        try:
+            ids = [int(part) for part in text.replace(" ", "").split(",") if part]
+        except ValueError:
+            raise CLIError(f"--prompt-ids {text!r}: give integers separated by commas, e.g. 3,17,42") from None
+        bad = [i for i in ids if not 0 <= i < vocab_size]
+        if bad:
+            raise CLIError(f"--prompt-ids {text!r}: ids {bad} are outside the vocabulary 0..{vocab_size - 1}")
+        prompts.append(ids)
+    return prompts
+
+
+def _right_padded(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.array([len(p) for p in prompts], np.int32)
+    if lengths.min() == 0:
+        raise CLIError("a prompt is empty (it encodes to no tokens); give at least one token to continue from")
+    padded = np.zeros((len(prompts), lengths.max()), np.int32)
+    for row, ids in enumerate(prompts):
+        padded[row, : len(ids)] = ids
+    return padded, lengths
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """Load the run, decode every prompt as one batch and print the continuations."""
+    from model.decode import Sampler, generate
+    from model.quantize import quantize, report
+
+    if args.max_new_tokens < 1:
+        raise CLIError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    sampler = Sampler(args.temperature, args.top_k)
+    run = load_run(args.run_dir)
+    if args.prompt is not None and run.tokenizer is None:
+        raise CLIError(
+            f"{args.run_dir} trained on data.source={run.cfg.data.source}, which has no tokenizer to encode "
+            "text; give token ids with --prompt-ids 3,17,42"
+        )
+    prompts = (
+        [run.tokenizer.encode(text) for text in args.prompt]
+        if args.prompt is not None
+        else parse_ids(args.prompt_ids, run.cfg.model.vocab_size)
+    )
+    padded, lengths = _right_padded(prompts)
+    params, scales = run.params, None
+    note = f"step {run.step_dir.name} of {args.run_dir}"
+    if args.quantize == "int8":
+        params, scales = quantize(run.params, run.model.axes)
+        note += f"; {report(run.params, params, scales).describe()}"
+    start = time.perf_counter()
+    tokens = generate(
+        run.cfg.model,
+        run.model.graphdef,
+        params,
+        padded,
+        lengths,
+        new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        sampler=sampler,
+        scales=scales,
+    )
+    tokens = np.asarray(jax.device_get(tokens))
+    seconds = time.perf_counter() - start
+    print(f"scalelab generate: {note}; {tokens.size} tokens in {seconds:.2f} s (compile included)", file=sys.stderr)
+    for row, prompt in enumerate(prompts):
+        if args.prompt is not None:
+            print(_continuation_text(run.tokenizer, args.prompt[row], tokens[row]))
+        else:
+            text = "" if run.tokenizer is None else f"  {run.tokenizer.decode(tokens[row])!r}"
+            print(" ".join(str(i) for i in [*prompt, "|", *tokens[row].tolist()]) + text)
+    return 0
+
+
+def _continuation_text(tokenizer: Any, prompt: str, tokens: np.ndarray) -> str:
+    """The prompt and its continuation, cut at the first end-of-document token."""
+    ids = tokens.tolist()
+    if tokenizer.eos_id in ids:
+        ids = ids[: ids.index(tokenizer.eos_id)]
+    return f"{prompt}{tokenizer.decode(ids)}\n"
