@@ -20,6 +20,8 @@ import numpy as np
 
 from train.cli import CLIError
 
+DEFAULT_NEW_TOKENS = 64
+
 
 def register_generate(subparsers: argparse._SubParsersAction) -> None:
     """Add the `generate` subcommand."""
@@ -54,8 +56,9 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-new-tokens",
         type=int,
-        default=64,
-        help="tokens to generate per prompt (default 64); text output stops early at an end-of-document token",
+        default=None,
+        help=f"tokens to generate per prompt (default {DEFAULT_NEW_TOKENS}, or as many as fit in model.max_seq_len); "
+        "text output stops early at an end-of-document token",
     )
     parser.add_argument(
         "--temperature",
@@ -157,7 +160,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from model.decode import Sampler, generate
     from model.quantize import quantize, report
 
-    if args.max_new_tokens < 1:
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise CLIError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     sampler = Sampler(args.temperature, args.top_k)
     run = load_run(args.run_dir)
@@ -172,6 +175,7 @@ def run_generate(args: argparse.Namespace) -> int:
         else parse_ids(args.prompt_ids, run.cfg.model.vocab_size)
     )
     padded, lengths = _right_padded(prompts)
+    new_tokens = args.max_new_tokens or max(1, min(DEFAULT_NEW_TOKENS, run.cfg.model.max_seq_len - padded.shape[1]))
     params, scales = run.params, None
     note = f"step {run.step_dir.name} of {args.run_dir}"
     if args.quantize == "int8":
@@ -184,7 +188,7 @@ def run_generate(args: argparse.Namespace) -> int:
         params,
         padded,
         lengths,
-        new_tokens=args.max_new_tokens,
+        new_tokens=new_tokens,
         seed=args.seed,
         sampler=sampler,
         scales=scales,

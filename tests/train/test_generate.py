@@ -85,6 +85,11 @@ def test_sampling_follows_the_seed_and_int8_reports_its_savings(synthetic_run, c
     assert "int8 weights: matmul weights" in err and "saved" in err
     assert len(out.split(" | ")[1].split()) == 12
 
+    # Without --max-new-tokens: 64, or as many as fit in model.max_seq_len (64 for gpt-tiny).
+    code, out, err = _generate(capsys, synthetic_run, "--prompt-ids", ",".join(["1"] * 10))
+    assert code == 0, err
+    assert len(out.split(" | ")[1].split()) == 54
+
 
 def test_text_prompts_with_the_runs_tokenizer(text_run, capsys):
     prompts = ["Document 7: café\nKalo", "Su"]
