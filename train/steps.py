@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,14 +25,40 @@ def cross_entropy(
 
     Returns (loss to optimise, cross-entropy alone).
     """
-    logits = logits.astype(jnp.float32)
-    log_z = jax.nn.logsumexp(logits, axis=-1)
+    return _cross_entropy(float(z_loss), logits.astype(jnp.float32), targets, weights.astype(jnp.float32))
+
+
+def _cross_entropy_forward(z_loss: float, logits: jax.Array, targets: jax.Array, weights: jax.Array):
+    # Exponentiate once: the backward reuses these (shifted) exponentials as the softmax numerator.
+    shift = jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True))
+    exps = jnp.exp(logits - shift)
+    total = exps.sum(axis=-1)
+    log_z = jnp.log(total) + shift[..., 0]
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    weights = weights.astype(jnp.float32)
-    denom = jnp.maximum(weights.sum(), 1.0)
-    ce = ((log_z - target_logit) * weights).sum() / denom
-    loss = ce + z_loss * (jnp.square(log_z) * weights).sum() / denom
-    return loss, ce
+    share = weights / jnp.maximum(weights.sum(), 1.0)
+    ce = ((log_z - target_logit) * share).sum()
+    loss = ce + z_loss * (jnp.square(log_z) * share).sum()
+    return (loss, ce), (exps, total, log_z, targets, share)
+
+
+def _cross_entropy_backward(z_loss: float, saved, cotangents):
+    # One elementwise pass over the logits: softmax, minus the one-hot target, scaled per token.
+    # Autodiff instead scatters the target term and converts in separate passes.
+    exps, total, log_z, targets, share = saved
+    g_loss, g_ce = cotangents
+    softmax_scale = ((g_loss * (1.0 + 2.0 * z_loss * log_z) + g_ce) * share / total)[..., None]
+    target_scale = ((g_loss + g_ce) * share)[..., None]
+    is_target = jnp.arange(exps.shape[-1], dtype=targets.dtype) == targets[..., None]
+    d_logits = exps * softmax_scale - jnp.where(is_target, target_scale, 0.0)
+    return d_logits, None, None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _cross_entropy(z_loss: float, logits: jax.Array, targets: jax.Array, weights: jax.Array):
+    return _cross_entropy_forward(z_loss, logits, targets, weights)[0]
+
+
+_cross_entropy.defvjp(_cross_entropy_forward, _cross_entropy_backward)
 
 
 def step_key(seed: int, step: jax.Array) -> jax.Array:

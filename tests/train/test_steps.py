@@ -28,3 +28,27 @@ def test_z_loss_adds_the_weighted_mean_squared_log_partition():
     loss, ce = cross_entropy(logits, targets, weights, z_loss=1e-2)
     log_z = jax.nn.logsumexp(logits, axis=-1)
     assert float(loss - ce) == pytest.approx(1e-2 * float(jnp.mean(log_z**2)), rel=1e-5)
+
+
+def _autodiff_reference(logits, targets, weights, z_loss):
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    nll = log_z - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    denom = weights.sum()
+    ce = (nll * weights).sum() / denom
+    return ce + z_loss * (log_z**2 * weights).sum() / denom, ce
+
+
+@pytest.mark.parametrize("z_loss", [0.0, 1e-2])
+def test_hand_written_gradient_matches_autodiff_of_the_definition(z_loss):
+    logits = jax.random.normal(jax.random.key(3), (3, 6, 11)) * 4
+    targets = jax.random.randint(jax.random.key(4), (3, 6), 0, 11)
+    weights = jnp.ones((3, 6)).at[1, 4:].set(0.0)
+    for output in (0, 1):  # the optimised loss, and the plain cross-entropy reported beside it
+        ours = jax.grad(lambda x, o=output: cross_entropy(x, targets, weights, z_loss)[o])(logits)
+        expected = jax.grad(lambda x, o=output: _autodiff_reference(x, targets, weights, z_loss)[o])(logits)
+        np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-7)
+        assert not np.any(np.asarray(ours)[1, 4:])  # padding gets no gradient
+    both = jax.grad(lambda x: sum(cross_entropy(x, targets, weights, z_loss)))(logits)
+    np.testing.assert_allclose(
+        both, jax.grad(lambda x: sum(_autodiff_reference(x, targets, weights, z_loss)))(logits), rtol=1e-5, atol=1e-7
+    )
