@@ -154,6 +154,7 @@ def _extend(
 
 
 def _logits(model: Any, x: jax.Array) -> jax.Array:
+    """fp32 vocabulary logits of hidden states x, through the model's own head (or tied embeddings)."""
     return vocab_logits(x, model.embed, model.head, model.dtype)
 
 
@@ -206,6 +207,7 @@ def _generate(
     new_tokens: int,
     sampler: Sampler,
 ) -> jax.Array:
+    """The compiled body of `generate`: prefill, then a scan that samples a token and extends the cache."""
     cache = init_cache(cfg, prompts.shape[0], prompts.shape[1] + new_tokens)
     logits, cache = prefill(graphdef, params, cache, prompts, lengths, scales)
 
