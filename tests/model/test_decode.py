@@ -65,15 +65,22 @@ def test_prefill_then_cached_steps_equal_the_full_forward(case):
     np.testing.assert_array_equal(cache.lengths, [LENGTH, LENGTH])
 
 
-def test_the_cache_is_stacked_per_layer_with_kv_heads_in_the_compute_dtype():
+def test_the_cache_is_stacked_per_layer_with_kv_heads_in_the_compute_dtype_and_bf16_decodes_close():
     cfg = dataclasses.replace(BASE, dtype="bfloat16")
     cache = init_cache(cfg, batch=3, max_len=10)
     assert cache.k.shape == cache.v.shape == (3, 3, 10, 2, 8)  # layers, batch, max_len, kv_heads, head_dim
     assert cache.k.dtype == jnp.bfloat16
     model = describe(cfg)
-    _, cache = extend(model.graphdef, model.init(0), cache, _tokens(2, (3, 4)))
+    params, tokens = model.init(0), _tokens(2, (3, 7))
+    first, cache = extend(model.graphdef, params, cache, tokens[:, :4])
     assert cache.k.dtype == jnp.bfloat16
     assert bool(jnp.any(cache.k[:, :, :4] != 0)) and bool(jnp.all(cache.k[:, :, 4:] == 0))
+    rest, cache = extend(model.graphdef, params, cache, tokens[:, 4:])
+    full = model.apply(params, {"inputs": tokens})
+    # Both paths round activations to bf16 (8 significant bits) but at different points, so they agree to a
+    # few bf16 steps of the largest logit, not to fp32 precision.
+    scale = float(jnp.max(jnp.abs(full)))
+    np.testing.assert_allclose(jnp.concatenate([first, rest], axis=1), full, rtol=0, atol=2**-6 * scale)
 
 
 @pytest.mark.parametrize("case", ["rope", "learned", "sliding-alibi"])
