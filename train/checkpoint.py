@@ -69,7 +69,9 @@ def data_reference(cfg: Config) -> dict[str, Any]:
         reference["data_dir"] = str(data_dir)
         reference["dataset"] = None if version is None else str(version)
         reference["tokenizer"] = (
-            None if version is None else str(tokenizer_dir(version, cfg.data.tokenizer, cfg.model.vocab_size))
+            None
+            if version is None
+            else str(tokenizer_dir(version, cfg.data.tokenizer, cfg.model.vocab_size, cfg.data.sentinels))
         )
     return reference
 
@@ -326,30 +328,30 @@ def refuse_unmanaged(run_dir: Path) -> None:
         )
 
 
-def _init_source(source: Path) -> Path:
-    """The step folder `--init-from` names: a step folder, or the newest intact one of a run or checkpoints dir."""
+def _init_source(source: Path, flag: str) -> Path:
+    """The step folder `flag` names: a step folder, or the newest intact one of a run or checkpoints dir."""
     if (source / "state").is_dir():
         problem = verify_manifest(source)
         if problem:
-            raise CheckpointError(f"--init-from {source}: the checkpoint is corrupt: {problem}")
+            raise CheckpointError(f"{flag} {source}: the checkpoint is corrupt: {problem}")
         return source
     root = source / CHECKPOINT_DIR if (source / CHECKPOINT_DIR).is_dir() else source
     steps = saved_steps(root)
     if not steps:
         raise CheckpointError(
-            f"--init-from {source}: no checkpoints there; give a run directory, its checkpoints/ folder or one step folder"
+            f"{flag} {source}: no checkpoints there; give a run directory, its checkpoints/ folder or one step folder"
         )
     for step in reversed(steps):
         problem = verify_manifest(root / str(step))
         if problem is None:
             return root / str(step)
-        warn(f"--init-from: checkpoint {root / str(step)} is corrupt ({problem}); trying the one before it")
-    raise CheckpointError(f"--init-from {source}: every checkpoint in {root} is corrupt")
+        warn(f"{flag}: checkpoint {root / str(step)} is corrupt ({problem}); trying the one before it")
+    raise CheckpointError(f"{flag} {source}: every checkpoint in {root} is corrupt")
 
 
-def load_params(source: Path, cfg: Config, trainer: Trainer) -> tuple[Any, Path]:
-    """Parameters from another run's checkpoint, on this run's mesh, for a fresh run (`--init-from`)."""
-    step_dir = _init_source(Path(source).absolute())
+def load_params(source: Path, cfg: Config, trainer: Trainer, flag: str = "--init-from") -> tuple[Any, Path]:
+    """Parameters from a run's checkpoint on `trainer`'s mesh; errors name the flag that gave `source`."""
+    step_dir = _init_source(Path(source).absolute(), flag)
     abstract = {"params": trainer.abstract_state()["params"]}
     stored = {k: v for k, v in stored_shapes(step_dir).items() if k.startswith("params.")}
     check_compatible(read_meta(step_dir), stored, flat_shapes(abstract), cfg, step_dir)

@@ -20,7 +20,7 @@ import dataclasses
 MASK_PIECE = "[MASK]"
 MASK_ID = 2
 FIRST_SENTINEL_ID = 3
-DEFAULT_SENTINELS = 100  # as T5; a span-corruption row needs one per noise span (26 for 512 tokens)
+DEFAULT_SENTINELS = 0  # span-corruption configs set their own: one per noise span (26 for 512 tokens; T5 uses 100)
 
 
 def sentinel_piece(index: int) -> str:

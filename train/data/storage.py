@@ -59,13 +59,17 @@ def dataset_version_dir(data_dir: Path, name: str) -> Path | None:
     return max(versions, key=lambda p: tuple(int(part) for part in p.name.split(".")))
 
 
-def tokenizer_dir(version_dir: Path, kind: str, vocab_size: int) -> Path:
-    """The folder of the `kind` tokenizer with `vocab_size` pieces trained on a prepared dataset."""
-    return version_dir / "tokenizers" / f"{kind}-{vocab_size}"
+def tokenizer_dir(version_dir: Path, kind: str, vocab_size: int, sentinels: int) -> Path:
+    """The folder of the `kind` tokenizer with `vocab_size` pieces and `sentinels` reserved sentinels.
+
+    The sentinel count is part of the name, so a T5 tokenizer never displaces the sentinel-free
+    one that GPT and BERT runs of the same vocabulary size read (and vice versa).
+    """
+    return version_dir / "tokenizers" / (f"{kind}-{vocab_size}" + (f"-s{sentinels}" if sentinels else ""))
 
 
 def available_tokenizers(version_dir: Path) -> list[str]:
-    """Names (`bpe-512`, ...) of the complete tokenizers stored with a dataset."""
+    """Names (`bpe-512`, `bpe-512-s100`, ...) of the complete tokenizers stored with a dataset."""
     root = version_dir / "tokenizers"
     if not root.is_dir():
         return []

@@ -71,7 +71,7 @@ class TokenStore:
 def build_store(data, vocab_size: int, force: bool = False, max_chars: int = 200_000_000, progress: bool = True):
     """Train the `data.tokenizer` tokenizer on the train split, encode both splits, publish; return (store, built)."""
     version_dir = require_dataset(data)
-    final = tokenizer_dir(version_dir, data.tokenizer, vocab_size)
+    final = tokenizer_dir(version_dir, data.tokenizer, vocab_size, data.sentinels)
     if (final / TOKENIZER_META).is_file() and not force:
         return open_store(final), False
     held_out = eval_split(version_dir)
@@ -124,14 +124,15 @@ def open_store(path: Path) -> TokenStore:
 def find_store(data, vocab_size: int) -> TokenStore:
     """The token store a config reads, or a DataError naming the command that builds it."""
     version_dir = require_dataset(data)
-    path = tokenizer_dir(version_dir, data.tokenizer, vocab_size)
+    path = tokenizer_dir(version_dir, data.tokenizer, vocab_size, data.sentinels)
     if (path / TOKENIZER_META).is_file():
         return open_store(path)
     message = (
-        f"dataset {data.name!r} has no {data.tokenizer} tokenizer with {vocab_size} pieces "
+        f"dataset {data.name!r} has no {data.tokenizer} tokenizer with {vocab_size} pieces and "
+        f"data.sentinels={data.sentinels} sentinels "
         f"(model.vocab_size must equal the tokenizer's vocab size); train it with: {tokenizer_command(data, vocab_size)}"
     )
     others = available_tokenizers(version_dir)
     if others:
-        message += f"; or use one it has ({', '.join(others)}) by setting model.vocab_size and data.tokenizer"
+        message += f"; or use one it has ({', '.join(others)}) by setting model.vocab_size, data.tokenizer and data.sentinels (the -s suffix)"
     raise DataError(message)

@@ -83,15 +83,30 @@ def test_an_explicit_mask_token_must_be_the_tokenizers(prepared):
     def with_mask(token: int):
         return dataclasses.replace(bert, objective=dataclasses.replace(bert.objective, mask_token=token))
 
-    with pytest.raises(ConfigError, match=r"objective.mask_token=0 disagrees with the tokenizer at .*bpe-384, whose "):
+    with pytest.raises(
+        ConfigError, match=r"objective.mask_token=0 disagrees with the tokenizer at .*bpe-384-s16, whose "
+    ):
         make_source(with_mask(0))
     assert (make_source(with_mask(MASK_ID)).batch(0)["inputs"] == MASK_ID).any()
 
 
-def test_data_sentinels_must_match_the_tokenizer(prepared):
-    cfg, _ = prepared
-    with pytest.raises(ConfigError, match=rf"reserves {SENTINELS} sentinels but data.sentinels=20; set data.sentinels"):
-        make_source(make_cfg(Path(cfg.data.data_dir), family="bert", sentinels=20))
+def test_data_sentinels_choose_the_tokenizer_and_must_match_it(prepared):
+    cfg, store = prepared
+    data_dir = Path(cfg.data.data_dir)
+    # The sentinel count is part of the tokenizer's name: another count is another tokenizer.
+    with pytest.raises(
+        ConfigError, match=r"no bpe tokenizer with 384 pieces and data.sentinels=20 sentinels.*bpe-384-s16"
+    ):
+        make_source(make_cfg(data_dir, family="bert", sentinels=20))
+    # A folder whose recorded reserved pieces disagree with its name (copied, renamed) is refused.
+    renamed = shutil.copytree(store.path, store.path.with_name("bpe-384-s20"))
+    try:
+        with pytest.raises(
+            ConfigError, match=rf"reserves {SENTINELS} sentinels but data.sentinels=20; set data.sentin"
+        ):
+            make_source(make_cfg(data_dir, family="bert", sentinels=20))
+    finally:
+        shutil.rmtree(renamed)  # the prepared data dir is shared by the whole session
 
 
 def _old_tokenizer(docs: list[str]) -> bytes:
