@@ -114,7 +114,7 @@ def load_run(run_dir: Path) -> LoadedRun:
     # Decoding runs on one device, whatever mesh the run trained on.
     local = dataclasses.replace(cfg, mesh=MeshConfig(data=1, rules=cfg.mesh.rules))
     trainer = Trainer.build(local, devices=jax.devices()[:1])
-    params, step_dir = load_params(run_dir, local, trainer)
+    params, step_dir = load_params(run_dir, local, trainer, flag="scalelab generate")
     return LoadedRun(cfg, trainer.model, params, step_dir, _tokenizer(cfg, read_meta(step_dir)))
 
 
