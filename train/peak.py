@@ -25,28 +25,34 @@ VENDOR_PEAK_BF16: dict[str, float] = {
 
 @functools.lru_cache(maxsize=8)
 def measured_matmul_flops(dtype: str = "bfloat16", size: int | None = None, rounds: int = 3) -> float:
-    """Achieved FLOP/s of a square matmul on the first device (fp32 accumulation for bf16 inputs).
+    """Achieved FLOP/s of a square matmul on the first device (fp32 accumulation for bf16 inputs)."""
+    # Large enough to saturate the device: 2048 on a CPU, 8192 on an accelerator.
+    size = size or (2048 if jax.devices()[0].platform == "cpu" else 8192)
+    return matmul_flops_rate(dtype, 1, size, size, size, rounds)
+
+
+def matmul_flops_rate(dtype: str, batch: int, m: int, k: int, n: int, rounds: int = 3) -> float:
+    """Achieved FLOP/s of `batch` (m, k) x (k, n) matmuls on the first device, fp32 accumulation.
 
     The best of `rounds` timed bursts of about 0.1 s: other work on a shared host only ever
     slows a burst down, so the fastest one is closest to what the device can do.
     """
     device = jax.devices()[0]
-    # Large enough to saturate the device: 2048 on a CPU, 8192 on an accelerator.
-    size = size or (2048 if device.platform == "cpu" else 8192)
-    a = jax.device_put(jnp.ones((size, size), dtype), device)
-    matmul = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
-    matmul(a, a).block_until_ready()
+    a = jax.device_put(jnp.ones((batch, m, k), dtype), device)
+    b = jax.device_put(jnp.ones((batch, k, n), dtype), device)
+    matmul = jax.jit(lambda x, y: jnp.einsum("bmk,bkn->bmn", x, y, preferred_element_type=jnp.float32))
+    matmul(a, b).block_until_ready()
     start = time.perf_counter()
-    matmul(a, a).block_until_ready()
+    matmul(a, b).block_until_ready()
     repeats = max(1, int(0.1 / (time.perf_counter() - start)))
     best = float("inf")
     for _ in range(rounds):
         start = time.perf_counter()
         for _ in range(repeats):
-            out = matmul(a, a)
+            out = matmul(a, b)
         out.block_until_ready()
         best = min(best, time.perf_counter() - start)
-    return 2 * size**3 * repeats / best
+    return 2 * batch * m * k * n * repeats / best
 
 
 def vendor_peak(device: jax.Device) -> float | None:
