@@ -40,7 +40,7 @@ def load_average() -> float | None:
 
 
 def interleave(contenders: list[Steppable], rounds: int, window_s: float) -> dict[str, Timing]:
-    """Time each contender in windows of about `window_s`, rotating the order every round."""
+    """Time each contender in windows of about `window_s` (after one settling step), rotating the order every round."""
     steps = {}
     for c in contenders:
         one = c.time_steps(1)
@@ -50,5 +50,7 @@ def interleave(contenders: list[Steppable], rounds: int, window_s: float) -> dic
         # Rotate so no contender always runs right after the same neighbour (caches, turbo).
         order = contenders[r % len(contenders) :] + contenders[: r % len(contenders)]
         for c in order:
+            # One untimed step first: the contender before may have left the heap to be faulted back in.
+            c.time_steps(1)
             samples[c.name].append(c.time_steps(steps[c.name]) / steps[c.name])
     return {name: Timing(statistics.median(s), min(s), steps[name], len(s)) for name, s in samples.items()}
