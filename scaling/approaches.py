@@ -86,6 +86,36 @@ def _r2(x: np.ndarray, y: np.ndarray, slope: float, intercept: float) -> float:
     return float(1 - np.sum((y - slope * x - intercept) ** 2) / total) if total > 0 else float("nan")
 
 
+def _allocation_fit(
+    name: str,
+    c: np.ndarray,
+    n_opt: np.ndarray,
+    d_opt: np.ndarray,
+    loss: np.ndarray,
+    boot: np.ndarray | None,
+    **provenance: object,
+) -> AllocationFit:
+    """Power laws N_opt = G_N C^a and D_opt = G_D C^b through per-budget optima, least squares in log space."""
+    logc = np.log(c)
+    a, gn = (float(v) for v in _lines(logc, np.log(n_opt), np.ones_like(logc, bool)))
+    b, gd = (float(v) for v in _lines(logc, np.log(d_opt), np.ones_like(logc, bool)))
+    return AllocationFit(
+        name=name,
+        C=c,
+        N_opt=n_opt,
+        D_opt=d_opt,
+        loss=loss,
+        a=a,
+        log_gn=gn,
+        b=b,
+        log_gd=gd,
+        r2_n=_r2(logc, np.log(n_opt), a, gn),
+        r2_d=_r2(logc, np.log(d_opt), b, gd),
+        boot=boot,
+        **provenance,
+    )
+
+
 def _require_sizes(table: FitTable, name: str) -> None:
     if np.unique(table.N).size < 2:
         raise FitInputError(
@@ -178,9 +208,6 @@ def approach1(table: FitTable, n_boot: int, rng: np.random.Generator, c_rtol: fl
         )
     g = np.flatnonzero(valid)
     n_opt, d_opt = sizes[winner[g]], tokens[g, winner[g]]
-    logc = np.log(grid[g])
-    a, gn = (float(v) for v in _lines(logc, np.log(n_opt), np.ones_like(logc, bool)))
-    b, gd = (float(v) for v in _lines(logc, np.log(d_opt), np.ones_like(logc, bool)))
     if np.unique(n_opt).size < 2:
         warnings.warn(
             f"approach 1: one model size (N = {n_opt[0]:.4g}) has the lowest loss at every FLOP count, so a = 0 "
@@ -196,21 +223,7 @@ def approach1(table: FitTable, n_boot: int, rng: np.random.Generator, c_rtol: fl
         boot = np.concatenate(
             [_envelope_lines(loss, tokens, sizes, grid, include[i : i + 100]) for i in range(0, n_boot, 100)]
         )
-    return AllocationFit(
-        name="approach1",
-        C=grid[g],
-        N_opt=n_opt,
-        D_opt=d_opt,
-        loss=loss[g, winner[g]],
-        a=a,
-        log_gn=gn,
-        b=b,
-        log_gd=gd,
-        r2_n=_r2(logc, np.log(n_opt), a, gn),
-        r2_d=_r2(logc, np.log(d_opt), b, gd),
-        boot=boot,
-        from_curves=curves,
-    )
+    return _allocation_fit("approach1", grid[g], n_opt, d_opt, loss[g, winner[g]], boot, from_curves=curves)
 
 
 def _parabola(u: np.ndarray, loss: np.ndarray) -> np.ndarray:
@@ -280,25 +293,14 @@ def approach2(table: FitTable, n_boot: int, rng: np.random.Generator, c_rtol: fl
             f"approach 2 needs at least 2 isoFLOP groups with an upward parabola over 3+ sizes; {len(used)} of "
             f"{len(groups)} qualify (see the warnings above); add sizes to the budgets"
         )
-    logc = np.log([g.C for g in used])
-    n_opt = np.array([g.N_opt for g in used])
-    d_opt = np.array([g.D_opt for g in used])
-    a, gn = (float(v) for v in _lines(logc, np.log(n_opt), np.ones_like(logc, bool)))
-    b, gd = (float(v) for v in _lines(logc, np.log(d_opt), np.ones_like(logc, bool)))
     boot = _bootstrap2(table, used, n_boot, rng) if n_boot else None
-    return AllocationFit(
-        name="approach2",
-        C=np.exp(logc),
-        N_opt=n_opt,
-        D_opt=d_opt,
-        loss=np.array([g.loss_min for g in used]),
-        a=a,
-        log_gn=gn,
-        b=b,
-        log_gd=gd,
-        r2_n=_r2(logc, np.log(n_opt), a, gn),
-        r2_d=_r2(logc, np.log(d_opt), b, gd),
-        boot=boot,
+    return _allocation_fit(
+        "approach2",
+        np.array([g.C for g in used]),
+        np.array([g.N_opt for g in used]),
+        np.array([g.D_opt for g in used]),
+        np.array([g.loss_min for g in used]),
+        boot,
         groups=groups,
     )
 
