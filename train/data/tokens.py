@@ -1,6 +1,6 @@
 """The token store: a tokenizer trained on a dataset, stored with the dataset's encoded splits.
 
-`<dataset version>/tokenizers/<kind>-<vocab>/` holds `spm.model`, one flat little-endian token
+`<dataset version>/tokenizers/<kind>-<vocab>[-s<sentinels>]/` holds `spm.model`, one flat little-endian token
 stream per split (documents joined by packing.join_documents) and `meta.json`, which also
 records the reserved ids (`mask_id`, `first_sentinel_id`, `sentinels`: sentinel i is
 first_sentinel_id + i). A store written before scalelab reserved them lacks those keys, and its
