@@ -12,6 +12,8 @@ import os
 import statistics
 from typing import Protocol
 
+from train.host import release_freed_memory
+
 
 class Steppable(Protocol):
     """Anything that can time a number of its own train steps."""
@@ -50,7 +52,10 @@ def interleave(contenders: list[Steppable], rounds: int, window_s: float) -> dic
         # Rotate so no contender always runs right after the same neighbour (caches, turbo).
         order = contenders[r % len(contenders) :] + contenders[: r % len(contenders)]
         for c in order:
-            # One untimed step first: the contender before may have left the heap to be faulted back in.
+            # The heap is never trimmed on its own, so without this it would keep every contender's
+            # high-water mark, fragmented, at once (the d1024 rung then outgrew 24 GiB). The untimed
+            # step faults back in what this contender needs, and its timed steps fault nothing.
+            release_freed_memory()
             c.time_steps(1)
             samples[c.name].append(c.time_steps(steps[c.name]) / steps[c.name])
     return {name: Timing(statistics.median(s), min(s), steps[name], len(s)) for name, s in samples.items()}

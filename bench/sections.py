@@ -18,6 +18,7 @@ from bench.measure import Steppable, Timing, interleave
 from bench.shapes import DEPTH_BASE, Shape
 from model.counting import count_params, flops_per_token
 from model.stack import REMAT_POLICIES
+from train.host import release_freed_memory
 from train.peak import measured_matmul_flops, vendor_peak
 
 OURS_VARIANTS = {"ours-bf16": "bfloat16", "ours-fp32": "float32"}
@@ -107,6 +108,7 @@ def _release(runs: list[Steppable]) -> None:
             run.release()
     runs.clear()
     gc.collect()
+    release_freed_memory()
 
 
 def ladder(

@@ -27,6 +27,7 @@ from scaling.plan import Plan, PlannedRun, human, shard_runs
 from scaling.results import curve_summary, read_result, rebuild_csv, write_result
 from scaling.spec import SpecError
 from train.config import flatten_config, to_dict
+from train.host import release_freed_memory
 from train.loop import NonFiniteLossError, train
 
 # results.csv status values: the fitter keeps only DONE rows
@@ -124,6 +125,8 @@ def _train_one(run: PlannedRun, run_dir: Path, quiet: bool) -> str:
     except NonFiniteLossError as error:
         tqdm.write(f"{run.name}: diverged: {error}", file=sys.stderr)
         return DIVERGED
+    finally:
+        release_freed_memory()  # the next run is another size; don't carry this one's heap into it
     return DONE
 
 
