@@ -206,13 +206,16 @@ def remat(
 def depth(
     depths: list[int], unrolled_max: int, devices: list[jax.Device], rounds: int, window_s: float, log: Any = print
 ) -> list[dict[str, Any]]:
-    """Compile time and step time against the number of layers (scanned; unrolled up to `unrolled_max`)."""
+    """Compile time and step time against the number of layers: in the layer loop at every depth, and
+    the compile time unrolled up to `unrolled_max` layers."""
     runs = []
     unrolled: dict[int, float] = {}
     for n_layers in depths:
         shape = DEPTH_BASE.with_layers(n_layers)
         log(f"depth {n_layers} layers: compiling")
-        runs.append(ours.start(shape.name, shape, ours.compile_only(shape, devices=devices)))
+        # At every depth, or a CPU would unroll the shallow ones and the column would mix two programs.
+        looped = ours.compile_only(shape, devices=devices, unroll_max_layers=0)
+        runs.append(ours.start(shape.name, shape, looped))
         if n_layers <= unrolled_max:
             _, unrolled[n_layers], _ = ours.compile_only(shape, devices=devices, scan_layers=False)
     timings = interleave(runs, rounds, window_s)

@@ -33,7 +33,13 @@ class Shape:
         """This shape at another depth (for the depth sweep)."""
         return dataclasses.replace(self, name=f"{self.name}-L{n_layers}", n_layers=n_layers)
 
-    def config(self, dtype: str = "bfloat16", remat: str = "none", scan_layers: bool = True) -> Config:
+    def config(
+        self,
+        dtype: str = "bfloat16",
+        remat: str = "none",
+        scan_layers: bool = True,
+        unroll_max_layers: int | None = None,
+    ) -> Config:
         """The scalelab config of this shape: synthetic data, AdamW, no evaluation, quiet logging."""
         return config_from_dict(
             {
@@ -53,6 +59,7 @@ class Shape:
                     "dtype": dtype,
                     "remat": remat,
                     "scan_layers": scan_layers,
+                    "unroll_max_layers": unroll_max_layers,
                 },
                 "optimizer": {"lr": 3e-4, "weight_decay": 0.1, "clip_norm": 1.0},
                 "schedule": {"name": "constant"},

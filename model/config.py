@@ -65,6 +65,7 @@ class ModelConfig:
     dtype: str = "bfloat16"
     remat: str = "none"
     scan_layers: bool = True
+    unroll_max_layers: int | None = None  # scan: run this deep or shallower loop-free; None: 16 on a CPU, 4 elsewhere
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
@@ -127,6 +128,10 @@ class ModelConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.ffn_dim <= 0:
             raise ConfigError(f"model.d_ff must be positive, got {self.ffn_dim}")
+        if self.unroll_max_layers is not None and self.unroll_max_layers < 0:
+            raise ConfigError(
+                f"model.unroll_max_layers must be 0 or more (0 always loops), or null, got {self.unroll_max_layers}"
+            )
         self._validate_families()
         self._validate_attention()
 

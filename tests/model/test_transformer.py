@@ -45,11 +45,31 @@ def test_segment_ids_keep_attention_within_a_document():
 
 
 def test_scanned_and_unrolled_layers_agree():
-    scanned = describe(TINY)
+    looped = describe(dataclasses.replace(TINY, unroll_max_layers=0))
     unrolled = describe(dataclasses.replace(TINY, scan_layers=False))
-    params = scanned.init(0)
+    params = looped.init(0)
     tokens = {"inputs": _tokens(3)}
-    np.testing.assert_allclose(scanned.apply(params, tokens), unrolled.apply(params, tokens), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(looped.apply(params, tokens), unrolled.apply(params, tokens), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("n_layers", "unroll_max_layers", "remat", "loops"),
+    [
+        (3, None, "none", False),
+        (16, None, "none", False),  # a CPU unrolls up to 16 by default
+        (17, None, "none", True),
+        (3, 0, "none", True),
+        (6, 6, "none", False),
+        (7, 6, "none", True),
+        (3, None, "full", True),  # remat keeps the loop so the recomputation stays separate
+    ],
+)
+def test_the_layer_loop_is_unrolled_up_to_the_configured_depth(n_layers, unroll_max_layers, remat, loops):
+    cfg = dataclasses.replace(TINY, n_layers=n_layers, unroll_max_layers=unroll_max_layers, remat=remat)
+    model = describe(cfg)
+    params = jax.eval_shape(lambda: model.init(0))
+    hlo = jax.jit(model.apply).lower(params, {"inputs": _tokens(3)}).as_text()
+    assert ("stablehlo.while" in hlo) == loops
 
 
 @pytest.mark.parametrize("policy", ["full", "save_dots", "save_dots_no_batch"])

@@ -59,6 +59,7 @@ def test_resolved_config_round_trips(tmp_path):
         ("model.n_kv_heads=3", "model.n_heads (4) is not divisible by model.n_kv_heads (3)"),
         ("schedule.name=step", "schedule.name: unknown value 'step'"),
         ("mesh.data=0", "mesh.data must be a positive size or -1"),
+        ("model.unroll_max_layers=-1", "model.unroll_max_layers must be 0 or more (0 always loops), or null"),
         ("train.grad_accum=3", "train.batch_size (16) is not divisible by train.grad_accum (3)"),
     ],
 )
