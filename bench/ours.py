@@ -13,11 +13,6 @@ from train.steps import TrainState
 from train.trainer import Trainer
 
 
-def device_bytes(memory: dict[str, int]) -> int:
-    """Bytes a device holds while the step runs; donated inputs that outputs reuse count once."""
-    return memory.get("argument", 0) + memory.get("output", 0) - memory.get("alias", 0) + memory.get("temp", 0)
-
-
 @dataclasses.dataclass
 class OursRun:
     """A compiled scalelab train step with its state and a few device-resident batches."""

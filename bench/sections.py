@@ -20,6 +20,7 @@ from model.counting import count_params, flops_per_token
 from model.stack import REMAT_POLICIES
 from train.host import release_freed_memory
 from train.peak import measured_matmul_flops, vendor_peak
+from train.trainer import device_bytes
 
 OURS_VARIANTS = {"ours-bf16": "bfloat16", "ours-fp32": "float32"}
 
@@ -134,7 +135,7 @@ def ladder(
         compiled = {
             v: ours.compile_only(shape, dtype, devices=devices) for v, dtype in OURS_VARIANTS.items() if v in variants
         }
-        need = max(ours.device_bytes(memory) for _, _, memory in compiled.values())
+        need = max(device_bytes(memory) for _, _, memory in compiled.values())
         if budget is not None and need > budget:
             notes.append(
                 f"{shape.name}: needs {need / 2**30:.1f} GiB per device, over the {budget / 2**30:.1f} "
@@ -165,7 +166,7 @@ def ladder(
                     **speed,
                     "mfu_ceiling": ceiling.get("mfu_ceiling") if name == "ours-bf16" else None,
                     "compile_s": compile_s[name],
-                    "memory_bytes": ours.device_bytes(compiled[name][2]) if is_ours else None,
+                    "memory_bytes": device_bytes(compiled[name][2]) if is_ours else None,
                     "vs_torch_best": speed["tokens_per_s"] / best_torch if is_ours and best_torch else None,
                 }
             )
@@ -193,10 +194,10 @@ def remat(
                     "policy": run.name,
                     **speed,
                     "compile_s": run.compile_s,
-                    "memory_bytes": ours.device_bytes(run.memory),
+                    "memory_bytes": device_bytes(run.memory),
                     "temp_bytes": run.memory.get("temp"),
                     "speed_vs_none": timings[base.name].step_s / timings[run.name].step_s,
-                    "memory_vs_none": ours.device_bytes(run.memory) / ours.device_bytes(base.memory),
+                    "memory_vs_none": device_bytes(run.memory) / device_bytes(base.memory),
                 }
             )
         _release(runs)
@@ -231,7 +232,7 @@ def depth(
                 "unrolled_compile_s": unrolled.get(n_layers),
                 "step_s": timing.step_s,
                 "tokens_per_s": DEPTH_BASE.tokens_per_step / timing.step_s,
-                "memory_bytes": ours.device_bytes(run.memory),
+                "memory_bytes": device_bytes(run.memory),
             }
         )
     _release(runs)
