@@ -16,7 +16,7 @@ from flax import nnx
 
 from model.config import ModelConfig
 from model.stack import LayerRunner
-from model.tower import Tower, default_positions, output_head, token_table, vocab_logits
+from model.tower import Tower, default_positions, embed_tokens, output_head, token_table, vocab_logits
 
 
 class EncoderDecoderLM(nnx.Module):
@@ -40,11 +40,11 @@ class EncoderDecoderLM(nnx.Module):
         """fp32 logits (batch, decoder length, vocab) of the targets."""
         encoder_key, decoder_key = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
         tokens, segments = batch["inputs"], batch.get("segment_ids")
-        x = self.embed[...].astype(self.dtype)[tokens]
+        x = embed_tokens(self.embed, tokens, self.dtype)
         memory = self.encoder.body(x, default_positions(tokens, batch.get("positions")), segments, encoder_key, runner)
         decoder_tokens = batch["decoder_inputs"]
         table = self.embed if self.decoder_embed is None else self.decoder_embed
-        y = table[...].astype(self.dtype)[decoder_tokens]
+        y = embed_tokens(table, decoder_tokens, self.dtype)
         y = self.decoder.body(
             y,
             default_positions(decoder_tokens, None),

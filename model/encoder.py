@@ -16,7 +16,7 @@ from model.axes import constrain
 from model.config import ModelConfig
 from model.layers import matmul, param, zeros_param
 from model.stack import LayerRunner
-from model.tower import Tower, default_positions, output_head, token_table, vocab_logits
+from model.tower import Tower, default_positions, embed_tokens, output_head, token_table, vocab_logits
 
 
 class EncoderLM(Tower):
@@ -42,7 +42,7 @@ class EncoderLM(Tower):
     ) -> jax.Array:
         """fp32 logits: (batch, length, vocab), or (batch, 1, n_classes) with a classifier."""
         tokens = batch["inputs"]
-        x = self.embed[...].astype(self.dtype)[tokens]
+        x = embed_tokens(self.embed, tokens, self.dtype)
         positions = default_positions(tokens, batch.get("positions"))
         x = self.body(x, positions, batch.get("segment_ids"), dropout_key, runner)
         if self.classifier is None:

@@ -35,6 +35,15 @@ def token_table(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Param:
     return param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.init_std)
 
 
+def embed_tokens(table: nnx.Param, tokens: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """Rows of the token table (vocab, d_model) for int tokens (batch, length), in `dtype`."""
+    # Gather from a table whole along d_model. From one split over FSDP, XLA cannot reach the
+    # batch-split activations except by replicating the gathered rows first (its "involuntary full
+    # rematerialization"); all-gathering the table is what FSDP does for every weight anyway.
+    rows = constrain(table[...].astype(dtype), ("vocab", None))
+    return constrain(rows[tokens], ("batch", "length", "embed"))
+
+
 def output_head(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Param | None:
     """An untied logits projection (d_model, vocab), or None when the logits reuse the embeddings."""
     return None if cfg.tie_embeddings else param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std)

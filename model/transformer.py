@@ -15,7 +15,7 @@ from model.config import ModelConfig
 from model.encdec import EncoderDecoderLM
 from model.encoder import EncoderLM
 from model.stack import LayerRunner
-from model.tower import Tower, default_positions, output_head, token_table, vocab_logits
+from model.tower import Tower, default_positions, embed_tokens, output_head, token_table, vocab_logits
 
 
 class DecoderLM(Tower):
@@ -36,7 +36,7 @@ class DecoderLM(Tower):
         runner: LayerRunner | None = None,
     ) -> jax.Array:
         """Logits (batch, length, vocab) in fp32 for int tokens (batch, length)."""
-        x = self.embed[...].astype(self.dtype)[tokens]
+        x = embed_tokens(self.embed, tokens, self.dtype)
         x = self.body(x, default_positions(tokens, positions), segment_ids, dropout_key, runner)
         return vocab_logits(x, self.embed, self.head, self.dtype)
 
