@@ -1,4 +1,4 @@
-"""KV-cache decoding for the decoder-only (gpt) family: prefill a prompt, then one token at a time.
+"""KV-cache decoding for the gpt and t5 families: prefill a prompt, then one token at a time.
 
 The cache holds every layer's keys and values, (layers, batch, max_len, kv_heads, head_dim) in
 the compute dtype, keys already rotated when the model uses RoPE. Slot i of a row holds
@@ -12,12 +12,19 @@ each layer returns only its new keys and values, which are written into the cach
 the scan. With int8 weights (model/quantize.py) each layer's weights are dequantized inside
 the scan, right before its matmuls. The training forward pass is untouched: decoding reuses
 the modules' own projections, norms, feed-forward and attention kernel.
+
+A t5 model decodes with its decoder tower the same way. Its encoder runs once over the
+right-padded sources (`encode`), whose padding gets segment 0 as in training, and each
+decoder layer's cross-attention keys and values of the encoder output are projected once,
+stacked over layers, and carried in the cache beside the self-attention keys and values.
+Decoding starts from the decoder start id the training objective shifts its targets with.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -25,23 +32,37 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from model.attention import dot_product_attention
+from model.attention import cross_attention_inputs, dot_product_attention
 from model.blocks import NORM_PLACEMENTS, Block
 from model.config import ConfigError, ModelConfig
+from model.encdec import EncoderDecoderLM
 from model.layers import AttentionInputs
 from model.quantize import dequantize
-from model.tower import vocab_logits
+from model.tower import Tower, default_positions, vocab_logits
 
 Params = dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
+class EncoderMemory:
+    """A t5 decoder's cross-attention keys and values of the encoder output, per layer, and which may be seen."""
+
+    k: jax.Array  # (layers, batch, source_len, kv_heads, head_dim), compute dtype
+    v: jax.Array  # same shape as k
+    mask: jax.Array  # (batch, 1, source_len) bool: the source's real tokens, not its padding
+
+
+jax.tree_util.register_dataclass(EncoderMemory, data_fields=["k", "v", "mask"], meta_fields=[])
+
+
+@dataclasses.dataclass(frozen=True)
 class KVCache:
-    """Per-layer keys and values of every row, and how many slots of each row hold tokens."""
+    """Per-layer keys and values of every row, how many slots of each row hold tokens, and a t5's encoder memory."""
 
     k: jax.Array  # (layers, batch, max_len, kv_heads, head_dim), compute dtype
     v: jax.Array  # same shape as k
     lengths: jax.Array  # (batch,) int32: tokens held per row; the next one goes to this slot
+    memory: EncoderMemory | None = None  # t5 only: what the decoder cross-attends to
 
     @property
     def max_len(self) -> int:
@@ -49,7 +70,7 @@ class KVCache:
         return self.k.shape[2]
 
 
-jax.tree_util.register_dataclass(KVCache, data_fields=["k", "v", "lengths"], meta_fields=[])
+jax.tree_util.register_dataclass(KVCache, data_fields=["k", "v", "lengths", "memory"], meta_fields=[])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,10 +88,11 @@ class Sampler:
 
 
 def check_decoder(cfg: ModelConfig) -> None:
-    """Raise ConfigError unless `cfg` is a model that decodes left to right with a cache (the gpt family)."""
-    if cfg.family != "gpt":
+    """Raise ConfigError unless `cfg` is a model that decodes left to right with a cache (gpt or t5)."""
+    if cfg.family not in ("gpt", "t5"):
         raise ConfigError(
-            f"KV-cache decoding needs model.family=gpt (a causal decoder-only model); this model is {cfg.family!r}"
+            f"KV-cache decoding needs model.family=gpt or t5 (a model with a causal decoder); this model is "
+            f"{cfg.family!r}"
         )
 
 
@@ -88,21 +110,69 @@ def check_length(cfg: ModelConfig, prompt_len: int, new_tokens: int) -> int:
     return total
 
 
-def init_cache(cfg: ModelConfig, batch: int, max_len: int | None = None) -> KVCache:
-    """An empty cache for `batch` rows of up to `max_len` (default model.max_seq_len) positions."""
+def init_cache(
+    cfg: ModelConfig, batch: int, max_len: int | None = None, memory: EncoderMemory | None = None
+) -> KVCache:
+    """An empty cache for `batch` rows of up to `max_len` (default model.max_seq_len) positions; a t5 model's
+    also holds the `memory` that `encode` made of its sources."""
     check_decoder(cfg)
+    if (memory is None) != (cfg.family == "gpt"):
+        raise ConfigError("a t5 cache needs memory=encode(...) of its sources, and a gpt cache takes none")
     max_len = max_len or cfg.max_seq_len
     if max_len > cfg.max_seq_len:
         raise ConfigError(f"a cache of {max_len} positions exceeds model.max_seq_len={cfg.max_seq_len}")
-    shape = (cfg.n_layers, batch, max_len, cfg.kv_heads, cfg.dim_per_head)
+    layers = cfg.decoder_layers if cfg.family == "t5" else cfg.n_layers
+    shape = (layers, batch, max_len, cfg.kv_heads, cfg.dim_per_head)
     zeros = jnp.zeros(shape, jnp.dtype(cfg.dtype))
-    return KVCache(zeros, zeros, jnp.zeros((batch,), jnp.int32))
+    return KVCache(zeros, zeros, jnp.zeros((batch,), jnp.int32), memory)
+
+
+def _decoder(graphdef: nnx.GraphDef, params: Params, scales: Params | None) -> tuple[Any, Tower, Any, Params, Any]:
+    """The model, its causal tower, the tower's token table, and the tower's stacked block weights and scales."""
+    model = nnx.merge(graphdef, params)
+    tower, table = model, model.embed  # a gpt model is its own tower
+    if isinstance(model, EncoderDecoderLM):
+        tower, table = model.decoder, model.embed if model.decoder_embed is None else model.decoder_embed
+        params, scales = params["decoder"], None if scales is None else scales["decoder"]
+    block_scales = None if scales is None else scales["layers"]["blocks"]
+    return model, tower, table, params["layers"]["blocks"], block_scales
+
+
+@functools.partial(jax.jit, static_argnames="graphdef")
+def encode(
+    graphdef: nnx.GraphDef, params: Params, sources: jax.Array, lengths: jax.Array, scales: Params | None = None
+) -> EncoderMemory:
+    """A t5 model's encoder memory of right-padded sources (batch, length) with `lengths` real tokens each."""
+    if scales is not None:  # the encoder runs once, so its weights are dequantized whole, not layer by layer
+        params = {**params, "encoder": dequantize(params["encoder"], scales["encoder"])}
+    model, tower, _, blocks, block_scales = _decoder(graphdef, params, scales)
+    # Padding is segment 0 and the real tokens segment 1, as the training objective marks them, so neither
+    # the encoder's self-attention nor the decoder's cross-attention sees the padding.
+    segments = (jnp.arange(sources.shape[1]) < lengths[:, None]).astype(jnp.int32)
+    x = model.embed[...].astype(model.dtype)[sources]
+    encoded = model.encoder.body(x, default_positions(sources, None), segments, None, None)
+    block_def = nnx.graphdef(tower.layers.blocks)
+
+    def project(_: None, layer: tuple) -> tuple[None, tuple[jax.Array, jax.Array]]:
+        weights, layer_scales = layer
+        attn = nnx.merge(block_def, dequantize(weights, layer_scales)).cross_attn
+        # qkv projects queries and keys separately; an empty query side leaves just the keys and values.
+        return None, attn.qkv(encoded[:, :0], encoded, None)[1:]
+
+    _, (k, v) = jax.lax.scan(project, None, (blocks, block_scales))
+    return EncoderMemory(k, v, cross_attention_inputs(None, segments).mask)
 
 
 def _cached_block(
-    block: Block, x: jax.Array, inputs: AttentionInputs, cache: tuple[jax.Array, jax.Array], positions: jax.Array
+    block: Block,
+    x: jax.Array,
+    inputs: AttentionInputs,
+    cache: tuple[jax.Array, jax.Array],
+    positions: jax.Array,
+    memory: tuple[jax.Array, jax.Array, jax.Array] | None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    """One block over new tokens x, attending to one layer's cache plus themselves; returns (x, their k and v)."""
+    """One block over new tokens x, attending to one layer's cache plus themselves, and in a t5 decoder to
+    that layer's encoder keys and values, `memory` (k, v, mask); returns (x, their k and v)."""
     rows = jnp.arange(x.shape[0])[:, None]
     new: list[tuple[jax.Array, jax.Array]] = []
 
@@ -114,48 +184,52 @@ def _cached_block(
         new.append((k, v))
         return block.attn.output(dot_product_attention(q, keys, values, inputs.mask, inputs.bias, block.attn.dtype))
 
+    def cross_attend(h: jax.Array) -> jax.Array:
+        keys, values, mask = memory
+        q = block.cross_attn.qkv(h, h[:, :0], None)[0]  # the keys and values were projected once, by `encode`
+        return block.cross_attn.output(dot_product_attention(q, keys, values, mask, None, block.cross_attn.dtype))
+
     residual = NORM_PLACEMENTS[block.norm_position].residual
     x = residual(x, attend, block.attn_norm, 0.0, None)
+    if memory is not None:
+        x = residual(x, cross_attend, block.cross_norm, 0.0, None)
     return residual(x, block.ffn, block.ffn_norm, 0.0, None), new[0]
 
 
 def _extend(
     graphdef: nnx.GraphDef, params: Params, scales: Params | None, cache: KVCache, tokens: jax.Array, counts: jax.Array
-) -> tuple[jax.Array, KVCache, Any]:
-    """Run tokens (batch, length) at each row's next slots; (hidden states, cache, model) with lengths += counts."""
-    model = nnx.merge(graphdef, params)
+) -> tuple[jax.Array, KVCache, Callable[[jax.Array], jax.Array]]:
+    """Run tokens (batch, length) at each row's next slots; (hidden states, cache with lengths += counts,
+    the function that turns hidden states into fp32 logits through the model's own head or tied table)."""
+    model, tower, table, blocks, block_scales = _decoder(graphdef, params, scales)
     positions = cache.lengths[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)
     slots = jnp.arange(cache.max_len, dtype=jnp.int32)
-    x = model.positions.embed(model.embed[...].astype(model.dtype)[tokens], positions)
-    if model.embed_norm is not None:
-        x = model.embed_norm(x)
+    x = tower.positions.embed(table[...].astype(tower.dtype)[tokens], positions)
+    if tower.embed_norm is not None:
+        x = tower.embed_norm(x)
     inputs = AttentionInputs(
-        mask=model.pattern.allowed(positions[:, :, None], slots),
-        rotary=model.positions.rotary(positions),
-        bias=model.positions.attention_bias(slots - positions[:, :, None], bidirectional=False),
-        pattern=model.pattern,
+        mask=tower.pattern.allowed(positions[:, :, None], slots),
+        rotary=tower.positions.rotary(positions),
+        bias=tower.positions.attention_bias(slots - positions[:, :, None], bidirectional=False),
+        pattern=tower.pattern,
     )
-    block_def = nnx.graphdef(model.layers.blocks)
-    blocks = params["layers"]["blocks"]
-    block_scales = None if scales is None else scales["layers"]["blocks"]
+    block_def = nnx.graphdef(tower.layers.blocks)
+    memory = cache.memory
+    memory_kv = None if memory is None else (memory.k, memory.v)
 
     def body(x: jax.Array, layer: tuple) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        weights, layer_scales, k, v = layer
+        weights, layer_scales, k, v, cross = layer
         block = nnx.merge(block_def, dequantize(weights, layer_scales))
-        return _cached_block(block, x, inputs, (k, v), positions)
+        return _cached_block(block, x, inputs, (k, v), positions, None if cross is None else (*cross, memory.mask))
 
-    x, (k_new, v_new) = jax.lax.scan(body, x, (blocks, block_scales, cache.k, cache.v))
+    x, (k_new, v_new) = jax.lax.scan(body, x, (blocks, block_scales, cache.k, cache.v, memory_kv))
     rows = jnp.arange(tokens.shape[0])[:, None]
     k = cache.k.at[:, rows, positions].set(k_new.astype(cache.k.dtype), mode="drop")
     v = cache.v.at[:, rows, positions].set(v_new.astype(cache.v.dtype), mode="drop")
-    if model.final_norm is not None:
-        x = model.final_norm(x)
-    return x, KVCache(k, v, cache.lengths + counts), model
-
-
-def _logits(model: Any, x: jax.Array) -> jax.Array:
-    """fp32 vocabulary logits of hidden states x, through the model's own head (or tied embeddings)."""
-    return vocab_logits(x, model.embed, model.head, model.dtype)
+    if tower.final_norm is not None:
+        x = tower.final_norm(x)
+    logits = functools.partial(vocab_logits, table=table, head=model.head, dtype=model.dtype)
+    return x, KVCache(k, v, cache.lengths + counts, memory), logits
 
 
 @functools.partial(jax.jit, static_argnames="graphdef")
@@ -164,8 +238,8 @@ def extend(
 ) -> tuple[jax.Array, KVCache]:
     """fp32 logits (batch, length, vocab) of tokens appended to every row of the cache, and the grown cache."""
     counts = jnp.full(tokens.shape[:1], tokens.shape[1], jnp.int32)
-    x, cache, model = _extend(graphdef, params, scales, cache, tokens, counts)
-    return _logits(model, x), cache
+    x, cache, logits = _extend(graphdef, params, scales, cache, tokens, counts)
+    return logits(x), cache
 
 
 @functools.partial(jax.jit, static_argnames="graphdef")
@@ -179,9 +253,9 @@ def prefill(
 ) -> tuple[jax.Array, KVCache]:
     """Right-padded prompts (batch, length) with `lengths` real tokens each: the logits after each prompt's
     last token (batch, vocab) and the cache holding the prompts."""
-    x, cache, model = _extend(graphdef, params, scales, cache, tokens, lengths.astype(jnp.int32))
+    x, cache, logits = _extend(graphdef, params, scales, cache, tokens, lengths.astype(jnp.int32))
     last = jnp.take_along_axis(x, (lengths - 1)[:, None, None], axis=1)
-    return _logits(model, last)[:, 0], cache
+    return logits(last)[:, 0], cache
 
 
 def next_token(logits: jax.Array, key: jax.Array, sampler: Sampler) -> jax.Array:
@@ -195,7 +269,7 @@ def next_token(logits: jax.Array, key: jax.Array, sampler: Sampler) -> jax.Array
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "new_tokens", "sampler"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "new_tokens", "sampler", "start_id"))
 def _generate(
     graphdef: nnx.GraphDef,
     cfg: ModelConfig,
@@ -206,9 +280,16 @@ def _generate(
     key: jax.Array,
     new_tokens: int,
     sampler: Sampler,
+    start_id: int | None,
 ) -> jax.Array:
-    """The compiled body of `generate`: prefill, then a scan that samples a token and extends the cache."""
-    cache = init_cache(cfg, prompts.shape[0], prompts.shape[1] + new_tokens)
+    """The compiled body of `generate`: prefill (a t5 model: encode, then prefill the start id), then a scan
+    that samples a token and extends the cache."""
+    if cfg.family == "t5":
+        memory = encode(graphdef, params, prompts, lengths, scales)
+        cache = init_cache(cfg, prompts.shape[0], 1 + new_tokens, memory)
+        prompts, lengths = jnp.full((prompts.shape[0], 1), start_id, jnp.int32), jnp.ones_like(lengths)
+    else:
+        cache = init_cache(cfg, prompts.shape[0], prompts.shape[1] + new_tokens)
     logits, cache = prefill(graphdef, params, cache, prompts, lengths, scales)
 
     def step(carry: tuple[jax.Array, KVCache], i: jax.Array) -> tuple[tuple[jax.Array, KVCache], jax.Array]:
@@ -232,23 +313,32 @@ def generate(
     seed: int = 0,
     sampler: Sampler = Sampler(),
     scales: Params | None = None,
+    start_id: int | None = None,
 ) -> jax.Array:
     """`new_tokens` tokens (batch, new_tokens) continuing right-padded prompts (batch, length).
 
     `lengths` gives each prompt's real tokens (default: all of them). Draws are keyed by
     (seed, step), so a seed reproduces a sampled continuation exactly. `scales` marks `params`
-    as int8-quantized (model/quantize.py).
+    as int8-quantized (model/quantize.py). A t5 model's prompts are its encoder's sources, and
+    its decoder starts from `start_id`, the id its training objective starts the decoder inputs
+    with (train/objectives.py's START_ID).
     """
     check_decoder(cfg)
+    if (start_id is None) != (cfg.family == "gpt"):
+        raise ConfigError("a t5 model decodes from start_id (its objective's decoder start id); a gpt model takes none")
     prompts = jnp.asarray(prompts, jnp.int32)
     lengths = np.full(prompts.shape[:1], prompts.shape[1]) if lengths is None else np.asarray(lengths)
     if lengths.shape != prompts.shape[:1] or lengths.min() < 1 or lengths.max() > prompts.shape[1]:
         raise ConfigError(
             f"prompt lengths {lengths.tolist()} must give one length in 1..{prompts.shape[1]} per prompt row"
         )
-    check_length(cfg, prompts.shape[1], new_tokens)
+    if cfg.family == "t5":
+        check_length(cfg, prompts.shape[1], 0)  # the encoder's positions
+        check_length(cfg, 1, new_tokens)  # the decoder's: its start id, then the new tokens
+    else:
+        check_length(cfg, prompts.shape[1], new_tokens)
     if new_tokens < 1:
         raise ConfigError(f"ask for at least one new token, got {new_tokens}")
     key = jax.random.key(seed)
     lengths = jnp.asarray(lengths, jnp.int32)
-    return _generate(graphdef, cfg, params, scales, prompts, lengths, key, new_tokens, sampler)
+    return _generate(graphdef, cfg, params, scales, prompts, lengths, key, new_tokens, sampler, start_id)

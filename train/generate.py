@@ -1,4 +1,8 @@
-"""`scalelab generate`: continue prompts with a trained gpt run, using the KV-cache decoder.
+"""`scalelab generate`: continue prompts with a trained gpt run, or answer them with a t5 run, using the
+KV-cache decoder.
+
+A t5 model's prompt is its encoder's input, and its output is what the decoder writes from the
+decoder start id its span-corruption objective trained with, not a continuation of the prompt.
 
 The run's resolved config.yaml gives the model; its newest intact checkpoint gives the
 parameters (restored by train/checkpoint.py's `load_params`, on one device); the tokenizer the
@@ -27,9 +31,10 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
     """Add the `generate` subcommand."""
     parser = subparsers.add_parser(
         "generate",
-        help="continue prompts with a trained gpt run",
+        help="continue prompts with a trained gpt run (or decode from them with a t5 run)",
         description=(
-            "Continue prompts with the newest checkpoint of a gpt run, decoding with a KV cache.\n"
+            "Continue prompts with the newest checkpoint of a gpt run, decoding with a KV cache; a t5 run reads\n"
+            "each prompt with its encoder and prints what its decoder writes.\n"
             "Prompts are text (encoded with the run's tokenizer) or, for runs without one, token ids."
         ),
         epilog=(
@@ -91,7 +96,7 @@ class LoadedRun:
 
 
 def load_run(run_dir: Path) -> LoadedRun:
-    """The config, newest checkpoint's parameters (on one device) and tokenizer of a gpt run directory."""
+    """The config, newest checkpoint's parameters (on one device) and tokenizer of a gpt or t5 run directory."""
     from train.checkpoint import CHECKPOINT_DIR, load_params, read_meta, saved_steps
     from train.config import MeshConfig, load_config
     from train.trainer import Trainer
@@ -101,10 +106,10 @@ def load_run(run_dir: Path) -> LoadedRun:
         what = "does not exist" if not run_dir.exists() else "has no config.yaml"
         raise CLIError(f"run directory {run_dir} {what}; give a directory that scalelab train wrote (--run-dir)")
     cfg = load_config(run_dir / "config.yaml")
-    if cfg.model.family != "gpt":
+    if cfg.model.family not in ("gpt", "t5"):
         raise CLIError(
             f"{run_dir} holds a {cfg.model.family} model (model.family={cfg.model.family}); scalelab generate "
-            "continues text with gpt (decoder-only) models only"
+            "decodes with gpt (decoder-only) and t5 (encoder-decoder) models only"
         )
     if not saved_steps(run_dir / CHECKPOINT_DIR):
         raise CLIError(
@@ -159,6 +164,7 @@ def run_generate(args: argparse.Namespace) -> int:
     """Load the run, decode every prompt as one batch and print the continuations."""
     from model.decode import Sampler, generate
     from model.quantize import quantize, report
+    from train.objectives import START_ID
 
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise CLIError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
@@ -175,7 +181,10 @@ def run_generate(args: argparse.Namespace) -> int:
         else parse_ids(args.prompt_ids, run.cfg.model.vocab_size)
     )
     padded, lengths = _right_padded(prompts)
-    new_tokens = args.max_new_tokens or max(1, min(DEFAULT_NEW_TOKENS, run.cfg.model.max_seq_len - padded.shape[1]))
+    t5 = run.cfg.model.family == "t5"
+    # A gpt prompt and its continuation share the positions; a t5 decoder has its own, after its start id.
+    room = run.cfg.model.max_seq_len - (1 if t5 else padded.shape[1])
+    new_tokens = args.max_new_tokens or max(1, min(DEFAULT_NEW_TOKENS, room))
     params, scales = run.params, None
     note = f"step {run.step_dir.name} of {args.run_dir}"
     if args.quantize == "int8":
@@ -192,13 +201,14 @@ def run_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         sampler=sampler,
         scales=scales,
+        start_id=START_ID if t5 else None,
     )
     tokens = np.asarray(jax.device_get(tokens))
     seconds = time.perf_counter() - start
     print(f"scalelab generate: {note}; {tokens.size} tokens in {seconds:.2f} s (compile included)", file=sys.stderr)
     for row, prompt in enumerate(prompts):
         if args.prompt is not None:
-            print(_continuation_text(run.tokenizer, args.prompt[row], tokens[row]))
+            print(_continuation_text(run.tokenizer, "" if t5 else args.prompt[row], tokens[row]))
         else:
             text = "" if run.tokenizer is None else f"  {run.tokenizer.decode(tokens[row])!r}"
             print(" ".join(str(i) for i in [*prompt, "|", *tokens[row].tolist()]) + text)
@@ -206,7 +216,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def _continuation_text(tokenizer: Any, prompt: str, tokens: np.ndarray) -> str:
-    """The prompt and its continuation, cut at the first end-of-document token."""
+    """The prompt (empty for t5, whose output is not a continuation) and the decoded tokens, cut at the first
+    end-of-document token."""
     ids = tokens.tolist()
     if tokenizer.eos_id in ids:
         ids = ids[: ids.index(tokenizer.eos_id)]

@@ -11,6 +11,7 @@ from train.cli import main
 from train.config import config_from_dict, load_config, save_config, to_dict
 from train.generate import load_run
 from train.loop import train
+from train.objectives import START_ID
 
 FAST = ["logging.progress=false", "logging.peak_flops=1e12", "checkpoint.every=4", "checkpoint.async_save=false"]
 
@@ -21,6 +22,15 @@ def synthetic_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("synthetic") / "run"
     overrides = [*FAST, "train.steps=4", "train.eval_every=0", "schedule.warmup_steps=1", "model.n_kv_heads=2"]
     train(load_config("gpt-tiny", overrides), run_dir, quiet=True)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def t5_run(tmp_path_factory):
+    """A t5-tiny run (span corruption) on the synthetic source, 4 steps, one checkpoint."""
+    run_dir = tmp_path_factory.mktemp("t5") / "run"
+    overrides = [*FAST, "train.steps=4", "train.eval_every=0", "schedule.warmup_steps=1"]
+    train(load_config("t5-tiny", overrides), run_dir, quiet=True)
     return run_dir
 
 
@@ -91,6 +101,25 @@ def test_sampling_follows_the_seed_and_int8_reports_its_savings(synthetic_run, c
     assert len(out.split(" | ")[1].split()) == 54
 
 
+def test_a_t5_run_reads_the_prompt_with_its_encoder_and_decodes_from_the_start_id(t5_run, capsys):
+    args = [t5_run, "--prompt-ids", "3,17,42", "--prompt-ids", "5", "--max-new-tokens", "6", "--temperature", "0"]
+    code, out, err = _generate(capsys, *args)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert [line.split(" | ")[0] for line in lines] == ["3 17 42", "5"]
+    decoded = [[int(i) for i in line.split(" | ")[1].split()] for line in lines]
+
+    run = load_run(t5_run)
+    padded, lengths = np.array([[3, 17, 42], [5, 0, 0]]), np.array([3, 1])
+    expected = generate(run.cfg.model, run.model.graphdef, run.params, padded, lengths, new_tokens=6, start_id=START_ID)
+    assert decoded == np.asarray(expected).tolist()
+
+    # Without --max-new-tokens: as many as the decoder holds after its start id (63 of t5-tiny's 64).
+    code, out, err = _generate(capsys, t5_run, "--prompt-ids", ",".join(["1"] * 10), "--quantize", "int8")
+    assert code == 0, err
+    assert len(out.split(" | ")[1].split()) == 63
+
+
 def test_text_prompts_with_the_runs_tokenizer(text_run, capsys):
     prompts = ["Document 7: café\nKalo", "Su"]
     args = [text_run, "--prompt", prompts[0], "--prompt", prompts[1], "--max-new-tokens", "8", "--temperature", "0"]
@@ -127,7 +156,9 @@ def test_errors_name_the_problem_and_the_fix(synthetic_run, text_run, tmp_path, 
     bert = tmp_path / "bert"
     save_config(load_config("bert-tiny"), bert / "config.yaml")
     code, _, err = _generate(capsys, bert, "--prompt-ids", "1")
-    assert code == 2 and "holds a bert model" in err and "gpt (decoder-only) models only" in err
+    assert (
+        code == 2 and "holds a bert model" in err and "gpt (decoder-only) and t5 (encoder-decoder) models only" in err
+    )
 
     unsaved = tmp_path / "unsaved"
     save_config(load_config("gpt-tiny"), unsaved / "config.yaml")
