@@ -38,7 +38,7 @@ from model.config import ConfigError, ModelConfig
 from model.encdec import EncoderDecoderLM
 from model.layers import AttentionInputs
 from model.quantize import dequantize
-from model.tower import Tower, default_positions, vocab_logits
+from model.tower import Tower, default_positions, embed_tokens, vocab_logits
 
 Params = dict[str, Any]
 
@@ -149,7 +149,7 @@ def encode(
     # Padding is segment 0 and the real tokens segment 1, as the training objective marks them, so neither
     # the encoder's self-attention nor the decoder's cross-attention sees the padding.
     segments = (jnp.arange(sources.shape[1]) < lengths[:, None]).astype(jnp.int32)
-    x = model.embed[...].astype(model.dtype)[sources]
+    x = embed_tokens(model.embed, sources, model.dtype)
     encoded = model.encoder.body(x, default_positions(sources, None), segments, None, None)
     block_def = nnx.graphdef(tower.layers.blocks)
 
@@ -204,7 +204,7 @@ def _extend(
     model, tower, table, blocks, block_scales = _decoder(graphdef, params, scales)
     positions = cache.lengths[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)
     slots = jnp.arange(cache.max_len, dtype=jnp.int32)
-    x = tower.positions.embed(table[...].astype(tower.dtype)[tokens], positions)
+    x = tower.positions.embed(embed_tokens(table, tokens, tower.dtype), positions)
     if tower.embed_norm is not None:
         x = tower.embed_norm(x)
     inputs = AttentionInputs(
