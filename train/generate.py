@@ -39,7 +39,8 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog=(
             "examples: scalelab generate runs/gpt-tiny-text --prompt 'To be, or not' --max-new-tokens 40 --top-k 20\n"
-            "          scalelab generate runs/gpt-tiny --prompt-ids 3,17,42 --temperature 0"
+            "          scalelab generate runs/gpt-tiny --prompt-ids 3,17,42 --temperature 0\n"
+            "          scalelab generate runs/t5-tiny --prompt-ids 5,9,12,30 --temperature 0   (the ids are the encoder's input)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
