@@ -96,16 +96,22 @@ def check_decoder(cfg: ModelConfig) -> None:
         )
 
 
-def check_length(cfg: ModelConfig, prompt_len: int, new_tokens: int) -> int:
-    """The cache length for `prompt_len` + `new_tokens` positions; ConfigError past model.max_seq_len."""
+def check_length(cfg: ModelConfig, prompt_len: int, new_tokens: int, start: str | None = None) -> int:
+    """The cache length for `prompt_len` + `new_tokens` positions; ConfigError past model.max_seq_len.
+
+    `start` names what fills the first positions when it is not a prompt the user can shorten
+    (a t5 decoder's start id).
+    """
     if prompt_len < 1:
         raise ConfigError("the prompt is empty; give at least one token to continue from")
     total = prompt_len + new_tokens
     if total > cfg.max_seq_len:
+        held = f"the prompt has {prompt_len} tokens" if start is None else f"{start} takes {prompt_len}"
+        fix = "shorten the prompt or ask for" if start is None else "ask for"
         raise ConfigError(
-            f"the prompt has {prompt_len} tokens and {new_tokens} new ones are asked for, {total} in all, but the "
-            f"model holds at most model.max_seq_len={cfg.max_seq_len} positions; shorten the prompt or ask for "
-            f"at most {max(cfg.max_seq_len - prompt_len, 0)} new tokens"
+            f"{held} and {new_tokens} new tokens are asked for, {total} positions in all, but the model holds "
+            f"at most model.max_seq_len={cfg.max_seq_len}; {fix} at most {max(cfg.max_seq_len - prompt_len, 0)} "
+            "new tokens"
         )
     return total
 
@@ -334,7 +340,7 @@ def generate(
         )
     if cfg.family == "t5":
         check_length(cfg, prompts.shape[1], 0)  # the encoder's positions
-        check_length(cfg, 1, new_tokens)  # the decoder's: its start id, then the new tokens
+        check_length(cfg, 1, new_tokens, start="the decoder's start id")
     else:
         check_length(cfg, prompts.shape[1], new_tokens)
     if new_tokens < 1:

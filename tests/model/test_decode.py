@@ -146,7 +146,10 @@ def test_sampling_is_reproducible_from_a_seed_and_respects_top_k():
 def test_too_long_prompts_and_other_families_are_errors_that_name_the_fix():
     model = describe(BASE)
     params = model.init(0)
-    with pytest.raises(ConfigError, match=r"20 tokens and 5 new .* model.max_seq_len=24.*at most 4 new tokens"):
+    with pytest.raises(
+        ConfigError,
+        match=r"prompt has 20 tokens and 5 new .* model.max_seq_len=24; shorten the prompt or ask for at most 4 new",
+    ):
         generate(BASE, model.graphdef, params, _tokens(6, (1, 20)), new_tokens=5)
     with pytest.raises(ConfigError, match=r"shorten the prompt"):
         generate(BASE, model.graphdef, params, _tokens(6, (1, 25)), new_tokens=1)
