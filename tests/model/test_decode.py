@@ -41,7 +41,8 @@ def _tokens(seed: int, shape: tuple[int, int]) -> jax.Array:
     return jax.random.randint(jax.random.key(seed), shape, 0, BASE.vocab_size)
 
 
-def _assert_close(got: jax.Array, want: jax.Array) -> None:
+def assert_logits_close(got: jax.Array, want: jax.Array) -> None:
+    """Equal within 2e-6 of the largest logit (fp32), and the logits large enough to tell."""
     scale = float(jnp.max(jnp.abs(want)))
     assert scale > 0.1, "logits this small would make the comparison vacuous"
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=2e-6 * scale)
@@ -61,7 +62,7 @@ def test_prefill_then_cached_steps_equal_the_full_forward(case):
     for t in range(PROMPT, LENGTH):
         logits, cache = extend(model.graphdef, params, cache, tokens[:, t : t + 1])
         steps.append(logits)
-    _assert_close(jnp.concatenate(steps, axis=1), full)
+    assert_logits_close(jnp.concatenate(steps, axis=1), full)
     np.testing.assert_array_equal(cache.lengths, [LENGTH, LENGTH])
 
 
@@ -95,7 +96,7 @@ def test_right_padded_prompts_of_different_lengths_decode_like_each_alone(case):
     logits, _ = prefill(model.graphdef, params, init_cache(cfg, 3, 9), padded, jnp.array(lengths))
     for row, n in enumerate(lengths):
         alone = model.apply(params, {"inputs": prompts[row : row + 1, :n]})
-        _assert_close(logits[row], alone[0, -1])
+        assert_logits_close(logits[row], alone[0, -1])
 
     together = generate(cfg, model.graphdef, params, padded, jnp.array(lengths), new_tokens=5)
     for row, n in enumerate(lengths):

@@ -11,6 +11,7 @@ from model import ConfigError, ModelConfig
 from model.decode import Sampler, encode, extend, generate, init_cache, prefill
 from model.functional import describe
 from model.quantize import dequantize, quantize
+from tests.model.test_decode import assert_logits_close
 from train.objectives import START_ID
 
 # GQA (4 query heads share 2 key/value heads), encoder and decoder of different depths, and weights large
@@ -55,12 +56,6 @@ def _segments(lengths: list[int]) -> jax.Array:
     return (jnp.arange(SOURCE) < jnp.array(lengths)[:, None]).astype(jnp.int32)
 
 
-def _assert_close(got: jax.Array, want: jax.Array) -> None:
-    scale = float(jnp.max(jnp.abs(want)))
-    assert scale > 0.1, "logits this small would make the comparison vacuous"
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=2e-6 * scale)
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_cached_steps_over_padded_sources_equal_the_full_forward_and_each_source_alone(case):
     cfg = dataclasses.replace(BASE, **CASES[case])
@@ -81,7 +76,7 @@ def test_cached_steps_over_padded_sources_equal_the_full_forward_and_each_source
         logits, cache = extend(model.graphdef, params, cache, decoder_inputs[:, t : t + 1])
         steps.append(logits)
     cached = jnp.concatenate(steps, axis=1)
-    _assert_close(cached, full)
+    assert_logits_close(cached, full)
     np.testing.assert_array_equal(cache.lengths, [TARGET] * 3)
 
     # Each row decodes as its unpadded source alone, with no segment ids: the padding is invisible.
@@ -89,7 +84,7 @@ def test_cached_steps_over_padded_sources_equal_the_full_forward_and_each_source
         alone = model.apply(
             params, {"inputs": sources[row : row + 1, :n], "decoder_inputs": decoder_inputs[row : row + 1]}
         )
-        _assert_close(cached[row], alone[0])
+        assert_logits_close(cached[row], alone[0])
 
 
 def test_decoding_from_the_start_id_prefills_it_and_greedy_matches_uncached_greedy():
@@ -101,7 +96,7 @@ def test_decoding_from_the_start_id_prefills_it_and_greedy_matches_uncached_gree
     start = jnp.full((3, 1), START_ID, jnp.int32)
     first, _ = prefill(model.graphdef, params, init_cache(BASE, 3, 4, memory), start, jnp.ones(3, jnp.int32))
     full = model.apply(params, {"inputs": sources, "segment_ids": _segments(LENGTHS), "decoder_inputs": start})
-    _assert_close(first, full[:, 0])
+    assert_logits_close(first, full[:, 0])
 
     greedy = generate(BASE, model.graphdef, params, sources, lengths, new_tokens=8, start_id=START_ID)
     assert greedy.shape == (3, 8)
