@@ -96,8 +96,13 @@ def check_decoder(cfg: ModelConfig) -> None:
         )
 
 
-def check_length(cfg: ModelConfig, prompt_len: int, new_tokens: int, start: str | None = None) -> int:
-    """The cache length for `prompt_len` + `new_tokens` positions; ConfigError past model.max_seq_len.
+def decoder_prefix(cfg: ModelConfig, prompt_len: int) -> int:
+    """Positions the decoder holds before its first new token: the prompt's (gpt), or its start id's (t5)."""
+    return 1 if cfg.family == "t5" else prompt_len
+
+
+def check_length(cfg: ModelConfig, prompt_len: int, new_tokens: int, start: str | None = None) -> None:
+    """Raise ConfigError if `prompt_len` + `new_tokens` positions exceed model.max_seq_len.
 
     `start` names what fills the first positions when it is not a prompt the user can shorten
     (a t5 decoder's start id).
@@ -113,7 +118,6 @@ def check_length(cfg: ModelConfig, prompt_len: int, new_tokens: int, start: str 
             f"at most model.max_seq_len={cfg.max_seq_len}; {fix} at most {max(cfg.max_seq_len - prompt_len, 0)} "
             "new tokens"
         )
-    return total
 
 
 def init_cache(
@@ -290,12 +294,11 @@ def _generate(
 ) -> jax.Array:
     """The compiled body of `generate`: prefill (a t5 model: encode, then prefill the start id), then a scan
     that samples a token and extends the cache."""
+    memory = None
     if cfg.family == "t5":
         memory = encode(graphdef, params, prompts, lengths, scales)
-        cache = init_cache(cfg, prompts.shape[0], 1 + new_tokens, memory)
         prompts, lengths = jnp.full((prompts.shape[0], 1), start_id, jnp.int32), jnp.ones_like(lengths)
-    else:
-        cache = init_cache(cfg, prompts.shape[0], prompts.shape[1] + new_tokens)
+    cache = init_cache(cfg, prompts.shape[0], prompts.shape[1] + new_tokens, memory)
     logits, cache = prefill(graphdef, params, cache, prompts, lengths, scales)
 
     def step(carry: tuple[jax.Array, KVCache], i: jax.Array) -> tuple[tuple[jax.Array, KVCache], jax.Array]:
@@ -338,11 +341,11 @@ def generate(
         raise ConfigError(
             f"prompt lengths {lengths.tolist()} must give one length in 1..{prompts.shape[1]} per prompt row"
         )
-    if cfg.family == "t5":
+    t5 = cfg.family == "t5"
+    if t5:
         check_length(cfg, prompts.shape[1], 0)  # the encoder's positions
-        check_length(cfg, 1, new_tokens, start="the decoder's start id")
-    else:
-        check_length(cfg, prompts.shape[1], new_tokens)
+    start = "the decoder's start id" if t5 else None
+    check_length(cfg, decoder_prefix(cfg, prompts.shape[1]), new_tokens, start=start)
     if new_tokens < 1:
         raise ConfigError(f"ask for at least one new token, got {new_tokens}")
     key = jax.random.key(seed)

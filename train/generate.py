@@ -163,7 +163,7 @@ def _right_padded(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
 
 def run_generate(args: argparse.Namespace) -> int:
     """Load the run, decode every prompt as one batch and print the continuations."""
-    from model.decode import Sampler, generate
+    from model.decode import Sampler, decoder_prefix, generate
     from model.quantize import quantize, report
     from train.objectives import START_ID
 
@@ -183,8 +183,7 @@ def run_generate(args: argparse.Namespace) -> int:
     )
     padded, lengths = _right_padded(prompts)
     t5 = run.cfg.model.family == "t5"
-    # A gpt prompt and its continuation share the positions; a t5 decoder has its own, after its start id.
-    room = run.cfg.model.max_seq_len - (1 if t5 else padded.shape[1])
+    room = run.cfg.model.max_seq_len - decoder_prefix(run.cfg.model, padded.shape[1])
     new_tokens = args.max_new_tokens or max(1, min(DEFAULT_NEW_TOKENS, room))
     params, scales = run.params, None
     note = f"step {run.step_dir.name} of {args.run_dir}"
