@@ -73,10 +73,27 @@ def decay_mask(axes: Any, decay_embeddings: bool) -> Any:
     return jax.tree.map(decays, axes)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """Scale the gradients by min(1, max_norm / global norm): optax's clip, as one scalar factor.
+
+    optax divides every element by the norm. XLA counts a divide as too costly to repeat in each
+    consumer, so it writes the whole clipped gradient out and reads it back for each Adam
+    moment; a multiply by a scalar fuses into them instead (about 8 bytes a parameter per step).
+    """
+
+    def update(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, optax.EmptyState]:
+        del params
+        norm = optax.tree.norm(updates)
+        factor = jnp.where(norm < max_norm, 1.0, max_norm / norm)
+        return jax.tree.map(lambda g: g * factor.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update)
+
+
 def make_optimizer(cfg: Config, axes: Any) -> optax.GradientTransformation:
     """AdamW (decoupled, masked decay) after optional global-norm clipping."""
     opt = cfg.optimizer
-    parts = [] if opt.clip_norm is None else [optax.clip_by_global_norm(opt.clip_norm)]
+    parts = [] if opt.clip_norm is None else [clip_by_global_norm(opt.clip_norm)]
     parts.append(
         optax.adamw(
             learning_rate(cfg),

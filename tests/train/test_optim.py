@@ -1,12 +1,13 @@
-"""Learning-rate schedules and the weight-decay mask."""
+"""Learning-rate schedules, gradient clipping and the weight-decay mask."""
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from model.functional import describe
 from train.config import load_config
-from train.optim import decay_mask, learning_rate
+from train.optim import clip_by_global_norm, decay_mask, learning_rate
 
 
 def _lr(name: str, steps=100, warmup=10, **extra):
@@ -33,6 +34,27 @@ def test_warmup_stable_decay_holds_then_decays():
     lr = _lr("wsd", decay_fraction=0.2)
     np.testing.assert_allclose(lr[10:80], 1.0)
     assert np.all(np.diff(lr[80:]) < 0) and lr[-1] == pytest.approx(0.1, abs=1e-2)
+
+
+def _gradients(norm: float) -> dict:
+    rng = np.random.default_rng(0)
+    tree = {"w": rng.normal(size=(4, 8, 16)), "b": rng.normal(size=(16,)), "layers": [rng.normal(size=(3, 5))]}
+    scale = norm / np.sqrt(sum(np.sum(x**2) for x in jax.tree.leaves(tree)))
+    return jax.tree.map(lambda x: jax.numpy.asarray(x * scale, jax.numpy.float32), tree)
+
+
+@pytest.mark.parametrize("norm", [0.3, 2.5, 40.0])
+def test_clipping_matches_optax_and_caps_the_global_norm(norm):
+    grads = _gradients(norm)
+    ours, state = clip_by_global_norm(1.0).update(grads, optax.EmptyState())
+    reference, _ = optax.clip_by_global_norm(1.0).update(grads, optax.EmptyState())
+    assert state == optax.EmptyState()  # the same state as optax's, so checkpoints keep their layout
+    for mine, theirs in zip(jax.tree.leaves(ours), jax.tree.leaves(reference), strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-6)
+    assert float(optax.tree.norm(ours)) == pytest.approx(min(norm, 1.0), rel=1e-5)
+    if norm < 1.0:  # below the cap the gradients pass through bit for bit
+        for mine, given in zip(jax.tree.leaves(ours), jax.tree.leaves(grads), strict=True):
+            np.testing.assert_array_equal(mine, given)
 
 
 def test_decay_skips_biases_norms_and_embeddings_unless_asked():
