@@ -256,11 +256,12 @@ def run_plot(args: argparse.Namespace) -> int:
     from scaling.plots import draw_all
     from scaling.table import Columns, FitInputError, load_table
     from train.cli import CLIError
+    from train.files import read_json
 
     path: Path = args.input
     fit_json = path if path.suffix == ".json" else path / "fit.json"
     if fit_json.is_file():
-        fit = json.loads(fit_json.read_text())
+        fit = read_json(fit_json, "re-run scalelab fit to write it again")
         meta = fit["meta"]
         columns = Columns(**meta["column_flags"])
         try:

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from train.files import read_json
 from train.metrics import read_metrics
 
 # DESIGN.md's fixed columns first; the rest describe how the run was configured.
@@ -80,8 +81,7 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / RESULT_FILE
     if not path.exists():
         return None
-    with open(path) as f:
-        return json.load(f)
+    return read_json(path, f"delete {run_dir} to retrain that run")
 
 
 def _cell(value: Any) -> str:

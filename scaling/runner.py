@@ -27,6 +27,7 @@ from scaling.plan import Plan, PlannedRun, human, shard_runs
 from scaling.results import curve_summary, read_result, rebuild_csv, write_result
 from scaling.spec import SpecError
 from train.config import flatten_config, to_dict
+from train.files import read_yaml
 from train.host import release_freed_memory
 from train.loop import NonFiniteLossError, train
 
@@ -78,8 +79,7 @@ def check_run_dir(run: PlannedRun, run_dir: Path) -> None:
     saved_path = run_dir / "config.yaml"
     if not saved_path.exists():
         return
-    with open(saved_path) as f:
-        saved = flatten_config(yaml.safe_load(f) or {})
+    saved = flatten_config(read_yaml(saved_path, f"delete {run_dir} to retrain that run") or {})
     planned = flatten_config(yaml.safe_load(yaml.safe_dump(to_dict(run.config))))  # the same YAML round trip
     changed = [key for key in sorted(saved.keys() & planned.keys()) if saved[key] != planned[key]]
     if changed:

@@ -11,10 +11,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from model.config import ConfigError
 from train.config import CONFIG_DIR, from_dict, load_raw, merge_config, resolve_config_path
+from train.files import read_yaml
 
 SWEEP_DIR = CONFIG_DIR / "sweeps"
 SIZE_MEASURES = ("non_embedding", "total")
@@ -295,8 +294,7 @@ def resolve_spec_path(name_or_path: str | Path) -> Path:
 def load_spec(name_or_path: str | Path) -> SweepSpec:
     """Read, check and build a sweep spec."""
     path = resolve_spec_path(name_or_path)
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    data = read_yaml(path, "fix the spec") or {}
     if not isinstance(data, dict):
         raise SpecError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return spec_from_dict(data, path)

@@ -19,6 +19,7 @@ import yaml
 
 from model.config import ConfigError, ModelConfig
 from train.data.special import DEFAULT_SENTINELS
+from train.files import parse_yaml, read_yaml
 from train.objectives import validate_objective
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -406,8 +407,7 @@ def load_raw(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
     path = resolve_config_path(name_or_path, _seen[-1].parent if _seen else None).resolve()
     if path in _seen:
         raise ConfigError(f"config inheritance cycle: {' -> '.join(str(p) for p in (*_seen, path))}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    data = read_yaml(path, "fix the file or pass another config") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     data.setdefault("name", path.stem)
@@ -424,7 +424,7 @@ def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
     if "=" not in override:
         raise ConfigError(f"override {override!r} must look like key.path=value, e.g. model.n_layers=4")
     key, raw = override.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
+    value = parse_yaml(raw, f"override {override!r}") if raw.strip() else None
     parts = key.strip().split(".")
     node = data
     for part in parts[:-1]:
