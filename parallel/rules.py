@@ -6,6 +6,7 @@ logical name to zero or more mesh axes. A config can override entries (`mesh.rul
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -14,6 +15,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from model.config import ConfigError
+from parallel.mesh import MESH_AXES
 
 MeshAxes = tuple[str, ...]
 
@@ -43,6 +45,12 @@ def make_rules(overrides: Mapping[str, Any] | None = None) -> dict[str, MeshAxes
     """The default rules with `overrides` applied (a value may be a mesh axis, a list of them, or null)."""
     rules = dict(DEFAULT_RULES)
     for name, value in (overrides or {}).items():
+        if name not in DEFAULT_RULES:
+            close = difflib.get_close_matches(str(name), list(DEFAULT_RULES), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(
+                f"mesh.rules: unknown logical axis {name!r}; {hint}the logical axes are {', '.join(DEFAULT_RULES)}"
+            )
         if value is None:
             rules[name] = ()
         elif isinstance(value, str):
@@ -51,6 +59,12 @@ def make_rules(overrides: Mapping[str, Any] | None = None) -> dict[str, MeshAxes
             rules[name] = tuple(value)
         else:
             raise ConfigError(f"mesh.rules.{name}: expected a mesh axis name, a list of them or null, got {value!r}")
+        # An unknown mesh axis would silently act as null: the axis would not be split at all.
+        for axis in rules[name]:
+            if axis not in MESH_AXES:
+                raise ConfigError(
+                    f"mesh.rules.{name}: unknown mesh axis {axis!r}; use {', '.join(MESH_AXES)}, a list of them, or null"
+                )
     return rules
 
 
