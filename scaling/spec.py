@@ -23,6 +23,14 @@ class SpecError(ConfigError):
     """A sweep spec is missing, malformed or inconsistent; the message names the problem and the fix."""
 
 
+def _check_finite(rule: Any, key: str) -> None:
+    """Raise SpecError for a NaN or infinite field of `rule`; range checks miss NaN (every comparison is false)."""
+    for field in dataclasses.fields(rule):
+        value = getattr(rule, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SpecError(f"{key}.{field.name}: expected a finite number, got {value}")
+
+
 @dataclasses.dataclass(frozen=True)
 class FamilyRule:
     """Turns a target size into a shape: fixed width/depth ratio, head width and FFN ratio."""
@@ -35,6 +43,7 @@ class FamilyRule:
     size: str = "non_embedding"  # the count that targets, tokens_per_param and per-size rules use
 
     def __post_init__(self) -> None:
+        _check_finite(self, "family")
         if self.aspect_ratio <= 0:
             raise SpecError(f"family.aspect_ratio must be positive (d_model per layer), got {self.aspect_ratio}")
         if self.head_dim <= 0 or self.head_dim % 2:
@@ -64,6 +73,7 @@ class PowerRule:
 
     def check(self, key: str) -> None:
         """Raise SpecError if the rule cannot give a positive value."""
+        _check_finite(self, f"rules.{key}")
         if self.value <= 0 or self.ref_params <= 0:
             raise SpecError(f"rules.{key}: value and ref_params must be positive, got {self.value}, {self.ref_params}")
         if self.min is not None and self.max is not None and self.min > self.max:
@@ -178,17 +188,47 @@ def log_values(value: Any, key: str) -> tuple[float, ...]:
     return values
 
 
+def _mapping(value: Any, key: str, allowed: str) -> dict[str, Any]:
+    """`value` as a mapping (an empty section is an empty one); anything else is a SpecError naming `allowed`."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpecError(f"{key}: expected a mapping of {allowed}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _fields(cls: type) -> str:
+    """A dataclass's field names, for the `allowed` of a mapping error."""
+    return ", ".join(field.name for field in dataclasses.fields(cls))
+
+
+def _power_rule(value: Any, key: str) -> dict[str, Any]:
+    """The mapping of a per-size rule: a bare number is a constant rule; a mapping needs its value."""
+    if not isinstance(value, dict):
+        return {"value": value}
+    if "value" not in value:
+        raise SpecError(
+            f"rules.{key}.value is missing (got {value!r}); give the value at ref_params, "
+            f"e.g. {{value: ..., ref_params: 1e6, exponent: 0}} (keys: {_fields(PowerRule)})"
+        )
+    return value
+
+
 def _rules(data: dict[str, Any]) -> RunRules:
     data = dict(data)
     for key in ("lr", "batch_size"):
         if key not in data:
             raise SpecError(f"rules.{key} is missing; give a number or {{value, ref_params, exponent, min, max}}")
-        if not isinstance(data[key], dict):  # a bare number is a constant rule
-            data[key] = {"value": data[key]}
+        data[key] = _power_rule(data[key], key)
     data["batch_size"] = {"multiple": 1, **data["batch_size"]}  # batch sizes are whole sequences
     rules = from_dict(RunRules, data, "rules")
+    _check_finite(rules, "rules")
     rules.lr.check("lr")
     rules.batch_size.check("batch_size")
+    if rules.batch_size.value % 1:  # rounding would silently change it (0.3 would become 1)
+        raise SpecError(
+            f"rules.batch_size.value must be a whole number of sequences, got {rules.batch_size.value:g}; round it"
+        )
     if not 0.0 <= rules.warmup_fraction < 1.0:
         raise SpecError(f"rules.warmup_fraction must be in [0, 1), got {rules.warmup_fraction}")
     if rules.evals_per_run < 1:
@@ -200,7 +240,8 @@ def _rules(data: dict[str, Any]) -> RunRules:
     return rules
 
 
-def _isoflop(data: dict[str, Any]) -> IsoFlopRuns:
+def _isoflop(data: Any) -> IsoFlopRuns:
+    data = _mapping(data, "isoflop", "budgets, sizes or sizes_per_budget + tokens_per_param")
     unknown = set(data) - {"budgets", "sizes", "sizes_per_budget", "tokens_per_param"}
     if unknown:
         raise SpecError(
@@ -232,7 +273,8 @@ def _isoflop(data: dict[str, Any]) -> IsoFlopRuns:
     return IsoFlopRuns(budgets, None, count, (low, high))
 
 
-def _grid(data: dict[str, Any]) -> GridRuns:
+def _grid(data: Any) -> GridRuns:
+    data = _mapping(data, "grid", "sizes and tokens")
     unknown = set(data) - {"sizes", "tokens"}
     if unknown:
         raise SpecError(f"grid: unknown keys {sorted(unknown)}; use sizes and tokens")
@@ -265,14 +307,17 @@ def spec_from_dict(data: dict[str, Any], path: Path | None = None) -> SweepSpec:
             raise SpecError("give exactly one of isoflop: (budgets in FLOPs) or grid: (sizes × tokens)")
         if "base" not in data:
             raise SpecError("base is missing; name the training config the runs start from (e.g. gpt-tiny)")
-        overrides = data.get("config") or {}
-        if not isinstance(overrides, dict):
-            raise SpecError(f"config: expected a mapping of training-config keys, got {overrides!r}")
+        if not isinstance(data["base"], str):
+            raise SpecError(
+                f"base: expected the name or path of a training config (e.g. gpt-tiny), "
+                f"got {type(data['base']).__name__} {data['base']!r}"
+            )
+        overrides = _mapping(data.get("config"), "config", "training-config keys")
         base_path = resolve_config_path(data["base"], path.parent if path else None)
         base = merge_config(load_raw(base_path), overrides)
-        family = from_dict(FamilyRule, data.get("family") or {}, "family")
+        family = from_dict(FamilyRule, _mapping(data.get("family"), "family", _fields(FamilyRule)), "family")
         runs = _isoflop(data["isoflop"]) if "isoflop" in data else _grid(data["grid"])
-        rules = _rules(data.get("rules") or {})
+        rules = _rules(_mapping(data.get("rules"), "rules", _fields(RunRules)))
         seeds = _seeds(data.get("seeds", [0]))
     except (ConfigError, FileNotFoundError) as error:
         raise _error(path, str(error)) from None

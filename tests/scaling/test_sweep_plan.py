@@ -111,12 +111,34 @@ def test_log_range_and_named_spec_loading(tmp_path):
         ({"config__train__batch_size": 12, "config__train__grad_accum": 8}, "base config", "grad_accum"),
         ({"base": "no-such-config"}, "not found", "give a YAML path"),
         ({"family__max_d_model": 64, "isoflop__sizes": [1e6]}, "above the largest model", "raise family.max_d_model"),
+        # malformed shapes: a one-line error naming the key, the value and what is allowed, not a traceback
+        ({"rules__lr": {"exponent": -0.5}}, "rules.lr.value is missing (got {'exponent': -0.5})", "ref_params"),
+        ({"family": 3}, "family: expected a mapping of aspect_ratio, head_dim", "got int 3"),
+        ({"rules": [1]}, "rules: expected a mapping of lr, batch_size", "got list [1]"),
+        ({"base": 5}, "base: expected the name or path of a training config", "got int 5"),
+        ({"config": [1]}, "config: expected a mapping of training-config keys", "got list [1]"),
+        ({"isoflop": "abc"}, "isoflop: expected a mapping of budgets", "got str 'abc'"),
+        ({"isoflop": [1, 2]}, "isoflop: expected a mapping of budgets", "got list [1, 2]"),
+        ({"isoflop": None, "grid": "abc"}, "grid: expected a mapping of sizes and tokens", "got str 'abc'"),
+        ({"family__aspect_ratio": math.nan}, "family.aspect_ratio", "expected a finite number, got nan"),
+        ({"family__ffn_multiplier": math.inf}, "family.ffn_multiplier", "expected a finite number, got inf"),
+        ({"rules__lr": math.nan}, "rules.lr.value", "expected a finite number, got nan"),
+        ({"rules__lr": {"value": 1e-3, "exponent": math.nan}}, "rules.lr.exponent", "expected a finite number"),
+        ({"rules__warmup_fraction": math.nan}, "rules.warmup_fraction", "expected a finite number, got nan"),
+        ({"rules__batch_size": 0.3}, "rules.batch_size.value must be a whole number of sequences, got 0.3", "round"),
     ],
 )
 def test_bad_specs_fail_at_plan_time_naming_problem_and_fix(changes, problem, fix):
     with pytest.raises(SpecError) as error:
         make_plan(spec_from_dict(micro(**changes)))
     assert problem in str(error.value) and fix in str(error.value)
+
+
+def test_a_malformed_spec_file_is_a_one_line_cli_error(tmp_path, capsys):
+    path = write_spec(tmp_path, micro(rules__lr={"exponent": -0.5}))
+    assert main(["sweep", "plan", str(path), "--no-probe"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"scalelab sweep: error: {path}: rules.lr.value is missing") and err.count("\n") == 1
 
 
 def test_shards_partition_the_runs_exactly_and_balance_compute():
