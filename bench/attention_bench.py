@@ -12,7 +12,6 @@ reported as skipped. Writes bench/results/attention.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -24,10 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench.report import RESULTS_DIR, write_json
 from model.attention import ATTENTION_KERNELS, self_attention_inputs
 from model.masks import FullAttention, LocalGlobal, Pattern, SlidingWindow
-
-RESULTS = Path(__file__).resolve().parent / "results" / "attention.json"
 
 
 def patterns(causal: bool, window: int, global_tokens: int) -> dict[str, Pattern]:
@@ -110,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--budget-gb", type=float, default=3.0, help="skip running points whose temporaries exceed this"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "attention.json", help="results JSON")
     args = parser.parse_args(argv)
 
     results: dict[str, list[dict[str, Any]]] = {}
@@ -134,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     print(_table(results))
     print(f"wrote {args.out}")
     return 0

@@ -10,8 +10,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.report import RESULTS_DIR
 from bench.shapes import DEPTHS, LADDER, QUICK_DEPTHS, QUICK_LADDER
 
+QUICK_RESULTS_DIR = RESULTS_DIR / "quick"
 VARIANTS = (
     "ours-bf16",
     "ours-fp32",
@@ -27,7 +29,8 @@ EPILOG = """examples:
   scalelab bench --sections ladder --rungs ref-128,ref-512
   scalelab bench --sections depth --depths 4,48
 
-Results go to bench/results/<section>.json; the targets are printed last."""
+Results go to bench/results/<section>.json (--quick: bench/results/quick/, so a smoke run
+never replaces a full run's numbers); the targets are printed last."""
 
 
 def _names(value: str) -> tuple[str, ...]:
@@ -67,7 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default: 7, quick: 3)")
     parser.add_argument("--window", type=float, default=1.0, help="seconds per timing window (default: 1)")
     parser.add_argument("--devices", type=int, default=1, help="devices our trainer uses (default: 1)")
-    parser.add_argument("--results-dir", type=Path, default=None, help="where the JSON goes (default: bench/results)")
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=None,
+        help="where the JSON goes (default: bench/results, or bench/results/quick with --quick)",
+    )
 
 
 def register_bench(subparsers: argparse._SubParsersAction) -> None:
@@ -98,9 +106,15 @@ def _check(args: argparse.Namespace) -> None:
         unknown = [v for v in values if v not in valid]
         if unknown:
             raise ValueError(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(valid)}")
-    for flag, value in (("--rounds", args.rounds), ("--devices", args.devices)):
+    for flag, value in (
+        ("--rounds", args.rounds),
+        ("--devices", args.devices),
+        *(("--depths", d) for d in args.depths or ()),
+    ):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
+    if not args.window > 0:
+        raise ValueError(f"--window must be a positive number of seconds, got {args.window}")
 
 
 def _prepare_process(devices: int) -> dict[str, str]:
@@ -145,7 +159,7 @@ def run_bench(args: argparse.Namespace) -> int:
         window_s=args.window,
         devices=args.devices,
         quick=args.quick,
-        results_dir=args.results_dir or Path(__file__).resolve().parent / "results",
+        results_dir=args.results_dir or (QUICK_RESULTS_DIR if args.quick else RESULTS_DIR),
         command=command.strip(),
     )
     return run(opts, env)

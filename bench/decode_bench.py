@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -19,12 +18,12 @@ import jax
 import jax.numpy as jnp
 
 from bench.measure import interleave, load_average
+from bench.report import RESULTS_DIR, write_json
 from model.config import ModelConfig
 from model.decode import generate
 from model.functional import ModelDef, describe
 from model.quantize import quantize, report
 
-RESULTS = Path(__file__).resolve().parent / "results" / "decode.json"
 MODEL = ModelConfig(vocab_size=512, d_model=256, n_layers=4, n_heads=8, n_kv_heads=4, max_seq_len=512)
 
 
@@ -61,13 +60,14 @@ class Contender:
         return time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Time cached, int8-cached and uncached greedy decoding and write the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer tokens and rounds")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="compute dtype")
     parser.add_argument("--batch", type=int, default=4, help="rows decoded together")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "decode.json", help="results JSON")
+    args = parser.parse_args(argv)
     prompt_len, new, rounds = (32, 32, 2) if args.quick else (64, 64, 3)
     cfg = dataclasses.replace(MODEL, dtype=args.dtype)
     model = describe(cfg)
@@ -95,11 +95,10 @@ def main() -> None:
         "tokens_per_s": {name: tokens / t.step_s for name, t in timings.items()},
         "best_tokens_per_s": {name: tokens / t.best_step_s for name, t in timings.items()},
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     for name, rate in result["tokens_per_s"].items():
         print(f"{name:12s} {rate:10.1f} tokens/s")
-    print(f"cached greedy == uncached greedy: {same}; results in {RESULTS}")
+    print(f"cached greedy == uncached greedy: {same}; results in {args.out}")
 
 
 if __name__ == "__main__":

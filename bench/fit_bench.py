@@ -9,7 +9,6 @@ paid once per process). Run: .venv/bin/python -m bench.fit_bench   (writes bench
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
+
+from bench.report import RESULTS_DIR, write_json
 
 N_ROWS = 250
 RESAMPLES = 1000
@@ -86,7 +87,7 @@ class Clock:
 def main() -> None:
     """Time both, check they agree, print the ratio and write bench/results/fit.json."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "fit.json")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "fit.json", help="results JSON")
     parser.add_argument(
         "--scipy-every",
         type=int,
@@ -164,8 +165,7 @@ def main() -> None:
             "python": platform.python_version(),
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.out, result)
     print(
         f"speedup {result['speedup']:.1f}x wall (scipy {sp_total[0]:.1f} s / jax {jax_total[0]:.2f} s), "
         f"{result['speedup_cpu_time']:.1f}x CPU time, {result['speedup_including_compile']:.1f}x wall counting compilation"

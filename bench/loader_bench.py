@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 import jax
 
+from bench.report import RESULTS_DIR, write_json
 from train.config import load_config
 from train.data.builder import prepare_dataset
 from train.data.loader import TfdsSource
 from train.data.tokens import build_store
 from train.trainer import Trainer
 
-RESULTS = Path(__file__).resolve().parent / "results" / "loader.json"
 TARGET_RATIO = 10.0
 
 
@@ -59,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="gpt-tiny-text", help="a config with data.source=tfds")
     parser.add_argument("--loader-steps", type=int, default=2000)
     parser.add_argument("--train-steps", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "loader.json", help="results JSON")
     args = parser.parse_args(argv)
 
     cfg = load_config(args.config)
@@ -86,11 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         f"on {jax.device_count()} {jax.default_backend()} device(s): ratio {ratio:.1f}x (target >= {TARGET_RATIO:.0f}x); "
         f"with prefetch the loop waits on data {wait_share:.2%} of the time"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    temporary = RESULTS.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(result, indent=2) + "\n")
-    temporary.replace(RESULTS)
-    print(f"wrote {RESULTS}")
+    print(f"wrote {write_json(args.out, result)}")
     return 0 if ratio >= TARGET_RATIO else 1
 
 

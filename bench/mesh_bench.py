@@ -17,18 +17,16 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import jax
 
+from bench.report import RESULTS_DIR, write_json
 from train.config import Config, config_from_dict, to_dict
 from train.data import make_source
 from train.trainer import Trainer, device_bytes
-
-RESULTS = Path(__file__).resolve().parent / "results" / "mesh.json"
 
 # Small enough that nine meshes compile and run in minutes on a 2-core CPU.
 BASE: dict[str, Any] = {
@@ -97,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     """Benchmark every mesh, print a table and write the JSON results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5, help="timed steps per mesh (after one warm-up step)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"results JSON (default {RESULTS})")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "mesh.json", help="results JSON")
     args = parser.parse_args(argv)
 
     results = {}
@@ -120,8 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         "config": to_dict(config_from_dict(BASE)),
         "meshes": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     print(f"wrote {args.out}")
 
 

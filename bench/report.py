@@ -91,12 +91,16 @@ def host() -> dict[str, Any]:
     return info
 
 
-def write(name: str, payload: dict[str, Any], results_dir: Path = RESULTS_DIR) -> Path:
-    """Write one section's results as bench/results/<name>.json (atomically) and return the path."""
-    results_dir.mkdir(parents=True, exist_ok=True)
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    """Write `payload` with the time it was written to `path`, atomically, and return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), **payload}
-    path = results_dir / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
     tmp.replace(path)
     return path
+
+
+def write(name: str, payload: dict[str, Any], results_dir: Path = RESULTS_DIR) -> Path:
+    """Write one section's results as <results_dir>/<name>.json and return the path."""
+    return write_json(results_dir / f"{name}.json", payload)

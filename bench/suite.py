@@ -84,12 +84,13 @@ def quick_args(path: Path) -> list[str] | None:
     return None
 
 
-def run_others(quick: bool, env: dict[str, str], timeout_s: float = 1800) -> list[dict[str, Any]]:
+def run_others(quick: bool, env: dict[str, str], results_dir: Path, timeout_s: float = 1800) -> list[dict[str, Any]]:
     """Run every bench/*_bench.py as `python -m bench.<name>` in its own process (its own XLA flags)."""
     rows = []
     for path in sorted(BENCH_DIR.glob("*_bench.py")):
         args = (quick_args(path) or []) if quick else []
-        command = [sys.executable, "-m", f"bench.{path.stem}", *args]
+        out = results_dir / f"{path.stem.removesuffix('_bench')}.json"
+        command = [sys.executable, "-m", f"bench.{path.stem}", *args, "--out", str(out)]
         _say(f"others: {' '.join(command[1:])}")
         start = time.perf_counter()
         try:
@@ -173,7 +174,7 @@ def run(opts: Options, env: dict[str, str]) -> int:
         load["after_depth"] = load_average()
         _section("depth", opts, {**common, "rows": depth_rows}, [report.table(depth_rows, DEPTH_COLUMNS)])
     if "others" in opts.sections:
-        rows = run_others(opts.quick, env)
+        rows = run_others(opts.quick, env, opts.results_dir)
         _section("others", opts, {**common, "rows": rows}, [])
     print("\n== targets (load average " + ", ".join(f"{k} {v:.1f}" for k, v in load.items() if v is not None) + ")")
     for line in targets(ladder_rows, depth_rows) or ["(no ladder or depth rows to judge)"]:

@@ -2,13 +2,15 @@
 
 import argparse
 import math
+import os
 
 import jax
 import pytest
 
-from bench import report, sections
+from bench import report, sections, suite
 from bench.ceiling import train_step_matmuls
 from bench.cli import add_arguments, run_bench
+from bench.report import RESULTS_DIR
 from bench.shapes import LADDER, Shape, by_name
 from bench.suite import quick_args, targets
 from model.counting import count_params, flops_per_token
@@ -56,6 +58,51 @@ def test_table_prints_missing_values_as_dashes():
     lines = report.table(rows, [("a", "name", report.text), ("b", "value", report.fixed(1))]).splitlines()
     assert lines[0].split() == ["name", "value"]
     assert lines[2].split() == ["x", "1.5"] and lines[3].split() == ["longer", "-"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--depths", "4,0"], "--depths must be at least 1, got 0"), (["--window", "0"], "--window must be a positive")],
+)
+def test_cli_rejects_bad_numbers_before_running(flags, message, capsys):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(flags)
+    args.prog = "scalelab"
+    assert run_bench(args) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "folder"), [([], RESULTS_DIR), (["--quick"], RESULTS_DIR / "quick")])
+def test_a_quick_run_never_writes_over_the_full_results(flags, folder, monkeypatch):
+    for name in ("XLA_FLAGS", "OMP_WAIT_POLICY", "XLA_PYTHON_CLIENT_PREALLOCATE"):  # run_bench sets them
+        monkeypatch.delenv(name, raising=False)
+    chosen = {}
+
+    def record(opts, env):
+        chosen["dir"] = opts.results_dir
+        return 0
+
+    monkeypatch.setattr(suite, "run", record)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(flags)
+    args.prog = "scalelab"
+    assert run_bench(args) == 0 and chosen["dir"] == folder
+
+
+def test_other_benchmarks_write_into_the_chosen_results_dir(tmp_path, monkeypatch):
+    package = tmp_path / "bench"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "echo_bench.py").write_text(
+        "import sys, pathlib\nout = pathlib.Path(sys.argv[sys.argv.index('--out') + 1])\n"
+        "out.parent.mkdir(parents=True, exist_ok=True)\nout.write_text('{}')\n"
+    )
+    monkeypatch.setattr(suite, "BENCH_DIR", package)
+    rows = suite.run_others(quick=False, env=dict(os.environ), results_dir=tmp_path / "results")
+    assert [row["status"] for row in rows] == [0]
+    assert (tmp_path / "results" / "echo.json").read_text() == "{}"
 
 
 def test_quick_args_are_read_without_importing(tmp_path):
