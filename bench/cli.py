@@ -119,7 +119,7 @@ def _check(args: argparse.Namespace) -> None:
 
 def _prepare_process(devices: int) -> dict[str, str]:
     """Settings that must precede JAX's backend; returns the untouched environment for sub-benchmarks."""
-    from train.host import keep_freed_memory
+    from train.host import keep_freed_memory, usable_cores
 
     env = dict(os.environ)
     keep_freed_memory()
@@ -132,7 +132,7 @@ def _prepare_process(devices: int) -> dict[str, str]:
     # PyTorch's OpenMP threads spin at every barrier; on a host with more runnable threads than
     # cores they then burn the time slices their partner needs (3x slower steps measured here).
     # Sleeping waits are what a shared host needs; an idle host keeps OpenMP's default.
-    if os.getloadavg()[0] > len(os.sched_getaffinity(0)):
+    if os.getloadavg()[0] > usable_cores():
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 

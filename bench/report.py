@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from train.host import usable_cores
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 # A column: (row key, header, formatter of a present value).
@@ -75,7 +77,7 @@ def host() -> dict[str, Any]:
     device = jax.devices()[0]
     info: dict[str, Any] = {
         "machine": platform.machine(),
-        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpus": usable_cores(),
         "platform": device.platform,
         "device_kind": device.device_kind,
         "jax": jax.__version__,

@@ -1,10 +1,11 @@
-"""Host-process settings that make XLA's CPU runtime fast; call them before JAX starts a backend."""
+"""Host-process settings that make XLA's CPU runtime fast (call them before JAX starts a backend), and host facts."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import functools
+import os
 
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
@@ -55,3 +56,8 @@ def release_freed_memory() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
