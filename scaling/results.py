@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from model.config import ConfigError
 from train.files import read_json
 from train.metrics import read_metrics
 
@@ -68,20 +69,36 @@ def curve_summary(run_dir: Path, steps: int) -> dict[str, float | None]:
     }
 
 
+def _missing(row: Any) -> list[str]:
+    """The columns a result row lacks (all of them if it is not a mapping)."""
+    columns = (*COLUMNS, *EXTRA_COLUMNS)
+    return [c for c in columns if c not in row] if isinstance(row, dict) else list(columns)
+
+
 def write_result(run_dir: Path, row: dict[str, Any]) -> None:
     """Commit a finished run's row."""
-    missing = [c for c in (*COLUMNS, *EXTRA_COLUMNS) if c not in row]
+    missing = _missing(row)
     if missing:
         raise ValueError(f"result row for {row.get('run')} lacks {missing}")
     atomic_write(run_dir / RESULT_FILE, json.dumps(row, indent=1) + "\n")
 
 
 def read_result(run_dir: Path) -> dict[str, Any] | None:
-    """A run's committed row, or None if it has not finished."""
+    """A run's committed row, or None if it has not finished; a damaged record is a ConfigError."""
     path = run_dir / RESULT_FILE
     if not path.exists():
         return None
-    return read_json(path, f"delete {run_dir} to retrain that run")
+    fix = f"delete {run_dir} to retrain that run"
+    row = read_json(path, fix)
+    missing = _missing(row)
+    if missing:
+        raise ConfigError(f"{path}: not a complete run record, it lacks {', '.join(missing)}; {fix}")
+    return row
+
+
+def finished_runs(sweep_dir: Path) -> list[str]:
+    """The names of the runs in `sweep_dir` that have committed a row, sorted."""
+    return sorted(path.parent.name for path in (sweep_dir / "runs").glob(f"*/{RESULT_FILE}"))
 
 
 def _cell(value: Any) -> str:

@@ -23,9 +23,11 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from model.config import ConfigError
 from scaling.plan import Plan, PlannedRun, human, shard_runs
-from scaling.results import curve_summary, read_result, rebuild_csv, write_result
+from scaling.results import curve_summary, finished_runs, read_result, rebuild_csv, write_result
 from scaling.spec import SpecError
+from scaling.table import describe
 from train.config import flatten_config, to_dict
 from train.files import read_yaml
 from train.host import release_freed_memory
@@ -88,6 +90,29 @@ def check_run_dir(run: PlannedRun, run_dir: Path) -> None:
             f"{run_dir} was trained with a different config than the spec now plans ({shown}); "
             f"use a new --sweep-dir for a changed spec, or delete {run_dir} to retrain that run"
         )
+
+
+def check_sweep_dir(plan: Plan, sweep_dir: Path, mine: list[PlannedRun]) -> None:
+    """Refuse a sweep directory that the plan would change, before anything is written to it.
+
+    A finished run the plan does not contain (another spec's, or one a changed spec dropped) would
+    lose its row when results.csv is rebuilt from the plan. A run directory trained from a config
+    other than the planned one would mix two experiments. This shard's runs and every finished run
+    are checked; another shard's unfinished run may be writing its config.yaml right now.
+    """
+    planned = {run.name for run in plan.runs}
+    foreign = [name for name in finished_runs(sweep_dir) if name not in planned]
+    if foreign:
+        raise SpecError(
+            f"{sweep_dir} holds {len(foreign)} finished run(s) that spec {plan.spec.name!r} does not plan "
+            f"({describe(foreign, limit=3)}), so rebuilding its results.csv would drop their rows; use another "
+            f"--sweep-dir for this spec, or delete those runs from {sweep_dir / 'runs'} if they are not wanted"
+        )
+    own = {run.name for run in mine}
+    for run in plan.runs:
+        run_dir = sweep_dir / "runs" / run.name
+        if run.name in own or read_result(run_dir) is not None:
+            check_run_dir(run, run_dir)
 
 
 def result_row(run: PlannedRun, run_dir: Path, status: str, wall_s: float) -> dict[str, Any]:
@@ -204,17 +229,17 @@ class SweepProgress:
 def run_sweep(plan: Plan, sweep_dir: Path, shard: tuple[int, int] = (0, 1), quiet: bool = False) -> SweepReport:
     """Train every unfinished run of this shard in `sweep_dir`, committing each row as it ends.
 
-    A run that raises is reported and skipped (the next call retries it); divergence is a result
-    (status `diverged`); a run that returns early (a preemption) stops the sweep.
+    A run that raises is reported and skipped (the next call retries it), except for a ConfigError,
+    which stops the sweep; divergence is a result (status `diverged`); a run that returns early (a
+    preemption) stops the sweep.
     """
     sweep_dir = Path(sweep_dir)
     names = [run.name for run in plan.runs]
     is_writer = jax.process_index() == 0
+    mine = shard_runs(plan.runs, *shard)
+    check_sweep_dir(plan, sweep_dir, mine)
     if is_writer:
         rebuild_csv(sweep_dir, names)  # heals a crash between committing a row and rebuilding the table
-    mine = shard_runs(plan.runs, *shard)
-    for run in mine:
-        check_run_dir(run, sweep_dir / "runs" / run.name)
     todo = [run for run in mine if read_result(sweep_dir / "runs" / run.name) is None]
     report = SweepReport(shard_runs=len(mine), skipped=len(mine) - len(todo))
     label = f"sweep {plan.spec.name}" + (f" shard {shard[0]}/{shard[1]}" if shard[1] > 1 else "")
@@ -226,6 +251,12 @@ def run_sweep(plan: Plan, sweep_dir: Path, shard: tuple[int, int] = (0, 1), quie
             start = time.perf_counter()
             try:
                 status = _train_one(run, run_dir, quiet)
+            except ConfigError as error:
+                # A user error (missing data, a config the trainer rejects) would fail every run alike.
+                raise ConfigError(
+                    f"run {run.name}: {error} (the sweep stopped; its finished runs are kept, and the same "
+                    "command continues it once this is fixed)"
+                ) from error
             except Exception:
                 # One broken run (out of memory, a bad shape) must not stop a shard's other runs.
                 tqdm.write(f"{run.name}: failed:\n{traceback.format_exc()}", file=sys.stderr)

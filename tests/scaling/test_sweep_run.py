@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -9,6 +10,8 @@ import re
 import pytest
 
 import scaling.runner
+import scaling.sweep_cli
+from model.config import ConfigError
 from model.counting import flops_per_token
 from scaling.plan import make_plan
 from scaling.results import (
@@ -24,6 +27,8 @@ from scaling.runner import SweepProgress, run_sweep
 from scaling.spec import SpecError, spec_from_dict
 from tests.scaling.sweep_specs import micro, write_spec
 from train.cli import main
+from train.config import save_config
+from train.data.storage import DataError
 from train.loop import NonFiniteLossError
 from train.metrics import read_metrics
 from train.objectives import model_lengths
@@ -82,7 +87,7 @@ def _fake_train(outcomes):
         outcome = outcomes.get(cfg.name)
         if outcome is not None:
             raise outcome
-        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")  # as train() does first
         lines = [f'{{"step": {s}, "loss": {5.0 - s / 100}}}' for s in range(cfg.train.steps)]
         lines.append(f'{{"step": {cfg.train.steps - 1}, "eval_loss": 4.5}}')
         (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
@@ -159,3 +164,66 @@ def test_sweep_plan_probes_shapes_and_estimates_the_wall_time(tmp_path, capsys):
     minutes = float(re.search(r"estimated wall time on this machine: ([\d.]+) min", out).group(1))
     assert minutes * 60 + 3 >= float(fixed_s)  # minutes are printed to 0.1 (6 s)
     assert os.listdir(tmp_path) == ["micro.yaml"]  # the probe leaves no run directory behind
+
+
+def test_a_sweep_dir_holding_runs_the_plan_lacks_is_refused_before_any_write(tmp_path, monkeypatch):
+    monkeypatch.setattr(scaling.runner, "train", _fake_train({}))
+    run_sweep(make_plan(spec_from_dict(micro())), tmp_path, quiet=True)
+    table = (tmp_path / RESULTS_CSV).read_text()
+    one_budget = make_plan(spec_from_dict(micro(isoflop__budgets=[4e8])))  # the same spec less its 2e8 runs
+    with pytest.raises(SpecError) as error:
+        run_sweep(one_budget, tmp_path, quiet=True)
+    message = str(error.value)
+    assert "holds 2 finished run(s) that spec 'micro' does not plan (iso-C2e8-d16l1-s0, iso-C2e8-d32l1-s0)" in message
+    assert "use another --sweep-dir" in message and "delete those runs" in message
+    assert (tmp_path / RESULTS_CSV).read_text() == table  # every finished run keeps its row
+
+
+def test_the_planned_config_check_runs_before_any_write_and_covers_other_shards_finished_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(scaling.runner, "train", _fake_train({}))
+    plan = make_plan(spec_from_dict(micro()))
+    run_sweep(plan, tmp_path, shard=(0, 2), quiet=True)
+    (tmp_path / RESULTS_CSV).unlink()
+    changed = make_plan(spec_from_dict(micro(rules__lr={"value": 1e-3, "ref_params": 1e4, "exponent": -0.25})))
+    # shard 1 has not started, but shard 0's finished runs were trained with another lr
+    with pytest.raises(SpecError, match=r"optimizer\.lr.*use a new --sweep-dir"):
+        run_sweep(changed, tmp_path, shard=(1, 2), quiet=True)
+    assert not (tmp_path / RESULTS_CSV).exists()
+    assert len(list((tmp_path / "runs").iterdir())) == 2  # shard 1 trained nothing
+
+
+def test_a_config_error_in_a_run_stops_the_sweep_with_one_line_and_keeps_finished_runs(tmp_path, monkeypatch, capsys):
+    plan = make_plan(spec_from_dict(micro()))
+    first, broken = plan.runs[0].name, plan.runs[1].name
+    missing = DataError("dataset 'scalelab_text' is not prepared; run scalelab data prepare")
+    monkeypatch.setattr(scaling.runner, "train", _fake_train({broken: missing}))
+    with pytest.raises(ConfigError, match=f"run {broken}: dataset 'scalelab_text' is not prepared"):
+        run_sweep(plan, tmp_path, quiet=True)
+    assert [row["run"] for row in read_csv(tmp_path / RESULTS_CSV)] == [first]
+    assert sorted(os.listdir(tmp_path / "runs")) == [first]  # the runs after it were not tried
+
+    monkeypatch.setattr(scaling.sweep_cli, "_use_compile_cache", lambda directory: None)  # a global JAX setting
+    capsys.readouterr()
+    assert main(["sweep", "run", str(write_spec(tmp_path, micro())), "--sweep-dir", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err  # the sweep's progress bar, then the error
+    line = err.rstrip("\n").splitlines()[-1]
+    assert line.startswith(f"scalelab sweep: error: run {broken}: dataset") and "finished runs are kept" in line
+    assert "Traceback" not in err and err.count("scalelab sweep: error:") == 1
+
+
+@pytest.mark.parametrize(("text", "lacks"), [('{"run": "x"}', "N, N_nonembed"), ("[]", "run, N,")])
+def test_a_result_json_missing_columns_is_an_error_naming_the_file_and_the_fix(tmp_path, monkeypatch, text, lacks):
+    monkeypatch.setattr(scaling.runner, "train", _fake_train({}))
+    plan = make_plan(spec_from_dict(micro()))
+    run_sweep(plan, tmp_path, quiet=True)
+    run_dir = tmp_path / "runs" / plan.runs[2].name
+    if text.startswith("{"):  # one key gone, as a hand edit or a foreign tool might leave it
+        row = json.loads((run_dir / "result.json").read_text())
+        del row["wall_s"]
+        text, lacks = json.dumps(row), "lacks wall_s;"
+    (run_dir / "result.json").write_text(text)
+    with pytest.raises(ConfigError) as error:
+        run_sweep(plan, tmp_path, quiet=True)
+    message = str(error.value)
+    assert f"{run_dir / 'result.json'}: not a complete run record" in message and lacks in message
+    assert message.endswith(f"delete {run_dir} to retrain that run")
