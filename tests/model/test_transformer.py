@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from model import ModelConfig
+from model.config import REMAT_POLICIES
 from model.functional import describe
 from train.steps import cross_entropy
 
@@ -72,7 +73,7 @@ def test_the_layer_loop_is_unrolled_up_to_the_configured_depth(n_layers, unroll_
     assert ("stablehlo.while" in hlo) == loops
 
 
-@pytest.mark.parametrize("policy", ["full", "save_dots", "save_dots_no_batch"])
+@pytest.mark.parametrize("policy", [p for p in REMAT_POLICIES if p != "none"])  # every policy a config accepts
 def test_remat_gives_the_same_loss_and_gradients(policy):
     plain = describe(TINY)
     remat = describe(dataclasses.replace(TINY, remat=policy))
