@@ -27,7 +27,7 @@ demo: setup
 	$(BIN)/scalelab data prepare
 	$(BIN)/scalelab tokenizer train
 	$(BIN)/scalelab sweep run demo --sweep-dir sweeps/demo
-	$(BIN)/scalelab fit sweeps/demo --out sweeps/demo/fit
+	$(BIN)/scalelab fit sweeps/demo --budget 1e12 --out sweeps/demo/fit
 	$(BIN)/scalelab plot sweeps/demo/fit --out sweeps/demo/fit
 
 lint: setup
