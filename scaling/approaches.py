@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scaling.bootstrap import resample_counts
-from scaling.table import FitInputError, FitTable, FitWarning, group_by_c
+from scaling.table import MIN_SPARE, FitInputError, FitTable, FitWarning, group_by_c, undetermined_reason
 
 ENVELOPE_POINTS = 100  # log-spaced FLOP values at which approach 1 takes the minimum over curves
 MIN_COVER = 2  # an envelope point needs at least this many runs reaching its FLOPs (one run is no comparison)
@@ -50,6 +50,7 @@ class AllocationFit:
     boot: np.ndarray | None = None
     groups: tuple[IsoFlopGroup, ...] = field(default=())
     from_curves: bool = False
+    ci_undetermined: str | None = None  # why there are no intervals although resamples were asked for
 
     @property
     def converged(self) -> bool:
@@ -293,7 +294,8 @@ def approach2(table: FitTable, n_boot: int, rng: np.random.Generator, c_rtol: fl
             f"approach 2 needs at least 2 isoFLOP groups with an upward parabola over 3+ sizes; {len(used)} of "
             f"{len(groups)} qualify (see the warnings above); add sizes to the budgets"
         )
-    boot = _bootstrap2(table, used, n_boot, rng) if n_boot else None
+    note = _undetermined(used) if n_boot else None
+    boot = _bootstrap2(table, used, n_boot, rng) if n_boot and note is None else None
     return _allocation_fit(
         "approach2",
         np.array([g.C for g in used]),
@@ -302,27 +304,96 @@ def approach2(table: FitTable, n_boot: int, rng: np.random.Generator, c_rtol: fl
         np.array([g.loss_min for g in used]),
         boot,
         groups=groups,
+        ci_undetermined=note,
     )
 
 
+def _spare(used: list[IsoFlopGroup]) -> tuple[int, int]:
+    """Points to spare in the parabolas (all groups together) and in the power law through their minima."""
+    return sum(len(g.rows) - 3 for g in used), len(used) - 2
+
+
+def _undetermined(used: list[IsoFlopGroup]) -> str | None:
+    """Why approach 2's intervals cannot be estimated from these groups, or None when they can."""
+    within, line = _spare(used)
+    if line < 1:
+        warnings.warn(
+            f"approach 2: the power law through {len(used)} isoFLOP minima has no point to spare, so nothing "
+            "measures how far the minima stray from it: its intervals are undetermined (n/a); add 1 more budget",
+            FitWarning,
+            stacklevel=3,
+        )
+        return undetermined_reason(line)
+    if within + line < MIN_SPARE:
+        warnings.warn(
+            f"approach 2: its parabolas leave {within} and its power law {line} point(s) to spare, too few to "
+            f"estimate the noise: its intervals are undetermined (n/a); add {MIN_SPARE - within - line} more "
+            "size(s) to a budget or more budgets",
+            FitWarning,
+            stacklevel=3,
+        )
+        return undetermined_reason(within + line)
+    return None
+
+
+def _pooled_residuals(table: FitTable, used: list[IsoFlopGroup]) -> np.ndarray:
+    """Every used group's parabola residuals relative to the fit, scaled so their mean square estimates the noise.
+
+    A 3-parameter fit leaves residuals smaller than the noise: their sum of squares has sum(n - 3)
+    degrees of freedom. Pooling over groups lets a group with exactly 3 sizes (no residuals of its own)
+    borrow the noise level of the others. Relative residuals, because loss noise scales with the loss,
+    which is higher at small budgets.
+    """
+    resid = []
+    for g in used:
+        u = np.log(table.N[g.rows]) - g.center
+        resid.append(table.loss[g.rows] / (g.coef[0] + g.coef[1] * u + g.coef[2] * u * u) - 1)
+    pooled = np.concatenate(resid)
+    within, _ = _spare(used)
+    return pooled * np.sqrt(pooled.size / within) if within else pooled
+
+
+def _lack_of_fit(logc: np.ndarray, log_n: np.ndarray, star: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(K, G) extra scatter of the minima about the power law, beyond what the parabola noise explains.
+
+    The minima scatter about the fitted line by their estimation error (variance v_g, from the resamples)
+    plus any departure from a power law (variance tau²). tau² is estimated by moments from the line's
+    residual sum of squares, E[RSS] = sum (1 - h_g)(v_g + tau²) with h_g the leverage. It rests on G - 2
+    degrees of freedom, so each resample draws its own tau² from a scaled inverse chi-square: with few
+    budgets the slope's interval then widens like a Student t instead of trusting a noisy estimate.
+    """
+    n_groups = len(logc)
+    slope, intercept = _lines(logc, log_n, np.ones_like(logc, bool))
+    rss = float(np.sum((log_n - slope * logc - intercept) ** 2))
+    dx = logc - logc.mean()
+    leverage = 1 / n_groups + dx**2 / np.sum(dx**2)
+    v = np.nanvar(star, axis=0)
+    dof = n_groups - 2
+    tau2 = max(0.0, (rss - float(np.sum((1 - leverage) * v))) / dof)
+    draws = tau2 * dof / rng.chisquare(dof, size=(len(star), 1))
+    return rng.normal(size=star.shape) * np.sqrt(draws)
+
+
 def _bootstrap2(table: FitTable, used: list[IsoFlopGroup], n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    # Residual bootstrap within each isoFLOP group. The sizes of a profile are a design, not a sample:
-    # resampling rows would often drop sizes and leave a barely determined parabola, overstating the
-    # spread (intervals far wider than nominal in our coverage tests). Residuals are rescaled by
-    # sqrt(n / (n - 3)) because a 3-parameter fit leaves them smaller than the noise.
-    log_n = np.full((n_boot, len(used)), np.nan)
-    log_d = np.full_like(log_n, np.nan)
+    # Residual bootstrap within each isoFLOP group, from residuals pooled over groups. The sizes of a
+    # profile are a design, not a sample: resampling rows would often drop sizes and leave a barely
+    # determined parabola, overstating the spread (intervals far wider than nominal in our coverage tests).
+    # The pooled noise level rests on sum(n - 3) degrees of freedom; as for tau² in _lack_of_fit, each
+    # resample scales it by a draw from its sampling distribution, so few spare sizes widen the interval.
+    pooled = _pooled_residuals(table, used)
+    within, _ = _spare(used)
+    scale = np.sqrt(within / rng.chisquare(within, size=(n_boot, 1))) if within else np.ones((n_boot, 1))
+    star = np.full((n_boot, len(used)), np.nan)
     for j, g in enumerate(used):
         u = np.log(table.N[g.rows]) - g.center
         fitted = g.coef[0] + g.coef[1] * u + g.coef[2] * u * u
-        n = len(u)
-        resid = (table.loss[g.rows] - fitted) * np.sqrt(n / max(n - 3, 1))
-        coef = _parabola(u, fitted + resid[rng.integers(0, n, (n_boot, n))])
+        coef = _parabola(u, fitted * (1 + scale * pooled[rng.integers(0, pooled.size, (n_boot, len(u)))]))
         with np.errstate(invalid="ignore", divide="ignore"):
-            star = np.where(coef[:, 2] > 0, g.center - coef[:, 1] / (2 * coef[:, 2]), np.nan)
-        log_n[:, j] = star
-        log_d[:, j] = np.log(g.D_opt * g.N_opt) - star  # D_opt = C/(k N_opt): same C and k as the group
-    logc = np.broadcast_to(np.log([g.C for g in used]), log_n.shape)
+            star[:, j] = np.where(coef[:, 2] > 0, g.center - coef[:, 1] / (2 * coef[:, 2]), np.nan)
+    logc = np.log([g.C for g in used])
+    log_n = star + _lack_of_fit(logc, np.log([g.N_opt for g in used]), star, rng)
+    log_d = np.log([g.D_opt * g.N_opt for g in used]) - log_n  # D_opt = C/(k N_opt): same C and k as the group
+    logc = np.broadcast_to(logc, log_n.shape)
     ok = np.isfinite(log_n)
     a, gn = _lines(logc, np.where(ok, log_n, 0.0), ok)
     b, gd = _lines(logc, np.where(ok, log_d, 0.0), ok)

@@ -12,9 +12,17 @@ from scaling.optimize import LBFGSOptions
 CHUNK = 1024  # resamples per minimiser call (one progress-bar tick); 4 starts each stay within one compiled shape
 
 
-def resample_counts(rng: np.random.Generator, n: int, n_resamples: int) -> np.ndarray:
-    """(K, n) counts: how often each point is drawn in each resample of n points with replacement."""
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64)
+def resample_counts(rng: np.random.Generator, n: int, n_resamples: int, min_distinct: int = 1) -> np.ndarray:
+    """(K, n) counts: how often each point is drawn in each resample of n points with replacement.
+
+    Resamples with fewer than min_distinct distinct points are drawn again: a law refitted to fewer points
+    than it has parameters is undetermined, and its refit would stay at the start, the full-data optimum,
+    which makes the interval look narrower than it is. Needs n >= min_distinct + 1 to end quickly.
+    """
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples)
+    while (short := np.flatnonzero((counts > 0).sum(1) < min_distinct)).size:
+        counts[short] = rng.multinomial(n, np.full(n, 1.0 / n), size=short.size)
+    return counts.astype(np.float64)
 
 
 def percentile_interval(samples: np.ndarray, level: float) -> tuple[float, float] | None:
@@ -54,7 +62,10 @@ def bootstrap_law(
     options: LBFGSOptions | None = None,
     progress: bool = False,
 ) -> np.ndarray:
-    """(K, p) optimum per resample of the points (rows resampled with replacement); NaN where no start converged."""
+    """(K, p) optimum per resample of the points (rows resampled with replacement); NaN where no start converged.
+
+    Needs fit.spare >= MIN_SPARE: with fewer spare points the resamples cannot show the real spread.
+    """
     from tqdm import tqdm
 
     starts = bootstrap_starts(fit, n_starts)
@@ -72,7 +83,7 @@ def bootstrap_law(
     with bar:
         for lo in range(0, n_resamples, CHUNK):
             hi = min(lo + CHUNK, n_resamples)
-            counts = resample_counts(rng, n, hi - lo)
+            counts = resample_counts(rng, n, hi - lo, min_distinct=len(fit.law.params))
             sol = solve(
                 fit.law,
                 np.tile(starts, (hi - lo, 1)),

@@ -11,17 +11,50 @@ import contextlib
 import json
 import math
 import sys
+import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 APPROACH_CHOICES = ("1", "2", "3", "kaplan", "single", "all")
 EPILOG_FIT = """examples:
-  scalelab fit sweeps/chinchilla                       # all approaches, 1000 bootstrap resamples
-  scalelab fit results.csv --approach 3 --budget 1e21  # N_opt, D_opt and loss at 1e21 FLOPs
+  scalelab fit sweeps/demo                             # all approaches, 1000 bootstrap resamples
+  scalelab fit sweeps/demo --approach 3 --budget 1e21  # N_opt, D_opt and loss at 1e21 FLOPs
   scalelab fit table.csv --n-col params --d-col tokens --loss-col val_loss
-  scalelab fit results.csv --grid alpha=0:2:0.25 --grid kaplan.r=0.5,1,2"""
+  scalelab fit sweeps/demo --grid alpha=0:2:0.25 --grid kaplan.r=0.5,1,2"""
+EPILOG_PLOT = """examples:
+  scalelab plot sweeps/demo/fit                        # the plots of a saved fit, next to its fit.json
+  scalelab plot sweeps/demo/fit --out plots/demo       # ... somewhere else
+  scalelab plot table.csv --n-col params --d-col tokens --loss-col val_loss --bootstrap 200
+                                                       # fit a CSV into table.csv's fit/ first, then plot"""
+
+
+def _number_in(name: str, low: float, high: float) -> Callable[[str], float]:
+    """argparse type: a float strictly between low and high; the message names the range."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not low < value < high:  # also rejects nan
+            bound = f"above {low:g}" + (f" and below {high:g}" if high < math.inf else " and finite")
+            raise argparse.ArgumentTypeError(f"{text!r}: {name} must be a number {bound}")
+        return value
+
+    return parse
+
+
+def _count(text: str) -> int:
+    """argparse type for --bootstrap: a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the number of resamples must be a whole number, 0 or more")
+    return value
 
 
 def _add_input_args(p: argparse.ArgumentParser) -> None:
@@ -40,26 +73,36 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
     )
     fit.add_argument(
         "--bootstrap",
-        type=int,
+        type=_count,
         default=1000,
         metavar="K",
         help="bootstrap resamples for intervals; 0 turns them off (default: 1000)",
     )
     fit.add_argument(
         "--budget",
-        type=float,
+        type=_number_in("the budget", 0, math.inf),
         default=None,
         metavar="C",
         help="FLOP budget for N_opt, D_opt and the predicted loss, e.g. 1e21",
     )
-    fit.add_argument("--ci", type=float, default=0.95, metavar="LEVEL", help="interval coverage (default: 0.95)")
+    fit.add_argument(
+        "--ci",
+        type=_number_in("the interval level", 0, 1),
+        default=0.95,
+        metavar="LEVEL",
+        help="interval coverage (default: 0.95)",
+    )
     fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default: 0)")
     fit.add_argument(
-        "--huber-delta", type=float, default=1e-3, metavar="DELTA", help="Huber delta on log residuals (default: 1e-3)"
+        "--huber-delta",
+        type=_number_in("the Huber delta", 0, math.inf),
+        default=1e-3,
+        metavar="DELTA",
+        help="Huber delta on log residuals, above 0 (default: 1e-3)",
     )
     fit.add_argument(
         "--c-rtol",
-        type=float,
+        type=_number_in("the isoFLOP tolerance", 0, math.inf),
         default=0.1,
         metavar="R",
         help="runs whose C differ by less than this fraction share an isoFLOP group (default: 0.1)",
@@ -98,7 +141,9 @@ def register_plot(subparsers: argparse._SubParsersAction) -> None:
         "plot",
         help="draw loss curves, isoFLOP profiles, N_opt(C), L(N, D) contours and residuals",
         description="Draw the fit plots as PNG and SVG. INPUT is a fit directory (with fit.json) or, to fit first, "
-        "a sweep directory or CSV (then the fitting options apply).",
+        "a sweep directory or CSV (then the fitting options apply, and the fit is saved in fit/ next to it).",
+        epilog=EPILOG_PLOT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "input", metavar="INPUT_OR_FIT_DIR", type=Path, help="fit directory, fit.json, sweep directory or CSV"
@@ -181,12 +226,6 @@ def fit_input(args: argparse.Namespace, command: str) -> tuple[dict, Any]:
     from scaling.table import Columns, FitInputError, load_table
     from train.cli import CLIError
 
-    if args.bootstrap < 0:
-        raise CLIError(f"--bootstrap {args.bootstrap}: the number of resamples must be 0 or more")
-    if not 0 < args.ci < 1:
-        raise CLIError(f"--ci {args.ci}: the interval level must lie between 0 and 1, e.g. 0.95")
-    if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):
-        raise CLIError(f"--budget {args.budget}: the budget must be a positive FLOP count, e.g. 1e21")
     grids = parse_grids(args.grid)
     laws = {law.name: law for law in (APPROACH3, KAPLAN, *SINGLE_LAWS)}
     for name, params in grids.items():
@@ -238,43 +277,91 @@ def _default_out(path: Path) -> Path:
     return (path if path.is_dir() else path.parent) / "fit"
 
 
+def _writable_dir(out: Path) -> Path:
+    """Create the output directory and check that files can be written there, before any fitting."""
+    from train.cli import CLIError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except FileExistsError as error:
+        raise CLIError(f"--out {out}: a file of that name exists; name a directory") from error
+    except OSError as error:
+        raise CLIError(f"--out {out}: cannot write there ({error.strerror}); name a directory you can write") from error
+    return out
+
+
+def _require_a_fit(fit: dict) -> None:
+    """A fit in which no approach could be fitted is an error listing what each approach lacked."""
+    from train.cli import CLIError
+
+    if any(k not in ("meta", "skipped") for k in fit):
+        return
+    reasons = "; ".join(f"{name}: {why}" for name, why in fit.get("skipped", {}).items())
+    raise CLIError(f"no approach could be fitted to {fit['meta']['input']} ({reasons})")
+
+
+def _write_fit(fit: dict, out: Path) -> Path:
+    path = out / "fit.json"
+    path.write_text(json.dumps(fit, indent=1, allow_nan=False) + "\n")
+    return path
+
+
 def run_fit(args: argparse.Namespace) -> int:
     """Fit, write fit.json, print the table."""
     from scaling.report import format_report
 
+    out = _writable_dir(args.out or _default_out(args.input))
     fit, _ = fit_input(args, "fit")
-    out = args.out or _default_out(args.input)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fit.json").write_text(json.dumps(fit, indent=1, allow_nan=False) + "\n")
+    _require_a_fit(fit)
+    path = _write_fit(fit, out)
     print(format_report(fit), end="")
-    print(f"wrote {out / 'fit.json'}")
+    print(f"wrote {path}")
     return 0
+
+
+def _read_fit(fit_json: Path) -> tuple[dict, Any]:
+    """A saved fit and the table it was fitted from, read again the way the fit read it."""
+    from scaling.table import Columns, FitInputError, load_table
+    from train.cli import CLIError
+    from train.files import read_json
+
+    fix = "re-run scalelab fit to write it again"
+    fit = read_json(fit_json, fix)
+    meta = fit.get("meta") if isinstance(fit, dict) else None
+    if not isinstance(meta, dict) or not {"input", "column_flags"} <= meta.keys():
+        raise CLIError(f"{fit_json} has no 'meta' with the input and its columns, so it is not a scalelab fit; {fix}")
+    try:
+        with _report_warnings("plot"):
+            table = load_table(meta["input"], Columns(**meta["column_flags"]))
+    except FitInputError as error:
+        raise CLIError(f"{fit_json} was fitted from {meta['input']}, which cannot be read now: {error}") from error
+    return fit, table
 
 
 def run_plot(args: argparse.Namespace) -> int:
     """Draw the plots from a fit directory, or fit INPUT first."""
     from scaling.plots import draw_all
-    from scaling.table import Columns, FitInputError, load_table
     from train.cli import CLIError
-    from train.files import read_json
 
     path: Path = args.input
     fit_json = path if path.suffix == ".json" else path / "fit.json"
     if fit_json.is_file():
-        fit = read_json(fit_json, "re-run scalelab fit to write it again")
-        meta = fit["meta"]
-        columns = Columns(**meta["column_flags"])
-        try:
-            with _report_warnings("plot"):
-                table = load_table(meta["input"], columns)
-        except FitInputError as error:
-            raise CLIError(f"{fit_json} was fitted from {meta['input']}, which cannot be read now: {error}") from error
-        out = args.out or fit_json.parent
+        fit, table = _read_fit(fit_json)
+        out = _writable_dir(args.out or fit_json.parent)
     else:
-        fit, table = fit_input(args, "plot")
         out = args.out or _default_out(path)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "fit.json").write_text(json.dumps(fit, indent=1, allow_nan=False) + "\n")
+        if (out / "fit.json").is_file():
+            # A saved fit may come from other options (an approach, a budget); plotting must not replace it.
+            raise CLIError(
+                f"{out / 'fit.json'} already holds a fit; plot it with `scalelab plot {out}`, refit with "
+                f"`scalelab fit {path} --out {out}`, or pass --out with another directory"
+            )
+        _writable_dir(out)
+        fit, table = fit_input(args, "plot")
+        _require_a_fit(fit)
+        print(f"wrote {_write_fit(fit, out)}")
     with _report_warnings("plot"):
         written = draw_all(fit, table, out)
     for p in written:

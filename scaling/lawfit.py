@@ -10,7 +10,7 @@ import numpy as np
 
 from scaling.laws import FEATURE_ROWS, HUBER_DELTA, THETA_SIZE, Law, objective
 from scaling.optimize import LBFGSOptions, Solutions, Status, minimize_many
-from scaling.table import FitInputError, FitTable, FitWarning, describe, group_by_c
+from scaling.table import MIN_SPARE, FitInputError, FitTable, FitWarning, describe, group_by_c
 
 # Starts whose objective is within this relative distance of the best one "reached the best optimum".
 # The objective is evaluated in float32 (resolution ~1e-7), so 1e-4 separates real local optima from rounding.
@@ -46,6 +46,11 @@ class LawFit:
         return self.status in (Status.GTOL, Status.FTOL, Status.STALLED) and bool(np.all(np.isfinite(self.theta)))
 
     @property
+    def spare(self) -> int:
+        """Residual degrees of freedom: points beyond the law's parameters."""
+        return int(self.points.y.size) - len(self.law.params)
+
+    @property
     def residuals(self) -> np.ndarray:
         """log(observed) - log(predicted) per point."""
         return self.points.y - np.log(self.law.predict(self.theta, self.points.x))
@@ -65,10 +70,11 @@ def _require(n_points: int, law: Law, what: str, labels: tuple[str, ...]) -> Non
             f"{law.name} has {p} parameters but only {n_points} {what} ({describe(list(labels))}); "
             f"add runs so there are at least {p}"
         )
-    if n_points <= p + 1:
+    spare = n_points - p
+    if spare < MIN_SPARE:
         warnings.warn(
-            f"{law.name} has {p} parameters and only {n_points} {what}: with at most one point to spare, its fit "
-            "and intervals say little; add runs",
+            f"{law.name} has {p} parameters and only {n_points} {what}, {spare} to spare: its intervals are "
+            f"undetermined (n/a) and its fit says little; add {MIN_SPARE - spare} more {what} for intervals",
             FitWarning,
             stacklevel=3,
         )

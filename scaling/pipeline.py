@@ -13,7 +13,7 @@ from scaling.approaches import AllocationFit, approach1, approach2
 from scaling.bootstrap import bootstrap_law, percentile_interval
 from scaling.lawfit import LawFit, fit_law, law_points
 from scaling.laws import APPROACH3, HUBER_DELTA, KAPLAN, SINGLE_LAWS, Law
-from scaling.table import FitInputError, FitTable, FitWarning
+from scaling.table import MIN_SPARE, FitInputError, FitTable, FitWarning, undetermined_reason
 
 APPROACHES = ("1", "2", "3", "kaplan", "single")
 # Laws with an N/D trade-off: (optimum at a budget, implied exponents a and b, the exponents' parameter names).
@@ -21,6 +21,23 @@ OPTIMA = {
     "approach3": (allocation.chinchilla_optimum, allocation.chinchilla_exponents, ("alpha", "beta")),
     "kaplan": (allocation.kaplan_optimum, allocation.kaplan_exponents, ("alpha_N", "alpha_D")),
 }
+# Quantities that can carry an interval, in fit.json order: law parameters, then derived ones.
+INTERVAL_KEYS = (
+    "E",
+    "A",
+    "B",
+    "alpha",
+    "beta",
+    "N_c",
+    "D_c",
+    "alpha_N",
+    "alpha_D",
+    "a",
+    "b",
+    "N_opt",
+    "D_opt",
+    "loss_pred",
+)
 FRONTIER_POINTS = 60
 FRONTIER_REACH = 100.0  # the N_opt(C) bands extend this factor beyond the largest budget in the table
 
@@ -68,6 +85,13 @@ def _band(samples: np.ndarray, level: float) -> list[list[float | None]]:
     return [[None if c is None else c[0] for c in cols], [None if c is None else c[1] for c in cols]]
 
 
+def _mark_undetermined(out: dict, reason: str) -> dict:
+    """Every interval the object would carry as null, and why: resamples cannot show its real spread."""
+    out["ci"] = {k: None for k in INTERVAL_KEYS if out.get(k) is not None}
+    out["ci_undetermined"] = reason
+    return out
+
+
 def _frontier_grid(table: FitTable, budget: float | None) -> np.ndarray:
     top = max(table.C.max() * FRONTIER_REACH, 2 * budget if budget else 0.0)
     return np.geomspace(table.C.min(), top, FRONTIER_POINTS)
@@ -102,7 +126,9 @@ def _allocation_block(
     return fields, intervals
 
 
-def summarize_law(fit: LawFit, boot: np.ndarray | None, table: FitTable, s: FitSettings) -> dict:
+def summarize_law(
+    fit: LawFit, boot: np.ndarray | None, table: FitTable, s: FitSettings, undetermined: str | None = None
+) -> dict:
     """fit.json object for approach 3, Kaplan or a single-variable law."""
     law = fit.law
     out: dict = {
@@ -154,7 +180,7 @@ def summarize_law(fit: LawFit, boot: np.ndarray | None, table: FitTable, s: FitS
         out["loss_pred"] = public["E"] + public["A"] * s.budget ** -public["alpha"]
         if samples:
             out["ci"]["loss_pred"] = _interval(samples["E"] + samples["A"] * s.budget ** -samples["alpha"], s.level)
-    return out
+    return _mark_undetermined(out, undetermined) if undetermined else out
 
 
 def summarize_allocation(fit: AllocationFit, table: FitTable, s: FitSettings) -> dict:
@@ -201,7 +227,7 @@ def summarize_allocation(fit: AllocationFit, table: FitTable, s: FitSettings) ->
     out |= fields
     if out["ci"] is not None:
         out["ci"] |= intervals
-    return out
+    return _mark_undetermined(out, fit.ci_undetermined) if fit.ci_undetermined else out
 
 
 def _laws(s: FitSettings) -> list[Law]:
@@ -253,7 +279,11 @@ def run_fits(table: FitTable, s: FitSettings) -> dict:
 
 def _fit_and_summarize(law: Law, table: FitTable, s: FitSettings, rng: np.random.Generator) -> dict:
     fit = fit_law(law, law_points(table, law, s.c_rtol), grid=s.grids.get(law.name), delta=s.delta)
-    boot = None
+    boot, undetermined = None, None
     if s.bootstrap and fit.converged:
-        boot = bootstrap_law(fit, s.bootstrap, rng, n_starts=s.boot_starts, progress=s.progress)
-    return summarize_law(fit, boot, table, s)
+        if fit.spare >= MIN_SPARE:
+            boot = bootstrap_law(fit, s.bootstrap, rng, n_starts=s.boot_starts, progress=s.progress)
+        else:
+            # law_points has warned about it, naming how many more points are needed.
+            undetermined = undetermined_reason(fit.spare)
+    return summarize_law(fit, boot, table, s, undetermined)

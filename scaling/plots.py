@@ -14,6 +14,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Colormap, LogNorm
 from matplotlib.figure import Figure
 
+from scaling.report import ci_text, label
 from scaling.table import FitTable
 
 COLORS = {"approach1": "tab:blue", "approach2": "tab:orange", "approach3": "tab:green", "kaplan": "tab:purple"}
@@ -32,8 +33,7 @@ def _ok(fit: dict, name: str) -> dict | None:
 
 
 def _ci_text(obj: dict, key: str) -> str:
-    iv = (obj.get("ci") or {}).get(key)
-    return f"{obj[key]:.3f} [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else f"{obj[key]:.3f}"
+    return f"{obj[key]:.3f} {ci_text(obj, key, '.3f')}".rstrip()
 
 
 def loss_curves(fit: dict, table: FitTable, out: Path) -> list[Path]:
@@ -69,7 +69,7 @@ def isoflop_profiles(fit: dict, table: FitTable, out: Path) -> list[Path] | None
     a2 = _ok(fit, "approach2")
     if not a2:
         return None
-    index = {label: i for i, label in enumerate(table.labels)}
+    index = {row: i for i, row in enumerate(table.labels)}
     fig = Figure(figsize=(8, 5.5), layout="constrained")
     ax = fig.add_subplot()
     groups = a2["groups"]
@@ -112,7 +112,7 @@ def optimal_allocation(fit: dict, out: Path) -> list[Path] | None:
             fr = obj["frontier"]
             c = np.array(fr["C"])
             y = np.array(fr[key], dtype=float)
-            ax.plot(c, y, color=COLORS[name], label=f"{name}: {exp} = {_ci_text(obj, exp)}")
+            ax.plot(c, y, color=COLORS[name], label=f"{label(name)}: {exp} = {_ci_text(obj, exp)}")
             band = fr.get(f"{key}_ci")
             if band:
                 lo, hi = (np.array(b, dtype=float) for b in band)
@@ -152,7 +152,7 @@ def loss_contours(fit: dict, table: FitTable, out: Path) -> list[Path] | None:
     ax = fig.add_subplot()
     levels = np.geomspace(loss.min(), np.percentile(loss, 98), 14)
     filled = ax.contourf(nn, dd, loss, levels=levels, cmap="viridis_r", norm=LogNorm(), extend="max")
-    fig.colorbar(filled, ax=ax, label=f"predicted loss ({name})", ticks=levels[::2], format="%.3g")
+    fig.colorbar(filled, ax=ax, label=f"predicted loss ({label(name)})", ticks=levels[::2], format="%.3g")
     for c in np.geomspace(k * n[0] * d[0], k * n[-1] * d[-1], 9)[1:-1]:
         ax.plot(n, c / (k * n), color="w", ls=":", lw=0.8)
     fr = obj["frontier"]
@@ -168,7 +168,7 @@ def loss_contours(fit: dict, table: FitTable, out: Path) -> list[Path] | None:
         ylabel="training tokens D",
     )
     ax.legend(loc="upper left", facecolor="0.8")
-    ax.set_title(f"L(N, D) from {name}: {obj['formula']}")
+    ax.set_title(f"L(N, D) from {label(name)}: {obj['formula']}")
     return _save(fig, out, "loss_contours")
 
 
@@ -188,7 +188,7 @@ def residuals(fit: dict, out: Path) -> list[Path] | None:
         ax.axhspan(-r["rmse"], r["rmse"], color="0.85", zorder=0)
         ax.set(xscale="log", xlabel=r["x"], ylabel="log residual (observed - fit)")
         r2 = fit[name].get("r2")
-        ax.set_title(f"{name}: R² {r2:.4f}, RMS {r['rmse']:.3g}" if r2 is not None else name, fontsize=10)
+        ax.set_title(f"{label(name)}: R² {r2:.4f}, RMS {r['rmse']:.3g}" if r2 is not None else label(name), fontsize=10)
     for ax in axes[len(names) :]:
         ax.set_visible(False)
     fig.suptitle("Residuals in log space (grey band: ± RMS); approaches 1 and 2: log N_opt")

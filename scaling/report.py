@@ -14,10 +14,26 @@ PARAMS = {
     "kaplan": ("N_c", "D_c", "alpha_N", "alpha_D", "a", "b"),
 }
 SINGLE = ("E", "A", "alpha")
+# How each fit.json key is named in print: the approaches as "approach N", the laws by their key.
+LABELS = {"approach1": "approach 1", "approach2": "approach 2", "approach3": "approach 3"}
 TITLES = {
-    "approach1": "approach 1: minimum-loss envelope, N_opt ∝ C^a, D_opt ∝ C^b",
-    "approach2": "approach 2: isoFLOP parabolas, N_opt ∝ C^a, D_opt ∝ C^b",
+    "approach1": "minimum-loss envelope, N_opt ∝ C^a, D_opt ∝ C^b",
+    "approach2": "isoFLOP parabolas, N_opt ∝ C^a, D_opt ∝ C^b",
 }
+
+
+def label(name: str) -> str:
+    """A fit.json key as the table and plots name it: 'approach 3', 'kaplan', 'L_N'."""
+    return LABELS.get(name, name)
+
+
+def ci_text(obj: dict, name: str, fmt: str = ".4g") -> str:
+    """'[low, high]' for one quantity, 'n/a (why)' when its interval is undetermined, '' when none was asked for."""
+    iv = (obj.get("ci") or {}).get(name)
+    if iv:
+        return f"[{format(iv[0], fmt)}, {format(iv[1], fmt)}]"
+    reason = obj.get("ci_undetermined")
+    return f"n/a ({reason})" if reason and name in (obj.get("ci") or {}) else ""
 
 
 def _g(v: float | None) -> str:
@@ -26,13 +42,8 @@ def _g(v: float | None) -> str:
     return f"{v:.4g}"
 
 
-def _ci(ci: dict | None, name: str) -> str:
-    iv = (ci or {}).get(name)
-    return f"[{_g(iv[0])}, {_g(iv[1])}]" if iv else ""
-
-
 def _block(name: str, obj: dict, level: float | None) -> list[str]:
-    title = TITLES.get(name) or f"{name}: {obj.get('formula', '')}"
+    title = f"{label(name)}: {TITLES.get(name) or obj.get('formula', '')}"
     if not obj.get("converged"):
         return [title, f"  {NOT_CONVERGED} ({obj.get('status', 'no usable optimum')}); no parameters are reported"]
     info = [f"{obj['n_points']} points"]
@@ -45,9 +56,9 @@ def _block(name: str, obj: dict, level: float | None) -> list[str]:
     lines = [title, "  " + " · ".join(info)]
     for p in PARAMS.get(name, SINGLE):
         if p in obj:
-            lines.append(f"  {p:<8} {_g(obj[p]):>11}   {_ci(obj.get('ci'), p)}")
+            lines.append(f"  {p:<8} {_g(obj[p]):>11}   {ci_text(obj, p)}".rstrip())
     if obj.get("budget") is not None and obj.get("loss_pred") is not None and "N_opt" not in obj:
-        lines.append(f"  loss at C = {obj['budget']:.3g}: {_g(obj['loss_pred'])} {_ci(obj.get('ci'), 'loss_pred')}")
+        lines.append(f"  loss at C = {obj['budget']:.3g}: {_g(obj['loss_pred'])} {ci_text(obj, 'loss_pred')}".rstrip())
     return lines
 
 
@@ -66,16 +77,22 @@ def format_report(fit: dict) -> str:
         lines += [*_block(name, fit[name], level), ""]
     budget = meta.get("budget")
     if budget is not None:
-        lines.append(f"compute-optimal allocation at C = {budget:.3g} FLOPs")
-        lines.append(f"  {'approach':<11} {'N_opt':<30} {'D_opt':<30} loss")
-        for name in (n for n in names if n in PARAMS):
-            obj = fit[name]
-            if not obj.get("converged"):
-                lines.append(f"  {name:<11} {NOT_CONVERGED}")
-                continue
-            cells = [f"{_g(obj.get(k))} {_ci(obj.get('ci'), k)}" for k in ("N_opt", "D_opt", "loss_pred")]
-            lines.append(f"  {name:<11} {cells[0]:<30} {cells[1]:<30} {cells[2]}")
-        lines.append("")
+        lines += [f"compute-optimal allocation at C = {budget:.3g} FLOPs", *_allocation_rows(fit, names), ""]
     for name, reason in fit.get("skipped", {}).items():
         lines.append(f"skipped {name}: {reason}")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _allocation_rows(fit: dict, names: list[str]) -> list[str]:
+    """The allocation table at the budget, each column as wide as its widest cell."""
+    rows = [["approach", "N_opt", "D_opt", "loss"]]
+    for name in (n for n in names if n in PARAMS):
+        obj = fit[name]
+        if not obj.get("converged"):
+            rows.append([label(name), NOT_CONVERGED, "", ""])
+            continue
+        rows.append(
+            [label(name), *(f"{_g(obj.get(k))} {ci_text(obj, k)}".strip() for k in ("N_opt", "D_opt", "loss_pred"))]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "   ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]

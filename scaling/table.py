@@ -7,6 +7,7 @@ comes from, so the user can find and fix the rows. Warnings use FitWarning; erro
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import warnings
@@ -21,6 +22,15 @@ import numpy as np
 LOSS_PREFERENCE = ("loss", "eval_loss", "final_loss")
 # Training FLOPs per parameter per token when the table gives no C of its own (forward + backward).
 DEFAULT_FLOPS_PER_PARAM_TOKEN = 6.0
+# Residual degrees of freedom (points beyond the parameters) a fit needs for a bootstrap interval. With
+# none the fit passes through every point and resamples return the same numbers; with one, a row
+# resample that drops a point again fits the rest exactly. Either way the spread would look exact.
+MIN_SPARE = 2
+
+
+def undetermined_reason(spare: int) -> str:
+    """Why a fit with `spare` points beyond its parameters has no intervals, as the table and plots print it."""
+    return "no points to spare" if spare <= 0 else f"only {spare} point to spare, {MIN_SPARE} needed"
 
 
 class FitInputError(ValueError):
@@ -95,13 +105,22 @@ def _resolve(path: Path) -> Path:
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        rows = [(reader.line_num, {k: (v or "").strip() for k, v in row.items() if k}) for row in reader]
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # -sig: a spreadsheet's byte-order mark is not part of the first column name
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise FitInputError(
+            f"{path}: line {line} is not UTF-8 text (byte {raw[error.start]:#04x}); save the table as UTF-8 CSV"
+        ) from error
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    reader.fieldnames = header
+    rows = [(reader.line_num, {k: (v or "").strip() for k, v in row.items() if k}) for row in reader]
     if not header:
         raise FitInputError(f"{path} is empty; it needs a header row with N, D (or C) and loss columns")
+    if not rows:
+        raise FitInputError(f"{path} has a header but no rows; add one row per run (N, D or C, and the loss)")
     return header, rows
 
 
