@@ -7,7 +7,7 @@ from scaling.approaches import approach2
 from scaling.bootstrap import bootstrap_law, percentile_interval, resample_counts
 from scaling.lawfit import Points, fit_law
 from scaling.laws import single_law
-from scaling.table import FitTable
+from scaling.table import FitTable, FitWarning
 from tests.scaling.synth import TRUTH, K, isoflop_table
 
 A_TRUE = TRUTH["beta"] / (TRUTH["alpha"] + TRUTH["beta"])
@@ -61,3 +61,61 @@ def test_law_intervals_cover_and_match_the_sampling_spread():
     # Intervals as wide as the real spread of the estimate: median width vs the 90% range of a normal.
     width = np.median(iv[:, 0, 1] - iv[:, 0, 0])
     assert 0.6 < width / (2 * 1.645 * np.std(estimates)) < 1.7
+
+
+def test_three_sizes_per_budget_leave_approach2_intervals_undetermined():
+    # 3 budgets x 3 sizes: each parabola passes through its points and the line has 1 point to spare.
+    rng = np.random.default_rng(0)
+    with pytest.warns(FitWarning, match=r"approach 2: .* undetermined \(n/a\); add 1 more size"):
+        fit = approach2(_table(isoflop_table(rng, np.geomspace(1e17, 1e19, 3), 3, 0.01)), 200, rng)
+    assert fit.boot is None and fit.ci_undetermined == "only 1 point to spare, 2 needed"
+    with pytest.warns(FitWarning, match="power law through 2 isoFLOP minima has no point to spare"):
+        two = approach2(_table(isoflop_table(rng, np.geomspace(1e17, 1e19, 2), 5, 0.01)), 200, rng)
+    assert two.boot is None and two.ci_undetermined == "no points to spare"
+
+
+def test_approach2_with_few_spare_sizes_still_covers():
+    # 4 budgets x 4 sizes (the demo's shape): 1 spare size per parabola. Per-group residuals covered 77%.
+    hits = 0
+    for rep in range(200):
+        rng = np.random.default_rng(rep)
+        fit = approach2(_table(isoflop_table(rng, np.geomspace(1e17, 1e20, 4), 4, 0.01, spread=4.0)), 200, rng)
+        lo, hi = percentile_interval(fit.boot[:, 0], 0.9)
+        hits += lo <= A_TRUE <= hi
+    assert 0.84 <= hits / 200 <= 0.96
+
+
+def test_approach2_intervals_widen_when_minima_stray_from_the_power_law():
+    rng = np.random.default_rng(4)
+    d = isoflop_table(rng, np.geomspace(1e17, 1e20, 5), 7, 0.002, spread=4.0)
+    straight = approach2(_table(d), 400, np.random.default_rng(0))
+    bent = dict(d, N=d["N"] * np.repeat([1.0, 1.6, 0.7, 1.5, 0.8], 7))  # move whole profiles off the line
+    bent["D"] = bent["C"] / (K * bent["N"])
+    crooked = approach2(_table(bent), 400, np.random.default_rng(0))
+
+    def width(f):
+        lo, hi = percentile_interval(f.boot[:, 0], 0.9)
+        return hi - lo
+
+    assert width(crooked) > 3 * width(straight)
+
+
+def test_resamples_with_fewer_distinct_rows_than_parameters_are_redrawn():
+    counts = resample_counts(np.random.default_rng(0), 5, 2000, min_distinct=4)
+    assert ((counts > 0).sum(1) >= 4).all() and (counts.sum(1) == 5).all()
+
+
+def test_a_law_with_no_points_to_spare_has_null_intervals(tmp_path):
+    from scaling.pipeline import FitSettings, run_fits
+    from scaling.table import load_table
+    from tests.scaling.synth import write_csv
+
+    N = np.repeat(np.geomspace(1e7, 1e9, 3), 3)
+    D = np.tile(np.geomspace(1e9, 1e11, 3), 3)
+    loss = 1.69 + 406.4 * N**-0.34 + 410.7 * D**-0.28
+    table = load_table(write_csv(tmp_path / "t.csv", {"N": N, "D": D, "loss": loss}))
+    with pytest.warns(FitWarning, match="L_N has 3 parameters and only 3 model sizes, 0 to spare"):
+        fit = run_fits(table, FitSettings(approaches=("single",), bootstrap=50))
+    assert fit["L_N"]["ci"] == {"E": None, "A": None, "alpha": None}
+    assert fit["L_N"]["ci_undetermined"] == "no points to spare"
+    assert fit["L_N_E0"]["ci_undetermined"] == "only 1 point to spare, 2 needed"
