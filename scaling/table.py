@@ -171,6 +171,13 @@ def _keep_done(rows: list[tuple[int, dict[str, str]]], header: list[str], path: 
             stacklevel=3,
         )
     if not kept:
+        diverged = sum(1 for _, row in rows if row.get("status", "").lower() == "diverged")
+        if diverged:  # the sweep never retries these, so "finish the sweep" would send the user in circles
+            raise FitInputError(
+                f"{path}: no row has status 'done' ({diverged} of {len(rows)} runs diverged, and re-running "
+                "a sweep does not retry them); lower the learning rate (the spec's rules.lr) and run the "
+                "sweep into a new --sweep-dir"
+            )
         raise FitInputError(f"{path}: no row has status 'done'; finish the sweep (scalelab sweep run) first")
     return kept
 

@@ -107,11 +107,20 @@ def test_paths_that_are_not_inputs(tmp_path):
         load_table(tmp_path)
 
 
-def test_no_done_rows_is_an_error(tmp_path):
-    path = write_csv(tmp_path / "r.csv", {"run": ["a"], "N": [1e7], "D": [1e9], "loss": [3.0], "status": ["running"]})
+@pytest.mark.parametrize(
+    ("statuses", "advice"),
+    [
+        (["running"], r"no row has status 'done'; finish the sweep"),
+        (["diverged", "running"], r"\(1 of 2 runs diverged, and re-running a sweep does not retry them\); lower the"),
+    ],
+)
+def test_no_done_rows_is_an_error_with_the_fix_that_applies(tmp_path, statuses, advice):
+    n = len(statuses)
+    columns = {"run": list("ab")[:n], "N": [1e7] * n, "D": [1e9] * n, "loss": [3.0] * n, "status": statuses}
+    path = write_csv(tmp_path / "r.csv", columns)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FitWarning)
-        with pytest.raises(FitInputError, match="no row has status 'done'"):
+        with pytest.raises(FitInputError, match=advice):
             load_table(path)
 
 
