@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -312,6 +313,18 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _float(value: Any) -> float | None:
+    """`value` as a float if it is a number (YAML 1.1 reads 3e-4, with no dot, as a string), else None."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
 def _convert(value: Any, tp: Any, path: str) -> Any:
     """Check `value` against the annotation `tp` and convert it (dicts become dataclasses)."""
     if dataclasses.is_dataclass(tp):
@@ -341,13 +354,12 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
         return value
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:  # YAML 1.1 reads 3e-4 (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
+    if tp is float:
+        number = _float(value)
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+            return number
     if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         return value
     raise ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")

@@ -61,6 +61,12 @@ def test_resolved_config_round_trips(tmp_path):
         ("mesh.data=0", "mesh.data must be a positive size or -1"),
         ("model.unroll_max_layers=-1", "model.unroll_max_layers must be 0 or more (0 always loops), or null"),
         ("train.grad_accum=3", "train.batch_size (16) is not divisible by train.grad_accum (3)"),
+        ("optimizer.lr=.nan", "optimizer.lr: expected a finite number, got nan"),
+        ("optimizer.lr=nan", "optimizer.lr: expected a finite number, got 'nan'"),
+        ("optimizer.lr=.inf", "optimizer.lr: expected a finite number, got inf"),
+        ("optimizer.clip_norm=-.inf", "optimizer.clip_norm: expected a finite number, got -inf"),
+        ("model.dropout=.nan", "model.dropout: expected a finite number, got nan"),
+        ("checkpoint.every_minutes=.inf", "checkpoint.every_minutes: expected a finite number, got inf"),
     ],
 )
 def test_bad_configs_fail_with_a_message_naming_the_key(override, message):
