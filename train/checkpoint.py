@@ -9,10 +9,15 @@ both. Orbax writes the arrays (on every host); only process 0 writes the manifes
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import logging
+import os
+import re
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +39,66 @@ FORMAT_VERSION = 1
 # Model keys a resume may change: they affect speed, memory or regularisation, not what the weights mean.
 RESUMABLE_MODEL_KEYS = frozenset({"dtype", "remat", "dropout"})
 _SHOWN_PROBLEMS = 3
+# How tensorstore (under orbax) reports the OS error behind a failed write, e.g. a full disk.
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+RESUME_ADVICE = (
+    "use the checkpoint's values, or start a new run in another --run-dir (with --init-from to start from its "
+    "parameters)"
+)
 
 
 class CheckpointError(ConfigError):
     """A checkpoint cannot be used; the message names it and what to do instead."""
 
 
-def warn(message: str) -> None:
-    """Print a warning to stderr, once (from process 0)."""
+def warn(message: str, command: str = "train") -> None:
+    """Print a warning of `scalelab <command>` to stderr, once (from process 0)."""
     if jax.process_index() == 0:
-        print(f"scalelab train: warning: {message}", file=sys.stderr, flush=True)
+        print(f"scalelab {command}: warning: {message}", file=sys.stderr, flush=True)
+
+
+def os_error_reason(error: BaseException | None) -> str | None:
+    """The OS's reason ("No space left on device") behind a failed write, or None if it is another failure."""
+    if isinstance(error, OSError) and error.errno:
+        return os.strerror(error.errno)
+    match = _OS_ERROR_CODE.search(str(error)) if error is not None else None
+    return os.strerror(int(match[1])) if match else None
+
+
+class _ReportedWriteFailures(logging.Filter):
+    """Drops orbax's and asyncio's records of a failed write: the store reports it as one CheckpointError."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return os_error_reason(error) is None and not _OS_ERROR_CODE.search(record.getMessage())
+
+
+_REPORTED = _ReportedWriteFailures()
+
+
+_previous_unraisablehook = sys.unraisablehook
+
+
+def _quiet_unraisable(unraisable: Any) -> None:
+    """Drop the errors orbax's writer threads leave behind after a failed write; report anything else."""
+    error, owner = unraisable.exc_value, unraisable.object
+    closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed" and owner is None
+    orbax_coroutine = "/orbax/" in getattr(getattr(owner, "cr_code", None), "co_filename", "")
+    if not (closed_loop or orbax_coroutine):
+        _previous_unraisablehook(unraisable)
+
+
+def quiet_write_failures() -> None:
+    """Keep a failed checkpoint write (a full disk, say) to the one line its CheckpointError prints.
+
+    Orbax's threads log the failure with tracebacks several times over, and tensorstore's callbacks
+    then hit a closed event loop; the error itself still reaches the caller.
+    """
+    global _previous_unraisablehook
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(_REPORTED)  # adding the same filter twice keeps one
+    if sys.unraisablehook is not _quiet_unraisable:
+        _previous_unraisablehook, sys.unraisablehook = sys.unraisablehook, _quiet_unraisable
 
 
 def _barrier(name: str) -> None:
@@ -134,7 +189,12 @@ def _shape_problems(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]
 
 
 def check_compatible(
-    meta: dict[str, Any], stored: dict[str, Any], wanted: dict[str, Any], cfg: Config, where: Path
+    meta: dict[str, Any],
+    stored: dict[str, Any],
+    wanted: dict[str, Any],
+    cfg: Config,
+    where: Path,
+    advice: str = RESUME_ADVICE,
 ) -> None:
     """Raise CheckpointError naming the config keys (and arrays) that make a checkpoint unusable for `cfg`."""
     if meta.get("format") != FORMAT_VERSION:
@@ -154,10 +214,7 @@ def check_compatible(
     if len(problems) > _SHOWN_PROBLEMS:
         arrays += f"; and {len(problems) - _SHOWN_PROBLEMS} more"
     detail = " | ".join(part for part in (fields, f"arrays: {arrays}" if arrays else "") if part)
-    raise CheckpointError(
-        f"checkpoint {where} does not fit this config ({detail}); use the checkpoint's values, "
-        "or start a new run in another --run-dir (with --init-from to start from its parameters)"
-    )
+    raise CheckpointError(f"checkpoint {where} does not fit this config ({detail}); {advice}")
 
 
 def read_meta(step_dir: Path) -> dict[str, Any]:
@@ -192,7 +249,7 @@ class CheckpointStore:
         self._sealing: int | None = None  # the step whose save the seal callback finishes
         unfinished = sorted(p.name for p in self.root.glob("*.orbax-checkpoint-tmp*"))
         if unfinished:
-            warn(f"discarding unfinished checkpoint saves in {self.root} (killed mid-save): {', '.join(unfinished)}")
+            warn(f"discarding unfinished checkpoint saves in {self.root} (stopped mid-save): {', '.join(unfinished)}")
         self._manager: ocp.CheckpointManager | None = None  # created after corrupt checkpoints are moved away
 
     @property
@@ -210,6 +267,7 @@ class CheckpointStore:
                         keep_checkpoints_without_metrics=False,
                     )
                 )
+            quiet_write_failures()
             self._manager = ocp.CheckpointManager(
                 self.root,
                 item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
@@ -256,26 +314,47 @@ class CheckpointStore:
         """Steps of this run's committed checkpoints."""
         return list(self.manager.all_steps())
 
+    @contextlib.contextmanager
+    def _reporting_write_failures(self) -> Iterator[None]:
+        """Turn a save that the OS refused (a full disk, say) into a CheckpointError saying how to resume."""
+        try:
+            yield
+        except Exception as error:
+            reason = os_error_reason(error)
+            if reason is None:
+                raise
+            done = saved_steps(self.root)
+            resume = (
+                f"the newest complete checkpoint is step {done[-1]}: free space and re-run the same command to resume"
+                if done
+                else "no checkpoint is complete: free space and re-run the same command with --overwrite to start over"
+            )
+            raise CheckpointError(
+                f"saving checkpoint step {self._sealing} in {self.root} failed: {reason}; {resume}"
+            ) from error
+
     def save(self, step: int, state: TrainState, meta: dict[str, Any], eval_loss: float | None, wait: bool) -> bool:
         """Save `state` as checkpoint `step` (in the background unless `wait` or async_save is off)."""
         if step in self.manager.all_steps():
             return False
-        self.manager.wait_until_finished()  # the previous save's seal callback still reads self._sealing
-        self._sealing = step
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-            metrics=None if eval_loss is None else {"eval_loss": eval_loss},
-            force=True,  # this module decides when to save; orbax only writes and prunes
-        )
-        if wait or not self.cfg.checkpoint.async_save:
-            self.manager.wait_until_finished()
+        with self._reporting_write_failures():
+            self.manager.wait_until_finished()  # the previous save's seal callback still reads self._sealing
+            self._sealing = step
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                metrics=None if eval_loss is None else {"eval_loss": eval_loss},
+                force=True,  # this module decides when to save; orbax only writes and prunes
+            )
+            if wait or not self.cfg.checkpoint.async_save:
+                self.manager.wait_until_finished()
         return True
 
     def restore_latest(self) -> Restored | None:
         """The newest intact checkpoint restored onto this run's mesh, or None if the run has none."""
         if self._manager is not None:
-            self._manager.wait_until_finished()
+            with self._reporting_write_failures():
+                self._manager.wait_until_finished()
         bad = self._quarantine_corrupt()
         if bad and self._manager is not None:
             self._manager.reload()  # it still lists the steps just moved away
@@ -314,7 +393,8 @@ class CheckpointStore:
     def close(self) -> None:
         """Wait for the last save to be committed and release orbax's threads."""
         if self._manager is not None:
-            self._manager.wait_until_finished()
+            with self._reporting_write_failures():
+                self._manager.wait_until_finished()
             self._manager.close()
 
 
@@ -328,8 +408,21 @@ def refuse_unmanaged(run_dir: Path) -> None:
         )
 
 
-def _init_source(source: Path, flag: str) -> Path:
+def clear_checkpoints(run_dir: Path) -> None:
+    """Delete a run's checkpoints (and the corrupt ones moved aside), so it starts over at step 0."""
+    if jax.process_index() == 0:
+        for name in (CHECKPOINT_DIR, QUARANTINE_DIR):
+            if (Path(run_dir) / name).is_dir():
+                shutil.rmtree(Path(run_dir) / name)
+    _barrier("scalelab_clear_checkpoints")
+
+
+def _init_source(source: Path, flag: str, command: str) -> Path:
     """The step folder `flag` names: a step folder, or the newest intact one of a run or checkpoints dir."""
+    if not source.exists():
+        raise CheckpointError(
+            f"{flag} {source} does not exist; give a run directory, its checkpoints/ folder or one step folder"
+        )
     if (source / "state").is_dir():
         problem = verify_manifest(source)
         if problem:
@@ -345,16 +438,26 @@ def _init_source(source: Path, flag: str) -> Path:
         problem = verify_manifest(root / str(step))
         if problem is None:
             return root / str(step)
-        warn(f"{flag}: checkpoint {root / str(step)} is corrupt ({problem}); trying the one before it")
+        warn(f"{flag}: checkpoint {root / str(step)} is corrupt ({problem}); trying the one before it", command)
     raise CheckpointError(f"{flag} {source}: every checkpoint in {root} is corrupt")
 
 
-def load_params(source: Path, cfg: Config, trainer: Trainer, flag: str = "--init-from") -> tuple[Any, Path]:
-    """Parameters from a run's checkpoint on `trainer`'s mesh; errors name the flag that gave `source`."""
-    step_dir = _init_source(Path(source).absolute(), flag)
+INIT_FROM_ADVICE = "--init-from needs a run whose model has the same shape: give one, or drop --init-from"
+
+
+def load_params(
+    source: Path,
+    cfg: Config,
+    trainer: Trainer,
+    flag: str = "--init-from",
+    command: str = "train",
+    advice: str = INIT_FROM_ADVICE,
+) -> tuple[Any, Path]:
+    """Parameters from a run's checkpoint on `trainer`'s mesh; messages name the flag that gave `source`."""
+    step_dir = _init_source(Path(source).absolute(), flag, command)
     abstract = {"params": trainer.abstract_state()["params"]}
     stored = {k: v for k, v in stored_shapes(step_dir).items() if k.startswith("params.")}
-    check_compatible(read_meta(step_dir), stored, flat_shapes(abstract), cfg, step_dir)
+    check_compatible(read_meta(step_dir), stored, flat_shapes(abstract), cfg, step_dir, advice)
     restored = ocp.PyTreeCheckpointer().restore(
         epath.Path(step_dir / "state"),
         args=ocp.args.PyTreeRestore(

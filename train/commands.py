@@ -31,7 +31,13 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
         "--run-dir",
         type=Path,
         default=None,
-        help="run directory (default: runs/<config name>); re-running in it resumes from its newest checkpoint",
+        help="run directory (default: runs/<config name>); re-running in it resumes from its newest checkpoint, "
+        "and a run there that no checkpoint can resume is refused unless --overwrite is given",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start the run in --run-dir over: delete its metrics, TensorBoard events and checkpoints first",
     )
     parser.add_argument(
         "--init-from",
@@ -48,14 +54,18 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Load the config, train, and print the outcome."""
+    from train.cli import CLIError
     from train.config import load_config
     from train.loop import train
 
     cfg = load_config(args.config, args.overrides)
+    run_dir = args.run_dir or Path("runs") / cfg.name
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CLIError(f"run directory {run_dir} is a file, not a directory; give another --run-dir")
     # Multi-host: join the other processes before anything touches a device.
     initialize_distributed(initialize_kwargs(args))
-    run_dir = args.run_dir or Path("runs") / cfg.name
-    result = train(cfg, run_dir, quiet=args.quiet, init_from=args.init_from)
+    existing = "overwrite" if args.overwrite else "refuse"
+    result = train(cfg, run_dir, quiet=args.quiet, init_from=args.init_from, existing=existing)
     evaluation = "" if result.eval_loss is None else f", eval loss {result.eval_loss:.4f}"
     print(
         f"done: {result.steps} steps, final loss {result.final_loss:.4f}{evaluation}; metrics in {run_dir}/metrics.jsonl"

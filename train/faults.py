@@ -3,7 +3,8 @@
 Exit status contract (sweep runners rely on it): a run stopped by SIGTERM or SIGINT saves a
 checkpoint, prints what it did and exits with EXIT_PREEMPTED (75, EX_TEMPFAIL: "try again");
 re-running the same command resumes it. A second signal exits at once with 128 + the signal
-number, without saving.
+number, without saving. A run whose loss turned non-finite under nan_policy=stop exits with
+EXIT_DIVERGED (3): re-running it as it is would diverge again.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from typing import Any
 import numpy as np
 
 EXIT_PREEMPTED = 75
+EXIT_DIVERGED = 3
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or Inf loss or gradient under nan_policy=stop."""
 
 
 class Preempted(BaseException):

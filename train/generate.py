@@ -120,7 +120,14 @@ def load_run(run_dir: Path) -> LoadedRun:
     # Decoding runs on one device, whatever mesh the run trained on.
     local = dataclasses.replace(cfg, mesh=MeshConfig(data=1, rules=cfg.mesh.rules))
     trainer = Trainer.build(local, devices=jax.devices()[:1])
-    params, step_dir = load_params(run_dir, local, trainer, flag="scalelab generate")
+    params, step_dir = load_params(
+        run_dir,
+        local,
+        trainer,
+        flag="RUN_DIR",
+        command="generate",
+        advice=f"{run_dir}/config.yaml no longer describes its checkpoints: restore the one scalelab train wrote",
+    )
     return LoadedRun(cfg, trainer.model, params, step_dir, _tokenizer(cfg, read_meta(step_dir)))
 
 

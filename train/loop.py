@@ -6,7 +6,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -15,19 +15,24 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from model.counting import count_params, flops_per_token
-from train.checkpoint import CheckpointStore, checkpoint_meta, load_params, refuse_unmanaged, warn
+from train.checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    Restored,
+    checkpoint_meta,
+    clear_checkpoints,
+    load_params,
+    refuse_unmanaged,
+    warn,
+)
 from train.config import Config, save_config
 from train.data import BatchSource, make_source
-from train.faults import DataSkips, Preempted, PreemptionGuard, poison_batch
-from train.metrics import MetricsWriter, truncate_metrics
+from train.faults import DataSkips, NonFiniteLossError, Preempted, PreemptionGuard, poison_batch
+from train.metrics import MetricsWriter, clear_metrics, refuse_replacing, truncate_metrics
 from train.objectives import model_lengths
 from train.peak import peak_flops_per_device
 from train.steps import TrainState
 from train.trainer import Trainer, device_bytes
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or Inf loss or gradient under nan_policy=stop."""
 
 
 @dataclasses.dataclass
@@ -302,26 +307,63 @@ class _Session:
         self.closed = True
 
 
-def train(cfg: Config, run_dir: Path, quiet: bool = False, init_from: Path | None = None) -> RunResult:
+# What `train` does with a run directory that no checkpoint resumes: start over silently (sweeps own
+# their run directories), refuse when its metrics hold a run (the CLI), or delete that run first.
+Existing = Literal["restart", "refuse", "overwrite"]
+
+
+def train(
+    cfg: Config,
+    run_dir: Path,
+    quiet: bool = False,
+    init_from: Path | None = None,
+    existing: Existing = "restart",
+) -> RunResult:
     """Train `cfg` in `run_dir`, resuming from its newest intact checkpoint if it has one.
 
     Writes config.yaml, metrics.jsonl, TensorBoard events and (if enabled) checkpoints/.
-    `init_from` (a run directory or checkpoint) seeds the parameters of a new run. Raises
-    Preempted after saving when SIGTERM or SIGINT arrives, also during start-up and compilation.
+    `init_from` (a run directory or checkpoint) seeds the parameters of a new run. Without a
+    checkpoint to resume, `existing` says whether an earlier run's metrics may be replaced
+    ("restart"), stop the run ("refuse"), or are deleted with its checkpoints first ("overwrite").
+    Raises Preempted after saving when SIGTERM or SIGINT arrives, also during start-up and compilation.
     """
     with PreemptionGuard() as guard:
-        return _train(cfg, Path(run_dir), quiet, init_from, guard)
+        return _train(cfg, Path(run_dir), quiet, init_from, existing, guard)
 
 
-def _train(cfg: Config, run_dir: Path, quiet: bool, init_from: Path | None, guard: PreemptionGuard) -> RunResult:
+def _restore(cfg: Config, run_dir: Path, store: CheckpointStore | None, existing: Existing) -> Restored | None:
+    """The checkpoint to resume from, or None to start at step 0 in a run directory cleared of older metrics."""
+    is_writer = jax.process_index() == 0
+    if existing == "overwrite":
+        if is_writer:
+            clear_metrics(run_dir)
+        clear_checkpoints(run_dir)
+    if store is None:
+        refuse_unmanaged(run_dir)
+    restored = store.restore_latest() if store is not None else None
+    if restored is not None and restored.step > cfg.train.steps:
+        raise CheckpointError(
+            f"{run_dir} holds a checkpoint at step {restored.step}, past train.steps={cfg.train.steps}; set "
+            f"train.steps to at least {restored.step} to continue it, or start a new run in another --run-dir "
+            f"(--init-from {run_dir} starts from its parameters)"
+        )
+    if restored is None:
+        if existing == "refuse":
+            refuse_replacing(run_dir)
+        if is_writer:  # the old events would mix with this run's in TensorBoard
+            clear_metrics(run_dir)
+    return restored
+
+
+def _train(
+    cfg: Config, run_dir: Path, quiet: bool, init_from: Path | None, existing: Existing, guard: PreemptionGuard
+) -> RunResult:
     """The body of `train`, under its signal guard."""
     is_writer = jax.process_index() == 0  # one writer for files shared by all processes
     trainer = Trainer.build(cfg)
     source = make_source(cfg, *trainer.data_shard())  # only the rows this process's devices hold
     store = CheckpointStore(run_dir, cfg, trainer) if cfg.checkpoint.enabled else None
-    if store is None:
-        refuse_unmanaged(run_dir)
-    restored = store.restore_latest() if store is not None else None
+    restored = _restore(cfg, run_dir, store, existing)
     if restored is not None:
         start = (restored.state, restored.step, DataSkips.from_json(restored.meta["data"]["skips"]))
         origin = f"resuming from step {restored.step} ({restored.path})"
