@@ -112,11 +112,16 @@ def check_length(cfg: ModelConfig, prompt_len: int, new_tokens: int, start: str 
     total = prompt_len + new_tokens
     if total > cfg.max_seq_len:
         held = f"the prompt has {prompt_len} tokens" if start is None else f"{start} takes {prompt_len}"
-        fix = "shorten the prompt or ask for" if start is None else "ask for"
+        room = cfg.max_seq_len - prompt_len  # new tokens that fit after this prompt
+        if room >= 1:
+            fix = f"{'shorten the prompt or ask for' if start is None else 'ask for'} at most {room} new tokens"
+        elif new_tokens < cfg.max_seq_len:  # no new token fits after this prompt: only a shorter one helps
+            fix = f"shorten the prompt to at most {cfg.max_seq_len - new_tokens} tokens"
+        else:
+            fix = f"ask for fewer than {cfg.max_seq_len} new tokens and shorten the prompt to leave room for them"
         raise ConfigError(
             f"{held} and {new_tokens} new tokens are asked for, {total} positions in all, but the model holds "
-            f"at most model.max_seq_len={cfg.max_seq_len}; {fix} at most {max(cfg.max_seq_len - prompt_len, 0)} "
-            "new tokens"
+            f"at most model.max_seq_len={cfg.max_seq_len}; {fix}"
         )
 
 

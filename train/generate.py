@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
@@ -176,6 +177,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise CLIError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if not math.isfinite(args.temperature):
+        raise CLIError(f"--temperature must be a finite number >= 0 (0 is greedy), got {args.temperature}")
     sampler = Sampler(args.temperature, args.top_k)
     run = load_run(args.run_dir)
     if args.prompt is not None and run.tokenizer is None:

@@ -173,3 +173,9 @@ def test_errors_name_the_problem_and_the_fix(synthetic_run, text_run, tmp_path, 
 
     code, _, err = _generate(capsys, text_run, "--prompt", "", "--max-new-tokens", "2")
     assert code == 2 and "a prompt is empty" in err
+
+    code, _, err = _generate(capsys, synthetic_run, "--prompt-ids", "1," * 69 + "1")
+    assert code == 2 and "the prompt has 70 tokens" in err and "shorten the prompt to at most 63 tokens" in err
+
+    code, out, err = _generate(capsys, synthetic_run, "--prompt-ids", "1", "--temperature", "nan")
+    assert code == 2 and out == "" and "--temperature must be a finite number >= 0 (0 is greedy), got nan" in err

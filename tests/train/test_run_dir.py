@@ -84,3 +84,16 @@ def test_a_metrics_line_without_a_step_is_an_error_naming_the_file_and_line(tmp_
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     with pytest.raises(ConfigError, match=rf"{tmp_path}/metrics.jsonl line 2 .* has no integer 'step'"):
         truncate_metrics(tmp_path, 1)
+
+
+def test_init_from_names_a_missing_source_and_a_shape_mismatch_with_advice_that_fits(tmp_path, capsys):
+    assert _train_cli(tmp_path / "new", "--set", "train.steps=2", "--init-from", str(tmp_path / "nothere")) == 2
+    assert f"--init-from {tmp_path}/nothere does not exist" in capsys.readouterr().err
+    source = tmp_path / "source"
+    assert _train_cli(source, "--set", "train.steps=2", "--set", "checkpoint.every=2") == 0
+    capsys.readouterr()
+    args = ["--set", "train.steps=2", "--set", "model.n_layers=1", "--init-from", str(source)]
+    assert _train_cli(tmp_path / "new", *args) == 2
+    err = capsys.readouterr().err
+    assert "model.n_layers: checkpoint 2, config 1" in err
+    assert err.endswith("--init-from needs a run whose model has the same shape: give one, or drop --init-from\n")
