@@ -294,7 +294,9 @@ class _Session:
             self._flush()
             outcome = "checkpointing is off (checkpoint.every=0), so nothing was saved; a re-run starts over"
         self.close()
-        raise Preempted(f"stopped by {signal_name} after step {self.step}; {outcome}", self.step)
+        # A count, like "done: N steps": metrics number steps from 0, so they end at step N - 1, and the
+        # checkpoint of step N (the state after N steps) resumes at step N.
+        raise Preempted(f"stopped by {signal_name} after {self.step} steps; {outcome}", self.step)
 
     def close(self) -> None:
         """Wait for in-flight saves and close the metrics and progress bar (safe to call twice)."""

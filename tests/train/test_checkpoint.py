@@ -235,7 +235,7 @@ def test_sigterm_saves_and_stops_cleanly(tmp_path, monkeypatch, every):
     monkeypatch.setattr(loop, "make_source", lambda *args: SignalAt(make_source(*args), index=5))
     cfg = load_config("gpt-tiny", [*BASE, f"checkpoint.every={every}"])
     handler = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Preempted, match="stopped by SIGTERM after step 6; ") as stop:
+    with pytest.raises(Preempted, match="stopped by SIGTERM after 6 steps; ") as stop:
         train(cfg, tmp_path, quiet=True)
     assert stop.value.step == 6
     assert [r["step"] for r in read_metrics(tmp_path) if "loss" in r] == list(range(6))

@@ -114,7 +114,7 @@ def test_kills_and_preemption_resume_bitwise_exactly(tmp_path):
     assert proc.wait(timeout=TIMEOUT_S) == EXIT_PREEMPTED
     log = (tmp_path / "2.log").read_text()
     assert f"discarding unfinished checkpoint saves in {root}" in log and f"{killed}.orbax-checkpoint-tmp" in log
-    stopped = int(re.search(r"stopped by SIGTERM after step (\d+); newest checkpoint: step \1", log).group(1))
+    stopped = int(re.search(r"stopped by SIGTERM after (\d+) steps; newest checkpoint: step \1", log).group(1))
     assert killed < stopped < STEPS
     assert verify_manifest(root / str(stopped)) is None
     assert [r["step"] for r in read_metrics(run) if "loss" in r] == list(range(stopped))
