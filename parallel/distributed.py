@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,7 +86,23 @@ def initialize(kwargs: dict[str, Any] | None) -> None:
     """Start jax.distributed with `kwargs` (None: single process, nothing to do)."""
     if kwargs is None or jax.distributed.is_initialized():
         return
-    jax.distributed.initialize(**kwargs)
+    if kwargs:  # joining blocks until every process has started: say what it waits for
+        print(
+            f"scalelab: process {kwargs['process_id']} of {kwargs['num_processes']}: waiting at the coordinator "
+            f"{kwargs['coordinator_address']} until all {kwargs['num_processes']} processes have started",
+            file=sys.stderr,
+            flush=True,
+        )
+    try:
+        jax.distributed.initialize(**kwargs)
+    except ValueError as error:
+        if kwargs or "coordinator_address" not in str(error):
+            raise
+        raise ConfigError(
+            "--distributed found no cluster to read the processes from (SLURM srun with several tasks, Open MPI, "
+            "a TPU pod); give --coordinator HOST:PORT --num-processes N --process-id I (or set "
+            f"{', '.join(ENV_VARS.values())}), or drop --distributed for a single process"
+        ) from None
 
 
 def process_rows(sharding: Sharding, shape: tuple[int, ...]) -> tuple[int, int]:

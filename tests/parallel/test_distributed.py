@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+import jax
 import pytest
 
 from model.config import ConfigError
-from parallel.distributed import add_arguments, detect_cluster, initialize_kwargs
+from parallel.distributed import add_arguments, detect_cluster, initialize, initialize_kwargs
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -65,3 +66,23 @@ def test_distributed_flag_asks_jax_to_detect_the_cluster():
 def test_bad_flags_say_what_to_fix(argv, message):
     with pytest.raises(ConfigError, match=message):
         initialize_kwargs(parse(*argv), {})
+
+
+def test_distributed_without_a_cluster_says_which_flags_to_give(monkeypatch):
+    def no_cluster(**kwargs):
+        raise ValueError("coordinator_address should be defined.")
+
+    monkeypatch.setattr(jax.distributed, "initialize", no_cluster)
+    with pytest.raises(ConfigError, match=r"--distributed found no cluster .* give --coordinator HOST:PORT --num-proc"):
+        initialize({})
+
+
+def test_joining_says_what_it_waits_for(monkeypatch, capsys):
+    joined = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: joined.append(kwargs))
+    kwargs = initialize_kwargs(parse("--coordinator", "h:1", "--num-processes", "2", "--process-id", "1"), {})
+    initialize(kwargs)
+    assert joined == [kwargs]
+    assert capsys.readouterr().err == (
+        "scalelab: process 1 of 2: waiting at the coordinator h:1 until all 2 processes have started\n"
+    )
