@@ -22,6 +22,10 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _plottable(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 class MetricsWriter:
     """Appends metric records to `run_dir/metrics.jsonl` and scalars to `run_dir/tensorboard/`."""
 
@@ -41,7 +45,8 @@ class MetricsWriter:
         self._file.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
         if self._tb is not None:
             for key, value in record.items():
-                if key != "step" and isinstance(value, int | float) and not isinstance(value, bool):
+                # TensorBoard draws no NaN or Inf (tensorboardX warns about each); metrics.jsonl keeps them.
+                if key != "step" and _plottable(value):
                     self._tb.add_scalar(key, value, record["step"])
 
     def flush(self, durable: bool = False) -> None:
