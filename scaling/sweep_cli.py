@@ -117,10 +117,13 @@ def run_run(args: argparse.Namespace) -> int:
     from parallel.distributed import initialize, initialize_kwargs
     from scaling.results import IncompleteRunError
     from scaling.runner import run_sweep
+    from train.cli import CLIError
 
     initialize(initialize_kwargs(args))  # join the shard's other hosts before anything touches a device
     plan, shard, _ = _plan(args)
     sweep_dir = args.sweep_dir or Path("sweeps") / plan.spec.name
+    if sweep_dir.exists() and not sweep_dir.is_dir():  # before the compile cache is pointed inside it
+        raise CLIError(f"--sweep-dir {sweep_dir} is a file, not a directory; give a directory for the sweep")
     _use_compile_cache(sweep_dir / ".jax-cache")
     try:
         report = run_sweep(plan, sweep_dir, shard, quiet=args.quiet)

@@ -7,6 +7,7 @@ import math
 import os
 import re
 
+import jax
 import pytest
 
 import scaling.runner
@@ -227,3 +228,12 @@ def test_a_result_json_missing_columns_is_an_error_naming_the_file_and_the_fix(t
     message = str(error.value)
     assert f"{run_dir / 'result.json'}: not a complete run record" in message and lacks in message
     assert message.endswith(f"delete {run_dir} to retrain that run")
+
+
+def test_a_sweep_dir_that_is_a_file_is_refused_before_anything_uses_it(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    cache = jax.config.jax_compilation_cache_dir
+    assert main(["sweep", "run", str(write_spec(tmp_path, micro())), "--sweep-dir", str(afile)]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    assert jax.config.jax_compilation_cache_dir == cache and afile.read_text() == "not a directory"
