@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="scalelab",
         description="Train transformer language models with JAX and measure how their loss scales.",
     )
+    parser.add_argument("--version", action="version", version=f"scalelab {importlib.metadata.version('scalelab')}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for entry in COMMANDS:
         module_name, function_name = entry.split(":")

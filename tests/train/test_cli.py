@@ -1,6 +1,7 @@
 """The scalelab console script: help texts and clean user errors."""
 
 import errno
+import importlib.metadata
 
 import pytest
 
@@ -15,6 +16,13 @@ def test_top_level_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     for entry in COMMANDS:
         assert entry.split("register_")[-1] in out
+
+
+def test_version_is_the_installed_package_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"scalelab {importlib.metadata.version('scalelab')}"
 
 
 def test_every_subcommand_explains_itself(capsys):
