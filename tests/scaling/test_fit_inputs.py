@@ -57,7 +57,9 @@ def test_fewer_points_than_parameters():
         law_points(_table([1e7, 1e8, 1e9, 1e7], [1e9, 1e10, 1e11, 1e11]), APPROACH3)
     with pytest.raises(FitInputError, match="L_N has 3 parameters but only 2 model sizes"):
         law_points(_table([1e7, 1e8, 1e8], [1e9, 1e9, 2e9]), single_law("N"))
-    with pytest.warns(FitWarning, match="approach3 has 5 parameters and only 6 rows, 1 to spare: its intervals are undetermined"):
+    with pytest.warns(
+        FitWarning, match="approach3 has 5 parameters and only 6 rows, 1 to spare: its intervals are undetermined"
+    ):
         law_points(_table([1e7, 1e8, 1e9, 1e7, 1e8, 1e9], [1e9, 1e10, 1e11, 1e11, 1e9, 1e10]), APPROACH3)
 
 
