@@ -42,9 +42,9 @@ class Preempted(BaseException):
 class PreemptionGuard:
     """Turns the first SIGTERM/SIGINT into a request to save and stop; the second one exits at once.
 
-    Handlers are installed only in the main thread of a single-process run. With several
-    processes, JAX's preemption service (which owns SIGTERM there) picks a step that every
-    process reaches, so all of them save the same checkpoint.
+    Handlers are installed only in the main thread. With several processes, JAX's preemption
+    service owns SIGTERM and picks a step that every process reaches, so all of them save the
+    same checkpoint; it ignores SIGINT, so the guard forwards a first SIGINT to it as SIGTERM.
     """
 
     def __init__(self) -> None:
@@ -54,9 +54,10 @@ class PreemptionGuard:
     def __enter__(self) -> PreemptionGuard:
         import jax  # here, not at the top: the CLI imports this module for EXIT_PREEMPTED without JAX
 
-        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            for signum in _SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
+        if threading.current_thread() is threading.main_thread():
+            handler = self._handle if jax.process_count() == 1 else self._forward
+            for signum in _SIGNALS if jax.process_count() == 1 else (signal.SIGINT,):
+                self._previous[signum] = signal.signal(signum, handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -73,6 +74,11 @@ class PreemptionGuard:
         # os.write, not print: a handler may interrupt a print already in progress.
         os.write(2, f"\nscalelab train: {name}: saving a checkpoint and stopping; send it again to exit now\n".encode())
 
+    def _forward(self, signum: int, frame: FrameType | None) -> None:
+        """Multi-process SIGINT: hand it to the preemption service as SIGTERM, so every process stops together."""
+        self._handle(signum, frame)
+        os.kill(os.getpid(), signal.SIGTERM)
+
     def requested(self, step: int) -> bool:
         """Whether the run should save and stop after `step` (a sync point every process must call)."""
         import jax
@@ -84,7 +90,7 @@ class PreemptionGuard:
             reached = multihost_utils.reached_preemption_sync_point(step)
         except RuntimeError:  # the preemption service is off: nothing can request a stop
             return False
-        if reached:
+        if reached and self.signal_name is None:  # a process that got no signal itself
             self.signal_name = "preemption notice"
         return reached
 
