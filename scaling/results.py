@@ -28,6 +28,7 @@ COLUMNS = ("run", "N", "N_nonembed", "D", "C", "final_loss", "eval_loss", "best_
 EXTRA_COLUMNS = ("budget", "seed", "d_model", "n_layers", "n_heads", "batch_size", "lr", "wall_s")
 RESULT_FILE = "result.json"
 RESULTS_CSV = "results.csv"
+WALL_FILE = ".wall_s"  # seconds spent on a run by every session before this one (a resumed run has several)
 
 
 class IncompleteRunError(RuntimeError):
@@ -73,6 +74,18 @@ def _missing(row: Any) -> list[str]:
     """The columns a result row lacks (all of them if it is not a mapping)."""
     columns = (*COLUMNS, *EXTRA_COLUMNS)
     return [c for c in columns if c not in row] if isinstance(row, dict) else list(columns)
+
+
+def add_wall_time(run_dir: Path, seconds: float) -> float:
+    """Add one session's seconds to the run's wall time across sessions, and return the total."""
+    path = run_dir / WALL_FILE
+    try:
+        before = float(path.read_text())
+    except (OSError, ValueError):
+        before = 0.0  # no earlier session (or a record lost with a crash: count from here)
+    total = before + seconds
+    atomic_write(path, f"{total:.3f}\n")
+    return total
 
 
 def write_result(run_dir: Path, row: dict[str, Any]) -> None:

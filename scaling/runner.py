@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from model.config import ConfigError
 from scaling.plan import Plan, PlannedRun, human, shard_runs
-from scaling.results import curve_summary, finished_runs, read_result, rebuild_csv, write_result
+from scaling.results import add_wall_time, curve_summary, finished_runs, read_result, rebuild_csv, write_result
 from scaling.spec import SpecError
 from scaling.table import describe
 from train.config import flatten_config, to_dict
@@ -249,6 +249,7 @@ def run_sweep(plan: Plan, sweep_dir: Path, shard: tuple[int, int] = (0, 1), quie
             progress.start(run)
             run_dir = sweep_dir / "runs" / run.name
             start = time.perf_counter()
+            wall_s = None
             try:
                 status = _train_one(run, run_dir, quiet)
             except ConfigError as error:
@@ -265,9 +266,12 @@ def run_sweep(plan: Plan, sweep_dir: Path, shard: tuple[int, int] = (0, 1), quie
                 continue
             finally:
                 jax.clear_caches()  # drop this run's compiled programs before the next shape compiles
+                if is_writer and run_dir.is_dir():  # every session that started the run counts, finished or not
+                    wall_s = add_wall_time(run_dir, time.perf_counter() - start)
             seconds = time.perf_counter() - start
             if is_writer:
-                write_result(run_dir, result_row(run, run_dir, status, seconds))
+                total = seconds if wall_s is None else wall_s  # no directory yet: this was its only session
+                write_result(run_dir, result_row(run, run_dir, status, total))
                 report.rows = rebuild_csv(sweep_dir, names)
             (report.ran if status == DONE else report.diverged).append(run.name)
             progress.finish(run, seconds)

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import time
 
 import jax
 import pytest
@@ -112,6 +113,27 @@ def test_divergence_is_a_result_and_a_failure_is_retried(tmp_path, monkeypatch):
     retry = run_sweep(plan, tmp_path, quiet=True)
     assert retry.ran == [failing] and retry.skipped == 3  # the diverged run is not retried
     assert [row["run"] for row in read_csv(tmp_path / RESULTS_CSV)] == [run.name for run in plan.runs]
+
+
+def test_wall_time_adds_up_every_session_of_a_run(tmp_path, monkeypatch):
+    plan = make_plan(spec_from_dict(micro()))
+    slow = plan.runs[0].name
+    finish = _fake_train({})
+
+    def stopped_after_a_while(cfg, run_dir, quiet=False):  # a session that ends without finishing the run
+        if cfg.name == slow:
+            save_config(cfg, run_dir / "config.yaml")  # as train() does first
+            time.sleep(0.3)
+            raise MemoryError("out of memory")
+        finish(cfg, run_dir, quiet)
+
+    monkeypatch.setattr(scaling.runner, "train", stopped_after_a_while)
+    run_sweep(plan, tmp_path, quiet=True)
+    monkeypatch.setattr(scaling.runner, "train", finish)  # the next session finishes it at once
+    run_sweep(plan, tmp_path, quiet=True)
+    rows = {row["run"]: row for row in read_csv(tmp_path / RESULTS_CSV)}
+    assert float(rows[slow]["wall_s"]) >= 0.3  # the first session's time is not lost
+    assert all(float(rows[run.name]["wall_s"]) < 0.3 for run in plan.runs[1:])
 
 
 def test_a_run_that_stops_early_is_not_recorded(tmp_path):
