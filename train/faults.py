@@ -1,4 +1,5 @@
-"""Faults a run survives: preemption signals, skipped data after a NaN rollback, and NaN injection.
+"""Faults a run survives: preemption signals, a second trainer on its run directory, skipped data
+after a NaN rollback, and NaN injection.
 
 Exit status contract (sweep runners rely on it): a run stopped by SIGTERM or SIGINT saves a
 checkpoint, prints what it did and exits with EXIT_PREEMPTED (75, EX_TEMPFAIL: "try again");
@@ -10,13 +11,20 @@ EXIT_DIVERGED (3): re-running it as it is would diverge again.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import os
 import signal
+import socket
 import threading
+import time
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import numpy as np
+
+from model.config import ConfigError
 
 EXIT_PREEMPTED = 75
 EXIT_DIVERGED = 3
@@ -93,6 +101,66 @@ class PreemptionGuard:
         if reached and self.signal_name is None:  # a process that got no signal itself
             self.signal_name = "preemption notice"
         return reached
+
+
+LOCK_FILE = ".lock"
+
+
+def lock_run_dir(run_dir: Path) -> int | None:
+    """Lock `run_dir` for this trainer: the lock file's descriptor, or None where the file system has no locks.
+
+    The lock (flock on <run_dir>/.lock) lasts until the descriptor is closed, which the OS does
+    when the process dies, so a killed run never leaves it behind. A second trainer on the same
+    directory (a requeued job while the old one drains, a shard launched twice) would corrupt
+    the first one's checkpoints and metrics, so it is refused with the holder's PID and host.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        holder = os.read(fd, 1024).decode(errors="replace").strip()
+        os.close(fd)
+        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return None  # e.g. a network file system without locks: run unguarded rather than not at all
+        raise ConfigError(
+            f"run dir {run_dir} is in use by {holder or 'another trainer'}; wait for it to finish or stop it"
+        ) from None
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"PID {os.getpid()} on {socket.gethostname()} (started {started})\n".encode())
+    return fd
+
+
+class RunDirLock:
+    """Holds `lock_run_dir` for a run: process 0 locks, and every process stops if that fails."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunDirLock:
+        import jax
+        from jax.experimental import multihost_utils
+
+        refused: ConfigError | None = None
+        if jax.process_index() == 0:  # several processes of one job may share a host, and the lock
+            try:
+                self._fd = lock_run_dir(self.run_dir)
+            except ConfigError as error:
+                refused = error
+        if jax.process_count() > 1:  # the others would otherwise wait for process 0 until a timeout
+            locked = bool(multihost_utils.broadcast_one_to_all(np.asarray(refused is None)))
+            if not locked and refused is None:
+                refused = ConfigError(f"run dir {self.run_dir} is in use by another trainer (see process 0's error)")
+        if refused is not None:
+            raise refused
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the lock
+            self._fd = None
 
 
 @dataclasses.dataclass

@@ -27,7 +27,7 @@ from train.checkpoint import (
 )
 from train.config import Config, save_config
 from train.data import BatchSource, make_source
-from train.faults import DataSkips, NonFiniteLossError, Preempted, PreemptionGuard, poison_batch
+from train.faults import DataSkips, NonFiniteLossError, Preempted, PreemptionGuard, RunDirLock, poison_batch
 from train.metrics import MetricsWriter, clear_metrics, refuse_replacing, truncate_metrics
 from train.objectives import model_lengths
 from train.peak import peak_flops_per_device
@@ -328,8 +328,9 @@ def train(
     checkpoint to resume, `existing` says whether an earlier run's metrics may be replaced
     ("restart"), stop the run ("refuse"), or are deleted with its checkpoints first ("overwrite").
     Raises Preempted after saving when SIGTERM or SIGINT arrives, also during start-up and compilation.
+    Raises ConfigError when another trainer holds `run_dir`.
     """
-    with PreemptionGuard() as guard:
+    with PreemptionGuard() as guard, RunDirLock(Path(run_dir)):
         return _train(cfg, Path(run_dir), quiet, init_from, existing, guard)
 
 
