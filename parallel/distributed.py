@@ -7,12 +7,16 @@ devices of every process and a mesh can span them all.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Sharding
 
 from model.config import ConfigError
@@ -103,6 +107,51 @@ def initialize(kwargs: dict[str, Any] | None) -> None:
             "a TPU pod); give --coordinator HOST:PORT --num-processes N --process-id I (or set "
             f"{', '.join(ENV_VARS.values())}), or drop --distributed for a single process"
         ) from None
+
+
+def _fields(config: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf field of a config dataclass, in a fixed order."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        key = f"{prefix}{field.name}"
+        if dataclasses.is_dataclass(value):
+            yield from _fields(value, f"{key}.")
+        else:
+            yield key, value
+
+
+def config_digests(config: Any) -> tuple[list[str], np.ndarray]:
+    """The config's keys and a 32-bit digest of each value, the same length for every config of its class."""
+    keys, digests = [], []
+    for key, value in _fields(config):
+        keys.append(key)
+        digests.append(int.from_bytes(hashlib.sha256(repr(value).encode()).digest()[:4], "little", signed=True))
+    return keys, np.asarray(digests, np.int32)
+
+
+def config_mismatch(keys: list[str], digests: np.ndarray) -> str | None:
+    """What differs between the processes' config digests (one row per process), or None if nothing does."""
+    differing = [p for p in range(1, len(digests)) if (digests[p] != digests[0]).any()]
+    if not differing:
+        return None
+    first = differing[0]
+    names = [key for key, a, b in zip(keys, digests[0], digests[first], strict=True) if a != b]
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    others = f" (and so do processes {', '.join(map(str, differing[1:]))})" if len(differing) > 1 else ""
+    return (
+        f"process {first} was started with a different config from process 0 ({shown} differ){others}; "
+        "start every process with the same config and the same --set overrides"
+    )
+
+
+def check_same_config(config: Any) -> None:
+    """Refuse a multi-process run whose processes resolved different configs (before they meet in a collective)."""
+    if jax.process_count() == 1:
+        return
+    keys, digests = config_digests(config)
+    problem = config_mismatch(keys, np.asarray(multihost_utils.process_allgather(digests)))
+    if problem:
+        raise ConfigError(problem)
 
 
 def process_rows(sharding: Sharding, shape: tuple[int, ...]) -> tuple[int, int]:

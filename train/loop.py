@@ -15,6 +15,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from model.counting import count_params, flops_per_token
+from parallel.distributed import check_same_config
 from train.checkpoint import (
     CheckpointError,
     CheckpointStore,
@@ -328,10 +329,13 @@ def train(
     checkpoint to resume, `existing` says whether an earlier run's metrics may be replaced
     ("restart"), stop the run ("refuse"), or are deleted with its checkpoints first ("overwrite").
     Raises Preempted after saving when SIGTERM or SIGINT arrives, also during start-up and compilation.
-    Raises ConfigError when another trainer holds `run_dir`.
+    Raises ConfigError when another trainer holds `run_dir`, or when the processes of a multi-process
+    run were given different configs.
     """
-    with PreemptionGuard() as guard, RunDirLock(Path(run_dir)):
-        return _train(cfg, Path(run_dir), quiet, init_from, existing, guard)
+    with PreemptionGuard() as guard:
+        check_same_config(cfg)  # before the processes first meet in a collective that the difference would hang
+        with RunDirLock(Path(run_dir)):
+            return _train(cfg, Path(run_dir), quiet, init_from, existing, guard)
 
 
 def _restore(cfg: Config, run_dir: Path, store: CheckpointStore | None, existing: Existing) -> Restored | None:

@@ -5,10 +5,20 @@ from __future__ import annotations
 import argparse
 
 import jax
+import numpy as np
 import pytest
 
 from model.config import ConfigError
-from parallel.distributed import add_arguments, detect_cluster, initialize, initialize_kwargs
+from parallel.distributed import (
+    add_arguments,
+    check_same_config,
+    config_digests,
+    config_mismatch,
+    detect_cluster,
+    initialize,
+    initialize_kwargs,
+)
+from train.config import load_config
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -86,3 +96,28 @@ def test_joining_says_what_it_waits_for(monkeypatch, capsys):
     assert capsys.readouterr().err == (
         "scalelab: process 1 of 2: waiting at the coordinator h:1 until all 2 processes have started\n"
     )
+
+
+def _digests(*overrides_per_process: tuple[str, ...]) -> tuple[list[str], np.ndarray]:
+    """The keys and one row of digests per process, as the start-up check gathers them."""
+    rows = [config_digests(load_config("gpt-tiny", list(overrides))) for overrides in overrides_per_process]
+    assert all(keys == rows[0][0] for keys, _ in rows)  # same length whatever the values, even mesh.rules
+    return rows[0][0], np.stack([digests for _, digests in rows])
+
+
+def test_processes_with_the_same_resolved_config_agree():
+    # An override that sets a key to its value already resolves to the same config.
+    assert config_mismatch(*_digests((), ("train.steps=300",), ())) is None
+
+
+def test_a_process_with_another_config_is_named_with_the_keys_that_differ():
+    different = ("train.steps=70", "model.n_layers=3", "mesh.rules={heads: null}")
+    message = config_mismatch(*_digests((), (), different, different))
+    assert message == (
+        "process 2 was started with a different config from process 0 (model.n_layers, train.steps, mesh.rules "
+        "differ) (and so do processes 3); start every process with the same config and the same --set overrides"
+    )
+
+
+def test_a_single_process_checks_nothing():
+    check_same_config(load_config("gpt-tiny"))  # no collective: nothing to compare with

@@ -1,0 +1,93 @@
+"""`scalelab train` as two local processes (jax.distributed over gloo): Ctrl-C, mixed configs, a held run dir."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.parallel.test_multihost import ROOT, free_port
+from train.faults import EXIT_PREEMPTED, lock_run_dir
+
+SCALELAB = Path(sys.executable).parent / "scalelab"
+FAST = ["schedule.warmup_steps=0", "logging.progress=false", "logging.peak_flops=1e12", "train.eval_every=0"]
+
+
+def launch(run_dir: Path, *overrides: list[str]) -> list[subprocess.Popen]:
+    """Process i of a two-process `scalelab train gpt-tiny`, with FAST plus overrides[i]."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    distributed = ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2"]
+    return [
+        subprocess.Popen(
+            [
+                SCALELAB,
+                "train",
+                "gpt-tiny",
+                "--run-dir",
+                str(run_dir),
+                *(a for o in [*FAST, *mine] for a in ("--set", o)),
+                *distributed,
+                "--process-id",
+                str(i),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i, mine in enumerate(overrides)
+    ]
+
+
+def finish(processes: list[subprocess.Popen]) -> list[tuple[int, str]]:
+    """(exit status, output) of each process."""
+    try:
+        logs = [process.communicate(timeout=120)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    return [(process.returncode, log) for process, log in zip(processes, logs, strict=True)]
+
+
+def test_ctrl_c_on_one_process_stops_both_at_the_same_saved_step(tmp_path):
+    run = tmp_path / "run"
+    processes = launch(run, *[["train.steps=5000", "checkpoint.every=5"]] * 2)
+    while not (run / "checkpoints" / "5").is_dir() and processes[0].poll() is None:
+        time.sleep(0.05)
+    processes[0].send_signal(signal.SIGINT)
+    (status0, log0), (status1, log1) = finish(processes)
+    assert (status0, status1) == (EXIT_PREEMPTED, EXIT_PREEMPTED), log0[-2000:] + log1[-2000:]
+    assert "Traceback" not in log0 + log1
+    stopped0 = next(line for line in log0.splitlines() if line.startswith("scalelab train: stopped by SIGINT after "))
+    stopped1 = next(line for line in log1.splitlines() if line.startswith("scalelab train: stopped by preemption"))
+    step = stopped0.split(" after ")[1].split()[0]
+    assert stopped1.split(" after ")[1].split()[0] == step  # the step both processes agreed on
+    assert (run / "checkpoints" / step).is_dir()
+
+
+def test_processes_with_different_configs_stop_at_start_up_naming_the_difference(tmp_path):
+    results = finish(launch(tmp_path / "run", ["train.steps=20"], ["train.steps=30"]))
+    for status, log in results:
+        assert status == 2, log[-2000:]
+        assert log.strip().splitlines()[-1] == (
+            "scalelab train: error: process 1 was started with a different config from process 0 (train.steps differ); "
+            "start every process with the same config and the same --set overrides"
+        )
+
+
+def test_a_run_dir_in_use_stops_every_process_of_the_second_job(tmp_path):
+    run = tmp_path / "run"
+    fd = lock_run_dir(run)  # this test process plays the first job's process 0
+    try:
+        (status0, log0), (status1, log1) = finish(launch(run, ["train.steps=20"], ["train.steps=20"]))
+    finally:
+        os.close(fd)
+    assert (status0, status1) == (2, 2), log0[-2000:] + log1[-2000:]
+    assert f"is in use by PID {os.getpid()} on " in log0.strip().splitlines()[-1]
+    assert log1.strip().splitlines()[-1] == (
+        f"scalelab train: error: run dir {run} is in use by another trainer (see process 0's error)"
+    )
