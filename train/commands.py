@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import jax
+
 from parallel.distributed import add_arguments as add_distributed_arguments
 from parallel.distributed import initialize as initialize_distributed
 from parallel.distributed import initialize_kwargs
@@ -66,6 +68,8 @@ def run_train(args: argparse.Namespace) -> int:
     initialize_distributed(initialize_kwargs(args))
     existing = "overwrite" if args.overwrite else "refuse"
     result = train(cfg, run_dir, quiet=args.quiet, init_from=args.init_from, existing=existing)
+    if jax.process_index() != 0:  # one report per job, like the summary
+        return 0
     evaluation = "" if result.eval_loss is None else f", eval loss {result.eval_loss:.4f}"
     print(
         f"done: {result.steps} steps, final loss {result.final_loss:.4f}{evaluation}; metrics in {run_dir}/metrics.jsonl"
