@@ -27,7 +27,7 @@ def resolve_axis_sizes(sizes: dict[str, int], n_devices: int) -> dict[str, int]:
         if n_devices % known:
             raise ConfigError(
                 f"mesh: the fixed axes multiply to {known}, which does not divide the {n_devices} devices; "
-                f"change {', '.join(f'mesh.{k}' for k in sizes if k not in free)}"
+                f"change {', '.join(f'mesh.{k}' for k, v in sizes.items() if v not in (1, -1))}"
             )
         resolved[free[0]] = n_devices // known
     product = math.prod(resolved.values())

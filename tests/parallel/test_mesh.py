@@ -74,7 +74,12 @@ def test_bad_dcn_layouts(sizes, dcn, message):
     ("mesh", "overrides", "message"),
     [
         ({"data": 3}, (), r"data=3 .* has 3 devices but 8 are available"),
-        ({"data": -1, "tensor": 3}, (), r"the fixed axes multiply to 3, which does not divide the 8 devices"),
+        (
+            {"data": -1, "tensor": 3},
+            (),
+            r"the fixed axes multiply to 3, which does not divide the 8 devices; change mesh\.tensor$",
+        ),
+        ({"data": -1, "fsdp": 3, "tensor": 2}, (), r"devices; change mesh\.fsdp, mesh\.tensor$"),
         (
             {"data": 1, "tensor": 8},
             ("model.n_heads=4",),
