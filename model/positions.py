@@ -63,12 +63,16 @@ class LearnedPositions(PositionEncoding):
 
 
 class SinusoidalPositions(PositionEncoding):
-    """The fixed sin/cos embeddings of the original Transformer."""
+    """The fixed sin/cos embeddings of the original Transformer, at the scale of the token embeddings."""
 
     def embed(self, x: jax.Array, positions: jax.Array) -> jax.Array:
         angles = sinusoid_angles(positions, self.cfg.d_model, 10000.0)
         table = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
-        return x + table.astype(x.dtype)
+        # sin/cos have an RMS of 1/sqrt(2), 35x the tokens' init_std=0.02: added raw, position drowned
+        # out which token it was and gpt-tiny hardly learned (5.55 -> 5.31 in 150 steps, 1.89 learned).
+        # The original Transformer scaled the tokens up by sqrt(d_model) instead; here the table comes
+        # down to the RMS that learned positions start with.
+        return x + (table * (self.cfg.init_std * math.sqrt(2))).astype(x.dtype)
 
 
 def relative_bucket(relative: jax.Array, bidirectional: bool, n_buckets: int, max_distance: int) -> jax.Array:
