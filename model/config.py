@@ -115,6 +115,14 @@ class ModelConfig:
         for key in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"model.{key} must be positive, got {getattr(self, key)}")
+        # null means "the default"; 0 used to mean it too, silently, and a negative size failed deep in JAX.
+        for key in ("n_kv_heads", "head_dim", "d_ff"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"model.{key} must be positive, or null for the default, got {value}")
+        for key in ("norm_eps", "init_std", "rope_theta", "ffn_multiplier"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"model.{key} must be positive, got {getattr(self, key)}")
         if self.head_dim is None and self.d_model % self.n_heads:
             raise ConfigError(
                 f"model.d_model ({self.d_model}) is not divisible by model.n_heads ({self.n_heads}); "
@@ -124,6 +132,8 @@ class ModelConfig:
             raise ConfigError(f"model.n_heads ({self.n_heads}) is not divisible by model.n_kv_heads ({self.kv_heads})")
         if self.position == "rope" and self.dim_per_head % 2:
             raise ConfigError(f"model.position=rope needs an even head dimension, got {self.dim_per_head}")
+        if self.position == "sinusoidal" and self.d_model % 2:  # sin and cos halves of the width
+            raise ConfigError(f"model.position=sinusoidal needs an even model.d_model, got {self.d_model}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.ffn_dim <= 0:

@@ -57,6 +57,12 @@ def test_resolved_config_round_trips(tmp_path):
         ("model.activation=tanh", "model.activation: unknown value 'tanh'"),
         ("model.position=alibi2", "model.position: unknown value 'alibi2'"),
         ("model.n_kv_heads=3", "model.n_heads (4) is not divisible by model.n_kv_heads (3)"),
+        ("model.n_kv_heads=-2", "model.n_kv_heads must be positive, or null for the default, got -2"),
+        ("model.head_dim=0", "model.head_dim must be positive, or null for the default, got 0"),
+        ("model.d_ff=0", "model.d_ff must be positive, or null for the default, got 0"),
+        ("model.norm_eps=-1", "model.norm_eps must be positive, got -1"),
+        ("model.init_std=0", "model.init_std must be positive, got 0"),
+        ("model.rope_theta=0", "model.rope_theta must be positive, got 0"),
         ("schedule.name=step", "schedule.name: unknown value 'step'"),
         ("mesh.data=0", "mesh.data must be a positive size or -1"),
         ("model.unroll_max_layers=-1", "model.unroll_max_layers must be 0 or more (0 always loops), or null"),
@@ -73,6 +79,11 @@ def test_bad_configs_fail_with_a_message_naming_the_key(override, message):
     with pytest.raises(ConfigError) as error:
         load_config("gpt-tiny", [override])
     assert message in str(error.value)
+
+
+def test_sinusoidal_positions_need_an_even_width():
+    with pytest.raises(ConfigError, match=r"model\.position=sinusoidal needs an even model\.d_model, got 63"):
+        load_config("gpt-tiny", ["model.position=sinusoidal", "model.d_model=63", "model.n_heads=3"])
 
 
 def test_missing_config_names_the_available_ones():
