@@ -90,9 +90,9 @@ AXIS_SOURCES: dict[str, str] = {
     "length": "train.seq_len",
     "embed": "model.d_model",
     "heads": "model.n_heads",
-    "kv_heads": "model.n_kv_heads",
-    "head_dim": "model.head_dim",
-    "mlp": "model.d_ff",
+    "kv_heads": "model.n_kv_heads (model.n_heads if unset)",
+    "head_dim": "model.head_dim (d_model / n_heads if unset)",
+    "mlp": "model.d_ff (ffn_multiplier x d_model if unset)",
     "vocab": "model.vocab_size",
     "positions": "model.max_seq_len",
     "layers": "model.n_layers",
@@ -105,10 +105,11 @@ def check_divisible(
     mesh: Mesh,
     what: str,
     labels: tuple[str | None, ...] = (),
+    fix: str = "change the mesh or the model, or override mesh.rules",
 ) -> None:
     """Raise naming both numbers when mesh axes do not divide the dimension they shard.
 
-    `labels` name each dimension for the message, ideally by the config key that sets it.
+    `labels` name each dimension for the message, ideally by the config key that sets it; `fix` says what to change.
     """
     padded = tuple(spec) + (None,) * (len(shape) - len(spec))
     labels = tuple(labels) + (None,) * (len(shape) - len(labels))
@@ -122,8 +123,7 @@ def check_divisible(
         sizes = " x ".join(str(mesh.shape[axis]) for axis in axes) + (f" = {ways}" if len(axes) > 1 else "")
         raise ConfigError(
             f"{label or f'dimension {dim}'} ({size}) is not divisible by "
-            f"{' x '.join(f'mesh.{axis}' for axis in axes)} ({sizes}), over which {what} is sharded; "
-            "change the mesh or the model, or override mesh.rules"
+            f"{' x '.join(f'mesh.{axis}' for axis in axes)} ({sizes}), over which {what} is sharded; {fix}"
         )
 
 

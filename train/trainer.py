@@ -58,7 +58,8 @@ def _check_batch(cfg: Config, batch_sharding: NamedSharding, pipeline: PipelineP
             raise ConfigError(f"{what} ({rows}) is not divisible by mesh.microbatches ({pipeline.microbatches})")
         rows, what = rows // pipeline.microbatches, f"{what} / mesh.microbatches"
     mesh = batch_sharding.mesh
-    check_divisible((rows, cfg.train.seq_len), batch_sharding.spec, mesh, "the batch", (what, "train.seq_len"))
+    fix = "change train.batch_size (or the mesh's data and fsdp sizes)"
+    check_divisible((rows, cfg.train.seq_len), batch_sharding.spec, mesh, "the batch", (what, "train.seq_len"), fix)
 
 
 def _with_axis_rules(fn, resolver):

@@ -83,14 +83,18 @@ def test_bad_dcn_layouts(sizes, dcn, message):
         (
             {"data": 1, "tensor": 8},
             ("model.n_heads=4",),
-            r"model\.n_(kv_)?heads \(4\) is not divisible by mesh\.tensor \(8\)",
+            r"model\.n_kv_heads \(model\.n_heads if unset\) \(4\) is not divisible by mesh\.tensor \(8\)",
         ),
         (
             {"data": 2, "tensor": 4},
             ("model.n_kv_heads=2",),
-            r"model\.n_kv_heads \(2\) is not divisible by mesh\.tensor \(4\)",
+            r"model\.n_kv_heads \(model\.n_heads if unset\) \(2\) is not divisible by mesh\.tensor \(4\)",
         ),
-        ({"data": 1, "tensor": 8}, ("model.d_ff=100",), r"model\.d_ff \(100\) is not divisible by mesh\.tensor \(8\)"),
+        (
+            {"data": 1, "tensor": 8},
+            ("model.d_ff=100",),
+            r"model\.d_ff \(ffn_multiplier x d_model if unset\) \(100\) is not divisible by mesh\.tensor \(8\)",
+        ),
         (
             {"data": 1, "tensor": 8},
             ("model.vocab_size=100",),
@@ -109,7 +113,8 @@ def test_bad_dcn_layouts(sizes, dcn, message):
         (
             {"data": 2, "fsdp": 4},
             ("train.batch_size=12",),
-            r"train\.batch_size \(12\) is not divisible by mesh\.data x mesh\.fsdp \(2 x 4 = 8\)",
+            r"train\.batch_size \(12\) is not divisible by mesh\.data x mesh\.fsdp \(2 x 4 = 8\), over which the "
+            r"batch is sharded; change train\.batch_size \(or the mesh's data and fsdp sizes\)$",
         ),
         (
             {"data": 4, "pipeline": 2, "microbatches": 8},
