@@ -347,8 +347,11 @@ def generate(
             f"prompt lengths {lengths.tolist()} must give one length in 1..{prompts.shape[1]} per prompt row"
         )
     t5 = cfg.family == "t5"
-    if t5:
-        check_length(cfg, prompts.shape[1], 0)  # the encoder's positions
+    if t5 and prompts.shape[1] > cfg.max_seq_len:
+        raise ConfigError(
+            f"the t5 encoder's input has {prompts.shape[1]} tokens but holds at most model.max_seq_len="
+            f"{cfg.max_seq_len}; shorten the prompt to at most {cfg.max_seq_len} tokens"
+        )
     start = "the decoder's start id" if t5 else None
     check_length(cfg, decoder_prefix(cfg, prompts.shape[1]), new_tokens, start=start)
     if new_tokens < 1:

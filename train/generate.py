@@ -177,8 +177,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise CLIError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if not math.isfinite(args.temperature):
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
         raise CLIError(f"--temperature must be a finite number >= 0 (0 is greedy), got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise CLIError(f"--top-k must be at least 1 (or left out for the whole vocabulary), got {args.top_k}")
     sampler = Sampler(args.temperature, args.top_k)
     run = load_run(args.run_dir)
     if args.prompt is not None and run.tokenizer is None:
@@ -194,7 +196,12 @@ def run_generate(args: argparse.Namespace) -> int:
     padded, lengths = _right_padded(prompts)
     t5 = run.cfg.model.family == "t5"
     room = run.cfg.model.max_seq_len - decoder_prefix(run.cfg.model, padded.shape[1])
-    new_tokens = args.max_new_tokens or max(1, min(DEFAULT_NEW_TOKENS, room))
+    if args.max_new_tokens is None and room < 1:
+        raise CLIError(
+            f"the prompt has {padded.shape[1]} tokens, which leaves no room in model.max_seq_len="
+            f"{run.cfg.model.max_seq_len}; shorten it to at most {run.cfg.model.max_seq_len - 1} tokens"
+        )
+    new_tokens = args.max_new_tokens or min(DEFAULT_NEW_TOKENS, room)
     params, scales = run.params, None
     note = f"step {run.step_dir.name} of {args.run_dir}"
     if args.quantize == "int8":
@@ -220,7 +227,7 @@ def run_generate(args: argparse.Namespace) -> int:
         if args.prompt is not None:
             print(_continuation_text(run.tokenizer, "" if t5 else args.prompt[row], tokens[row]))
         else:
-            text = "" if run.tokenizer is None else f"  {run.tokenizer.decode(tokens[row])!r}"
+            text = "" if run.tokenizer is None else f"  {run.tokenizer.decode(tokens[row], special=True)!r}"
             print(" ".join(str(i) for i in [*prompt, "|", *tokens[row].tolist()]) + text)
     return 0
 
@@ -231,4 +238,5 @@ def _continuation_text(tokenizer: Any, prompt: str, tokens: np.ndarray) -> str:
     ids = tokens.tolist()
     if tokenizer.eos_id in ids:
         ids = ids[: ids.index(tokenizer.eos_id)]
-    return f"{prompt}{tokenizer.decode(ids)}\n"
+    # Reserved pieces by name: a span-corruption t5 answers in sentinels, which plain decoding drops.
+    return f"{prompt}{tokenizer.decode(ids, special=True)}\n"

@@ -139,5 +139,8 @@ def test_t5_decoding_needs_its_memory_and_start_id_and_fits_the_decoder_in_max_s
     too_many = r"the decoder's start id takes 1 and 16 new tokens .* model.max_seq_len=16; ask for at most 15 new"
     with pytest.raises(ConfigError, match=too_many):
         generate(BASE, model.graphdef, params, sources, new_tokens=16, start_id=START_ID)
-    with pytest.raises(ConfigError, match=r"shorten the prompt"):
+    too_long = (
+        r"the t5 encoder's input has 17 tokens but holds at most model.max_seq_len=16; shorten the prompt to at most 16"
+    )
+    with pytest.raises(ConfigError, match=too_long):
         generate(BASE, model.graphdef, params, _tokens(5, (1, 17)), new_tokens=1, start_id=START_ID)

@@ -175,7 +175,28 @@ def test_errors_name_the_problem_and_the_fix(synthetic_run, text_run, tmp_path, 
     assert code == 2 and "a prompt is empty" in err
 
     code, _, err = _generate(capsys, synthetic_run, "--prompt-ids", "1," * 69 + "1")
-    assert code == 2 and "the prompt has 70 tokens" in err and "shorten the prompt to at most 63 tokens" in err
+    assert code == 2 and "the prompt has 70 tokens, which leaves no room" in err and "at most 63 tokens" in err
 
     code, out, err = _generate(capsys, synthetic_run, "--prompt-ids", "1", "--temperature", "nan")
     assert code == 2 and out == "" and "--temperature must be a finite number >= 0 (0 is greedy), got nan" in err
+
+    code, out, err = _generate(capsys, synthetic_run, "--prompt-ids", "1", "--top-k", "0")
+    assert code == 2 and out == "" and "--top-k must be at least 1" in err
+
+    # No --max-new-tokens and no room left: the message is about the prompt, not a token nobody asked for.
+    code, _, err = _generate(capsys, synthetic_run, "--prompt-ids", "1," * 63 + "1")
+    assert code == 2 and "the prompt has 64 tokens, which leaves no room in model.max_seq_len=64" in err
+    assert "shorten it to at most 63 tokens" in err and "new tokens are asked for" not in err
+
+
+def test_continuations_show_reserved_pieces_by_name():
+    from train.generate import _continuation_text
+
+    class Pieces:  # decodes like the real tokenizer: reserved ids are dropped unless special=True
+        eos_id = 1
+
+        def decode(self, ids, special=False):
+            return "".join(f"<extra_id_{i - 3}>" if i >= 3 else "" for i in ids) if special else ""
+
+    # A span-corruption t5 answers in sentinels; plain decoding printed an empty line.
+    assert _continuation_text(Pieces(), "", np.array([3, 4, 1, 5])) == "<extra_id_0><extra_id_1>\n"
