@@ -266,9 +266,9 @@ def run_sweep(plan: Plan, sweep_dir: Path, shard: tuple[int, int] = (0, 1), quie
                 continue
             finally:
                 jax.clear_caches()  # drop this run's compiled programs before the next shape compiles
+                seconds = time.perf_counter() - start
                 if is_writer and run_dir.is_dir():  # every session that started the run counts, finished or not
-                    wall_s = add_wall_time(run_dir, time.perf_counter() - start)
-            seconds = time.perf_counter() - start
+                    wall_s = add_wall_time(run_dir, seconds)
             if is_writer:
                 total = seconds if wall_s is None else wall_s  # no directory yet: this was its only session
                 write_result(run_dir, result_row(run, run_dir, status, total))
