@@ -44,7 +44,7 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/scalelab bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -6,7 +6,7 @@ fixed window for each sequence length. Memory is the compiled step's temporary b
 run where its temporaries fit the memory budget; beyond that it is compiled, measured and
 reported as skipped. Writes bench/results/attention.json.
 
-    python -m bench.attention_bench [--lengths 1024 2048 ...] [--window 256] [--budget-gb 3]
+    python -m scalelab.bench.attention_bench [--lengths 1024 2048 ...] [--window 256] [--budget-gb 3]
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.report import RESULTS_DIR, write_json
-from model.attention import ATTENTION_KERNELS, self_attention_inputs
-from model.masks import FullAttention, LocalGlobal, Pattern, SlidingWindow
+from scalelab.bench.report import RESULTS_DIR, write_json
+from scalelab.model.attention import ATTENTION_KERNELS, self_attention_inputs
+from scalelab.model.masks import FullAttention, LocalGlobal, Pattern, SlidingWindow
 
 
 def patterns(causal: bool, window: int, global_tokens: int) -> dict[str, Pattern]:
@@ -94,7 +94,9 @@ def _table(results: dict[str, list[dict[str, Any]]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison, print a table and write the JSON results."""
-    parser = argparse.ArgumentParser(prog="python -m bench.attention_bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m scalelab.bench.attention_bench", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
     parser.add_argument("--window", type=int, default=256, help="sliding and sparse window w")
     parser.add_argument("--global-tokens", type=int, default=16, help="sparse: leading global positions")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-from bench.shapes import Shape
-from model.counting import flops_per_token
-from train.peak import matmul_flops_rate
+from scalelab.bench.shapes import Shape
+from scalelab.model.counting import flops_per_token
+from scalelab.runtime.peak import matmul_flops_rate
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Decode throughput: KV-cache generation against re-running the whole forward pass per token, and int8 weights.
 
-Run: .venv/bin/python -m bench.decode_bench [--quick]. Each contender generates `new` greedy
+Run: .venv/bin/python -m scalelab.bench.decode_bench [--quick]. Each contender generates `new` greedy
 tokens after a `prompt`-token prompt for a batch of rows, compiled once and timed with the
 interleaved windows of bench/measure.py. The uncached baseline runs the full causal forward
 over a fixed (prompt + new)-token buffer at every step (one compiled program, no cache).
@@ -17,12 +17,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from bench.measure import interleave, load_average
-from bench.report import RESULTS_DIR, write_json
-from model.config import ModelConfig
-from model.decode import generate
-from model.functional import ModelDef, describe
-from model.quantize import quantize, report
+from scalelab.bench.measure import interleave, load_average
+from scalelab.bench.report import RESULTS_DIR, write_json
+from scalelab.inference.decode import generate
+from scalelab.inference.quantize import quantize, report
+from scalelab.model.config import ModelConfig
+from scalelab.model.functional import ModelDef, describe
 
 MODEL = ModelConfig(vocab_size=512, d_model=256, n_layers=4, n_heads=8, n_kv_heads=4, max_seq_len=512)
 

@@ -3,7 +3,7 @@
 Both minimise the same objective (the normalised Huber loss of log residuals in scaling.laws) from the
 same 4,500 Chinchilla grid starts on the same 250-point table, then refit the same 1,000 bootstrap
 resamples from the same start points. The JAX time excludes compilation (reported separately, it is
-paid once per process). Run: .venv/bin/python -m bench.fit_bench   (writes bench/results/fit.json)
+paid once per process). Run: .venv/bin/python -m scalelab.bench.fit_bench   (writes bench/results/fit.json)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 
-from bench.report import RESULTS_DIR, write_json
+from scalelab.bench.report import RESULTS_DIR, write_json
 
 N_ROWS = 250
 RESAMPLES = 1000
@@ -100,9 +100,9 @@ def main() -> None:
 
     import jax
 
-    from scaling.bootstrap import bootstrap_law, bootstrap_starts, resample_counts
-    from scaling.lawfit import Points, fit_law
-    from scaling.laws import APPROACH3, HUBER_DELTA
+    from scalelab.scaling.fit.bootstrap import bootstrap_law, bootstrap_starts, resample_counts
+    from scalelab.scaling.fit.formulas import APPROACH3, HUBER_DELTA
+    from scalelab.scaling.fit.parametric import Points, fit_law
 
     load_start = os.getloadavg()[0]
     x, y = make_table(np.random.default_rng(SEED))

@@ -1,6 +1,6 @@
 """Loader throughput against what gpt-tiny's train step consumes, on the default corpus.
 
-Run: .venv/bin/python -m bench.loader_bench. Prepares the default dataset and its tokenizer
+Run: .venv/bin/python -m scalelab.bench.loader_bench. Prepares the default dataset and its tokenizer
 first if they are missing. Writes bench/results/loader.json; the target ratio is >= 10.
 """
 
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import jax
 
-from bench.report import RESULTS_DIR, write_json
-from train.config import load_config
-from train.data.builder import prepare_dataset
-from train.data.loader import TfdsSource
-from train.data.tokens import build_store
-from train.trainer import Trainer
+from scalelab.bench.report import RESULTS_DIR, write_json
+from scalelab.data.builder import prepare_dataset
+from scalelab.data.loader import TfdsSource
+from scalelab.data.tokens import build_store
+from scalelab.train.config import load_config
+from scalelab.train.trainer import Trainer
 
 TARGET_RATIO = 10.0
 
@@ -54,7 +54,7 @@ def train_tokens_per_s(cfg, source: TfdsSource, steps: int) -> tuple[float, floa
 
 def main(argv: list[str] | None = None) -> int:
     """Measure, print the ratio and write the results file."""
-    parser = argparse.ArgumentParser(prog="python -m bench.loader_bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m scalelab.bench.loader_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="gpt-tiny-text", help="a config with data.source=tfds")
     parser.add_argument("--loader-steps", type=int, default=2000)
     parser.add_argument("--train-steps", type=int, default=50)

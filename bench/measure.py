@@ -12,7 +12,7 @@ import os
 import statistics
 from typing import Protocol
 
-from train.host import release_freed_memory
+from scalelab.runtime.host import release_freed_memory
 
 
 class Steppable(Protocol):

@@ -1,6 +1,6 @@
 """Meshes on 8 simulated CPU devices: tokens/s, per-device memory and the pipeline bubble.
 
-Run: `.venv/bin/python -m bench.mesh_bench [--steps N] [--out PATH]`. Writes bench/results/mesh.json.
+Run: `.venv/bin/python -m scalelab.bench.mesh_bench [--steps N] [--out PATH]`. Writes bench/results/mesh.json.
 
 The simulated devices share the host's cores, so tokens/s here measures what each layout
 costs in collectives and bookkeeping, not how it would scale on real chips. Memory is per
@@ -23,10 +23,10 @@ from typing import Any
 
 import jax
 
-from bench.report import RESULTS_DIR, write_json
-from train.config import Config, config_from_dict, to_dict
-from train.data import make_source
-from train.trainer import Trainer, device_bytes
+from scalelab.bench.report import RESULTS_DIR, write_json
+from scalelab.data import make_source
+from scalelab.train.config import Config, config_from_dict, to_dict
+from scalelab.train.trainer import Trainer, device_bytes
 
 # Small enough that nine meshes compile and run in minutes on a 2-core CPU.
 BASE: dict[str, Any] = {

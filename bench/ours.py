@@ -8,9 +8,9 @@ import time
 import jax
 import numpy as np
 
-from bench.shapes import Shape
-from train.steps import TrainState
-from train.trainer import Trainer
+from scalelab.bench.shapes import Shape
+from scalelab.train.steps import TrainState
+from scalelab.train.trainer import Trainer
 
 
 @dataclasses.dataclass

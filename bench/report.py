@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from train.host import usable_cores
+from scalelab.runtime.host import usable_cores
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

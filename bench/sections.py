@@ -12,15 +12,15 @@ from typing import Any
 
 import jax
 
-from bench import ours
-from bench.ceiling import matmul_ceiling
-from bench.measure import Steppable, Timing, interleave
-from bench.shapes import DEPTH_BASE, Shape
-from model.counting import count_params, flops_per_token
-from model.stack import REMAT_POLICIES
-from train.host import release_freed_memory
-from train.peak import measured_matmul_flops, vendor_peak
-from train.trainer import device_bytes
+from scalelab.bench import ours
+from scalelab.bench.ceiling import matmul_ceiling
+from scalelab.bench.measure import Steppable, Timing, interleave
+from scalelab.bench.shapes import DEPTH_BASE, Shape
+from scalelab.model.counting import count_params, flops_per_token
+from scalelab.model.stack import REMAT_POLICIES
+from scalelab.runtime.host import release_freed_memory
+from scalelab.runtime.peak import measured_matmul_flops, vendor_peak
+from scalelab.train.trainer import device_bytes
 
 OURS_VARIANTS = {"ours-bf16": "bfloat16", "ours-fp32": "float32"}
 
@@ -64,7 +64,7 @@ def _torch_variants(names: list[str], device: jax.Device) -> tuple[Any, str | No
     if not names:
         return None, None
     try:
-        from bench import torch_gpt
+        from scalelab.bench import torch_gpt
     except ImportError:
         return None, "torch is not installed (pip install -e '.[bench]'): no PyTorch baseline"
     if device.platform != "cpu" and torch_gpt.device().type == "cpu":

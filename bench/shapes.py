@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from train.config import Config, config_from_dict
+from scalelab.train.config import Config, config_from_dict
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,13 +12,14 @@ from typing import Any
 
 import jax
 
-from bench import report, sections
-from bench.measure import load_average
-from bench.report import fixed, integer, percent, si, text
-from bench.shapes import by_name
+from scalelab.bench import report, sections
+from scalelab.bench.measure import load_average
+from scalelab.bench.report import fixed, integer, percent, si, text
+from scalelab.bench.shapes import by_name
 
 SECTIONS = ("peak", "ladder", "remat", "depth", "others")
 BENCH_DIR = Path(__file__).resolve().parent
+BENCH_PACKAGE = __package__  # scalelab.bench: each benchmark runs as `python -m <package>.<name>`
 
 LADDER_COLUMNS = [
     ("rung", "rung", text),
@@ -85,12 +86,12 @@ def quick_args(path: Path) -> list[str] | None:
 
 
 def run_others(quick: bool, env: dict[str, str], results_dir: Path, timeout_s: float = 1800) -> list[dict[str, Any]]:
-    """Run every bench/*_bench.py as `python -m bench.<name>` in its own process (its own XLA flags)."""
+    """Run every bench/*_bench.py as `python -m scalelab.bench.<name>` in its own process (its own XLA flags)."""
     rows = []
     for path in sorted(BENCH_DIR.glob("*_bench.py")):
         args = (quick_args(path) or []) if quick else []
         out = results_dir / f"{path.stem.removesuffix('_bench')}.json"
-        command = [sys.executable, "-m", f"bench.{path.stem}", *args, "--out", str(out)]
+        command = [sys.executable, "-m", f"{BENCH_PACKAGE}.{path.stem}", *args, "--out", str(out)]
         _say(f"others: {' '.join(command[1:])}")
         start = time.perf_counter()
         try:

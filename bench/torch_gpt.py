@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.shapes import Shape
+from scalelab.bench.shapes import Shape
 
 # (precision, compiled) of the four variants, named as the tables print them.
 VARIANTS: dict[str, tuple[str, bool]] = {

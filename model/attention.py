@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.axes import constrain
-from model.config import ModelConfig
-from model.layers import AttentionInputs, matmul, pack_residual, param, unpack_residual, zeros_param
-from model.masks import BIDIRECTIONAL, Blocking, FullAttention, LocalGlobal, Pattern, SlidingWindow
+from scalelab.model.axes import constrain
+from scalelab.model.config import ModelConfig
+from scalelab.model.layers import AttentionInputs, matmul, pack_residual, param, unpack_residual, zeros_param
+from scalelab.model.masks import BIDIRECTIONAL, Blocking, FullAttention, LocalGlobal, Pattern, SlidingWindow
 
 # Key-minus-query offsets (..., q, k) -> fp32 bias (..., heads, q, k), or None for no bias.
 BiasFn = Callable[[jax.Array], jax.Array | None]

@@ -14,10 +14,10 @@ from collections.abc import Callable
 import jax
 from flax import nnx
 
-from model.attention import Attention, CrossInputs
-from model.axes import constrain
-from model.config import ModelConfig
-from model.layers import AttentionInputs, FeedForward, dropout, make_norm
+from scalelab.model.attention import Attention, CrossInputs
+from scalelab.model.axes import constrain
+from scalelab.model.config import ModelConfig
+from scalelab.model.layers import AttentionInputs, FeedForward, dropout, make_norm
 
 Sublayer = Callable[[jax.Array], jax.Array]
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from scalelab.errors import ConfigError
+
 FAMILIES = ("gpt", "bert", "t5")
 ACTIVATIONS = ("relu", "gelu", "swiglu")
 NORMS = ("layernorm", "rmsnorm")
@@ -12,10 +14,6 @@ POSITIONS = ("rope", "learned", "sinusoidal", "relative", "alibi")
 ATTENTIONS = ("full", "sliding", "sparse")
 DTYPES = ("bfloat16", "float32")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch", "offload_dots")
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, mistyped or inconsistent; the message names the key."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import jax
 
-from model.config import ModelConfig, SequenceLengths
-from model.functional import describe
-from model.masks import make_pattern
+from scalelab.model.config import ModelConfig, SequenceLengths
+from scalelab.model.functional import describe
+from scalelab.model.masks import make_pattern
 
 EMBEDDING_AXES = ("vocab", "positions", "relative_buckets")  # token and position tables
 Path = tuple[str, ...]

@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.config import ModelConfig
-from model.stack import LayerRunner
-from model.tower import Tower, default_positions, embed_tokens, output_head, token_table, vocab_logits
+from scalelab.model.config import ModelConfig
+from scalelab.model.stack import LayerRunner
+from scalelab.model.tower import Tower, default_positions, embed_tokens, output_head, token_table, vocab_logits
 
 
 class EncoderDecoderLM(nnx.Module):

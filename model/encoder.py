@@ -12,11 +12,11 @@ from collections.abc import Mapping
 import jax
 from flax import nnx
 
-from model.axes import constrain
-from model.config import ModelConfig
-from model.layers import matmul, param, zeros_param
-from model.stack import LayerRunner
-from model.tower import Tower, default_positions, embed_tokens, output_head, token_table, vocab_logits
+from scalelab.model.axes import constrain
+from scalelab.model.config import ModelConfig
+from scalelab.model.layers import matmul, param, zeros_param
+from scalelab.model.stack import LayerRunner
+from scalelab.model.tower import Tower, default_positions, embed_tokens, output_head, token_table, vocab_logits
 
 
 class EncoderLM(Tower):

@@ -14,9 +14,9 @@ import jax
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-from model.config import ModelConfig
-from model.stack import LayerRunner
-from model.transformer import build_model
+from scalelab.model.config import ModelConfig
+from scalelab.model.stack import LayerRunner
+from scalelab.model.transformer import build_model
 
 Params = dict[str, Any]
 

@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.axes import constrain
-from model.config import ModelConfig
-from model.masks import BIDIRECTIONAL, Pattern
+from scalelab.model.axes import constrain
+from scalelab.model.config import ModelConfig
+from scalelab.model.masks import BIDIRECTIONAL, Pattern
 
 
 def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], std: float | None) -> nnx.Param:

@@ -16,7 +16,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from model.config import ModelConfig
+from scalelab.model.config import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)

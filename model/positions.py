@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.config import ModelConfig
-from model.layers import param
+from scalelab.model.config import ModelConfig
+from scalelab.model.layers import param
 
 
 def sinusoid_angles(positions: jax.Array, dim: int, theta: float) -> jax.Array:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import jax
 from flax import nnx
 
-from model.config import ModelConfig
+from scalelab.model.config import ModelConfig
 
 # What every block receives besides x, computed once per forward pass: AttentionInputs, or
 # CrossInputs in a T5 decoder. Runners only pass it through, so any pytree works.

@@ -13,14 +13,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.attention import CrossInputs, cross_attention_inputs, self_attention_inputs
-from model.axes import constrain
-from model.blocks import NORM_PLACEMENTS, Block, CrossBlock
-from model.config import ModelConfig
-from model.layers import dropout, make_norm, matmul, param
-from model.masks import make_pattern
-from model.positions import POSITION_ENCODINGS
-from model.stack import LayerRunner, LayerStack
+from scalelab.model.attention import CrossInputs, cross_attention_inputs, self_attention_inputs
+from scalelab.model.axes import constrain
+from scalelab.model.blocks import NORM_PLACEMENTS, Block, CrossBlock
+from scalelab.model.config import ModelConfig
+from scalelab.model.layers import dropout, make_norm, matmul, param
+from scalelab.model.masks import make_pattern
+from scalelab.model.positions import POSITION_ENCODINGS
+from scalelab.model.stack import LayerRunner, LayerStack
 
 
 def default_positions(tokens: jax.Array, positions: jax.Array | None) -> jax.Array:

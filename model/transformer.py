@@ -11,11 +11,11 @@ from collections.abc import Mapping
 import jax
 from flax import nnx
 
-from model.config import ModelConfig
-from model.encdec import EncoderDecoderLM
-from model.encoder import EncoderLM
-from model.stack import LayerRunner
-from model.tower import Tower, default_positions, embed_tokens, output_head, token_table, vocab_logits
+from scalelab.model.config import ModelConfig
+from scalelab.model.encdec import EncoderDecoderLM
+from scalelab.model.encoder import EncoderLM
+from scalelab.model.stack import LayerRunner
+from scalelab.model.tower import Tower, default_positions, embed_tokens, output_head, token_table, vocab_logits
 
 
 class DecoderLM(Tower):

@@ -19,7 +19,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Sharding
 
-from model.config import ConfigError
+from scalelab.model.config import ConfigError
 
 # Environment variables that stand in for the flags (handy in job scripts).
 ENV_VARS = {

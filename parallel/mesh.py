@@ -11,7 +11,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
-from model.config import ConfigError
+from scalelab.model.config import ConfigError
 
 # Ordered from least to most communication-hungry, so that the innermost (fastest-varying)
 # axis, tensor, lands on the best-connected neighbouring devices.

@@ -24,12 +24,10 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from model.config import ConfigError, ModelConfig
-from model.layers import AttentionInputs
-from model.stack import LayerRunner, block_fn
-from parallel.rules import MeshAxes, logical_to_mesh
-
-SCHEDULES = ("gpipe", "circular")
+from scalelab.model.config import ConfigError, ModelConfig
+from scalelab.model.layers import AttentionInputs
+from scalelab.model.stack import LayerRunner, block_fn
+from scalelab.parallel.rules import MeshAxes, logical_to_mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,34 +64,43 @@ class PipelinePlan:
         )
 
 
+def _gpipe_repeats(mesh_cfg, n_layers: int, stages: int) -> int:
+    if mesh_cfg.repeats not in (None, 1):
+        raise ConfigError(f"mesh.repeats ({mesh_cfg.repeats}) needs mesh.schedule=circular; gpipe uses 1")
+    return 1
+
+
+def _circular_repeats(mesh_cfg, n_layers: int, stages: int) -> int:
+    # By default interleave as finely as possible: one layer per group, the smallest bubble.
+    repeats = mesh_cfg.repeats or n_layers // stages
+    if n_layers % (stages * repeats):
+        raise ConfigError(
+            f"model.n_layers ({n_layers}) is not divisible by mesh.pipeline x mesh.repeats "
+            f"({stages} x {repeats} = {stages * repeats})"
+        )
+    if repeats > 1 and mesh_cfg.microbatches < stages:
+        raise ConfigError(
+            f"mesh.microbatches ({mesh_cfg.microbatches}) must be at least mesh.pipeline ({stages}) for the circular "
+            "schedule: a microbatch re-enters stage 0 only after every stage has started"
+        )
+    return repeats
+
+
+# Pipeline schedules, chosen by `mesh.schedule`: each picks the layer groups per stage (`repeats`).
+# One loop runs them all; they differ only in how finely the layers interleave over the stages.
+PIPELINE_SCHEDULES = {"gpipe": _gpipe_repeats, "circular": _circular_repeats}
+
+
 def plan_pipeline(mesh_cfg, model_cfg: ModelConfig, stages: int) -> PipelinePlan:
     """Validate the pipeline settings against the model and return the plan (errors name both numbers)."""
-    if mesh_cfg.schedule not in SCHEDULES:
-        raise ConfigError(f"mesh.schedule: unknown value {mesh_cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    n_layers, microbatches = model_cfg.n_layers, mesh_cfg.microbatches
+    n_layers = model_cfg.n_layers
     if n_layers % stages:
         raise ConfigError(
             f"model.n_layers ({n_layers}) is not divisible by mesh.pipeline ({stages}); "
             "each stage needs the same number of layers"
         )
-    if mesh_cfg.schedule == "gpipe":
-        if mesh_cfg.repeats not in (None, 1):
-            raise ConfigError(f"mesh.repeats ({mesh_cfg.repeats}) needs mesh.schedule=circular; gpipe uses 1")
-        repeats = 1
-    else:
-        # By default interleave as finely as possible: one layer per group, the smallest bubble.
-        repeats = mesh_cfg.repeats or n_layers // stages
-        if n_layers % (stages * repeats):
-            raise ConfigError(
-                f"model.n_layers ({n_layers}) is not divisible by mesh.pipeline x mesh.repeats "
-                f"({stages} x {repeats} = {stages * repeats})"
-            )
-        if repeats > 1 and microbatches < stages:
-            raise ConfigError(
-                f"mesh.microbatches ({microbatches}) must be at least mesh.pipeline ({stages}) for the circular "
-                "schedule: a microbatch re-enters stage 0 only after every stage has started"
-            )
-    return PipelinePlan(stages, repeats, microbatches, n_layers, mesh_cfg.schedule)
+    repeats = PIPELINE_SCHEDULES[mesh_cfg.schedule](mesh_cfg, n_layers, stages)
+    return PipelinePlan(stages, repeats, mesh_cfg.microbatches, n_layers, mesh_cfg.schedule)
 
 
 def stage_layout(array: jax.Array, plan: PipelinePlan) -> jax.Array:

@@ -14,8 +14,8 @@ from typing import Any
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from model.config import ConfigError
-from parallel.mesh import MESH_AXES
+from scalelab.model.config import ConfigError
+from scalelab.parallel.mesh import MESH_AXES
 
 MeshAxes = tuple[str, ...]
 

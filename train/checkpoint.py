@@ -27,11 +27,11 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from model.config import ConfigError
-from train.config import Config, flatten_config, to_dict
-from train.manifest import verify_manifest, write_manifest
-from train.steps import TrainState
-from train.trainer import Trainer
+from scalelab.model.config import ConfigError
+from scalelab.train.config import Config, flatten_config, to_dict
+from scalelab.train.manifest import verify_manifest, write_manifest
+from scalelab.train.steps import TrainState
+from scalelab.train.trainer import Trainer
 
 CHECKPOINT_DIR = "checkpoints"
 QUARANTINE_DIR = "checkpoints-corrupt"
@@ -117,7 +117,7 @@ def data_reference(cfg: Config) -> dict[str, Any]:
     """What the batches are made of: the source and, for tfds, the dataset and tokenizer folders."""
     reference: dict[str, Any] = {"source": cfg.data.source, "name": cfg.data.name, "seed": cfg.data.seed}
     if cfg.data.source == "tfds":
-        from train.data.storage import dataset_version_dir, resolve_data_dir, tokenizer_dir
+        from scalelab.data.storage import dataset_version_dir, resolve_data_dir, tokenizer_dir
 
         data_dir = resolve_data_dir(cfg.data.data_dir)
         version = dataset_version_dir(data_dir, cfg.data.name)

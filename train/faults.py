@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from model.config import ConfigError
+from scalelab.model.config import ConfigError
 
 EXIT_PREEMPTED = 75
 EXIT_DIVERGED = 3

@@ -14,9 +14,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from model.counting import count_params, flops_per_token
-from parallel.distributed import check_same_config
-from train.checkpoint import (
+from scalelab.data import BatchSource, make_source
+from scalelab.data.objectives import model_lengths
+from scalelab.model.counting import count_params, flops_per_token
+from scalelab.parallel.distributed import check_same_config
+from scalelab.runtime.peak import peak_flops_per_device
+from scalelab.train.checkpoint import (
     CheckpointError,
     CheckpointStore,
     Restored,
@@ -26,14 +29,11 @@ from train.checkpoint import (
     refuse_unmanaged,
     warn,
 )
-from train.config import Config, save_config
-from train.data import BatchSource, make_source
-from train.faults import DataSkips, NonFiniteLossError, Preempted, PreemptionGuard, RunDirLock, poison_batch
-from train.metrics import MetricsWriter, clear_metrics, refuse_replacing, truncate_metrics
-from train.objectives import model_lengths
-from train.peak import peak_flops_per_device
-from train.steps import TrainState
-from train.trainer import Trainer, device_bytes
+from scalelab.train.config import Config, save_config
+from scalelab.train.faults import DataSkips, NonFiniteLossError, Preempted, PreemptionGuard, RunDirLock, poison_batch
+from scalelab.train.metrics import MetricsWriter, clear_metrics, refuse_replacing, truncate_metrics
+from scalelab.train.steps import TrainState
+from scalelab.train.trainer import Trainer, device_bytes
 
 
 @dataclasses.dataclass

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from model.counting import EMBEDDING_AXES, is_matmul_weight
-from train.config import Config, ScheduleConfig
+from scalelab.model.counting import EMBEDDING_AXES, is_matmul_weight
+from scalelab.train.config import Config, ScheduleConfig
 
 Decay = Callable[[jax.Array], jax.Array]
 

@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from model.functional import ModelDef
-from model.stack import LayerRunner
-from train.config import Config
+from scalelab.model.functional import ModelDef
+from scalelab.model.stack import LayerRunner
+from scalelab.train.config import Config
 
 TrainState = dict[str, Any]  # {"step": int32 scalar, "params": pytree, "opt_state": pytree}
 Batch = Mapping[str, jax.Array]

@@ -12,14 +12,14 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from model.axes import activation_sharding
-from model.config import ConfigError
-from model.functional import ModelDef, describe
-from model.stack import LayerRunner
-from parallel.distributed import process_rows
-from parallel.mesh import build_mesh
-from parallel.pipeline import PipelinePlan, make_pipeline_runner, plan_pipeline
-from parallel.rules import (
+from scalelab.model.axes import activation_sharding
+from scalelab.model.config import ConfigError
+from scalelab.model.functional import ModelDef, describe
+from scalelab.model.stack import LayerRunner
+from scalelab.parallel.distributed import process_rows
+from scalelab.parallel.mesh import build_mesh
+from scalelab.parallel.pipeline import PipelinePlan, make_pipeline_runner, plan_pipeline
+from scalelab.parallel.rules import (
     MeshAxes,
     activation_resolver,
     check_divisible,
@@ -27,9 +27,9 @@ from parallel.rules import (
     make_rules,
     tree_shardings,
 )
-from train.config import Config
-from train.optim import learning_rate, make_optimizer
-from train.steps import TrainState, make_eval_step, make_train_step
+from scalelab.train.config import Config
+from scalelab.train.optim import learning_rate, make_optimizer
+from scalelab.train.steps import TrainState, make_eval_step, make_train_step
 
 BATCH_AXES = PartitionSpec("batch", "length")
 

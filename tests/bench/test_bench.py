@@ -7,13 +7,13 @@ import os
 import jax
 import pytest
 
-from bench import report, sections, suite
-from bench.ceiling import train_step_matmuls
-from bench.cli import add_arguments, run_bench
-from bench.report import RESULTS_DIR
-from bench.shapes import LADDER, Shape, by_name
-from bench.suite import quick_args, targets
-from model.counting import count_params, flops_per_token
+from scalelab.bench import report, sections, suite
+from scalelab.bench.ceiling import train_step_matmuls
+from scalelab.bench.report import RESULTS_DIR
+from scalelab.bench.shapes import LADDER, Shape, by_name
+from scalelab.bench.suite import quick_args, targets
+from scalelab.cli.bench import add_arguments, run_bench
+from scalelab.model.counting import count_params, flops_per_token
 
 MICRO = Shape("micro", d_model=32, n_layers=1, n_heads=2, seq_len=16, batch_size=2, vocab_size=64)
 
@@ -41,14 +41,14 @@ def test_cli_rejects_unknown_names_before_running(capsys):
 
 
 def test_torch_baseline_has_exactly_our_parameters():
-    torch_gpt = pytest.importorskip("bench.torch_gpt")
+    torch_gpt = pytest.importorskip("scalelab.bench.torch_gpt")
     for shape in (MICRO, by_name(["ref-128"])[0]):
         model = torch_gpt.TorchGPT(shape)
         assert sum(p.numel() for p in model.parameters()) == count_params(shape.config().model).total
 
 
 def test_torch_baseline_starts_near_uniform_loss():
-    torch_gpt = pytest.importorskip("bench.torch_gpt")
+    torch_gpt = pytest.importorskip("scalelab.bench.torch_gpt")
     run = torch_gpt.build("torch-fp32-eager", MICRO)
     assert abs(float(run.step()) - math.log(MICRO.vocab_size)) < 0.5
 
@@ -100,6 +100,7 @@ def test_other_benchmarks_write_into_the_chosen_results_dir(tmp_path, monkeypatc
         "out.parent.mkdir(parents=True, exist_ok=True)\nout.write_text('{}')\n"
     )
     monkeypatch.setattr(suite, "BENCH_DIR", package)
+    monkeypatch.setattr(suite, "BENCH_PACKAGE", "bench")
     rows = suite.run_others(quick=False, env=dict(os.environ), results_dir=tmp_path / "results")
     assert [row["status"] for row in rows] == [0]
     assert (tmp_path / "results" / "echo.json").read_text() == "{}"

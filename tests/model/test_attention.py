@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from model import ModelConfig
-from model.attention import ATTENTION_KERNELS, dot_product_attention, same_segment, self_attention_inputs
-from model.masks import FullAttention, LocalGlobal, SlidingWindow
-from model.positions import POSITION_ENCODINGS, alibi_slopes, relative_bucket
+from scalelab.model import ModelConfig
+from scalelab.model.attention import ATTENTION_KERNELS, dot_product_attention, same_segment, self_attention_inputs
+from scalelab.model.masks import FullAttention, LocalGlobal, SlidingWindow
+from scalelab.model.positions import POSITION_ENCODINGS, alibi_slopes, relative_bucket
 
 HEADS, KV_HEADS, HEAD_DIM = 4, 2, 8
 

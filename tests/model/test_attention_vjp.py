@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from model.attention import dot_product_attention
+from scalelab.model.attention import dot_product_attention
 
 
 def reference(q, k, v, mask, dtype):

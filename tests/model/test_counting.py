@@ -1,6 +1,6 @@
 """Parameter and FLOP counts against hand calculations."""
 
-from model import ModelConfig, count_params, flops_per_token
+from scalelab.model import ModelConfig, count_params, flops_per_token
 
 
 def test_counts_of_a_tied_rmsnorm_gelu_model():

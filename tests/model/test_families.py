@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from model import ModelConfig
-from model.blocks import Block
-from model.functional import describe
-from model.layers import AttentionInputs
-from model.masks import FullAttention
+from scalelab.model import ModelConfig
+from scalelab.model.blocks import Block
+from scalelab.model.functional import describe
+from scalelab.model.layers import AttentionInputs
+from scalelab.model.masks import FullAttention
 
 BASE = ModelConfig(vocab_size=61, d_model=32, n_layers=2, n_heads=4, max_seq_len=16, window=4, dtype="float32")
 # Each family with each pattern and each kind of position signal (absolute, bias, rotary) at least once.

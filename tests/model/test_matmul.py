@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from model.layers import matmul
+from scalelab.model.layers import matmul
 
 SPECS = [
     ("btd,df->btf", (2, 8, 16), (16, 32)),

@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from model import ModelConfig
-from model.positions import LearnedPositions, SinusoidalPositions
-from train.config import load_config
-from train.loop import train
+from scalelab.model import ModelConfig
+from scalelab.model.positions import LearnedPositions, SinusoidalPositions
+from scalelab.train.config import load_config
+from scalelab.train.loop import train
 
 CFG = ModelConfig(vocab_size=61, d_model=64, n_layers=1, n_heads=4, max_seq_len=128, dtype="float32")
 

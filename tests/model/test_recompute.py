@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from model.layers import pack_residual, recomputed, unpack_residual
+from scalelab.model.layers import pack_residual, recomputed, unpack_residual
 
 
 def test_packing_round_trips_bf16_exactly_and_leaves_other_dtypes_alone():

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from model import ModelConfig
-from model.config import REMAT_POLICIES
-from model.functional import describe
-from train.steps import cross_entropy
+from scalelab.model import ModelConfig
+from scalelab.model.config import REMAT_POLICIES
+from scalelab.model.functional import describe
+from scalelab.train.steps import cross_entropy
 
 TINY = ModelConfig(vocab_size=61, d_model=32, n_layers=3, n_heads=4, max_seq_len=16, dtype="float32")
 

@@ -10,10 +10,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from model.config import ModelConfig
-from train.config import Config, config_from_dict
-from train.data import make_source
-from train.trainer import Trainer
+from scalelab.data import make_source
+from scalelab.model.config import ModelConfig
+from scalelab.train.config import Config, config_from_dict
+from scalelab.train.trainer import Trainer
 
 # 8 layers so that pipeline=4 can also run circularly (2 groups per stage); 8 heads so that
 # tensor parallelism can use all 8 simulated devices.

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from parallel.distributed import add_arguments, initialize, initialize_kwargs
+from scalelab.parallel.distributed import add_arguments, initialize, initialize_kwargs
 
 # Over 2 processes x 2 devices: the first splits the batch rows between the processes; in
 # the second each process is one pipeline stage and both feed the whole batch.

@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from model.config import ConfigError
-from parallel.distributed import (
+from scalelab.model.config import ConfigError
+from scalelab.parallel.distributed import (
     add_arguments,
     check_same_config,
     config_digests,
@@ -18,7 +18,7 @@ from parallel.distributed import (
     initialize,
     initialize_kwargs,
 )
-from train.config import load_config
+from scalelab.train.config import load_config
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -8,11 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from model.config import ConfigError
-from parallel.mesh import MESH_AXES, build_mesh, device_grid, split_dcn
+from scalelab.model.config import ConfigError
+from scalelab.parallel.config import MeshConfig
+from scalelab.parallel.mesh import MESH_AXES, build_mesh, device_grid, split_dcn
+from scalelab.train.config import config_from_dict
+from scalelab.train.trainer import Trainer
 from tests.parallel.helpers import tiny_config
-from train.config import MeshConfig, config_from_dict
-from train.trainer import Trainer
 
 
 def test_minus_one_takes_the_remaining_devices():

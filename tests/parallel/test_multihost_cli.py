@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from scalelab.train.faults import EXIT_PREEMPTED, lock_run_dir
 from tests.parallel.test_multihost import ROOT, free_port
-from train.faults import EXIT_PREEMPTED, lock_run_dir
 
 SCALELAB = Path(sys.executable).parent / "scalelab"
 FAST = ["schedule.warmup_steps=0", "logging.progress=false", "logging.peak_flops=1e12", "train.eval_every=0"]

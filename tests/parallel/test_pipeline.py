@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from model.axes import activation_sharding
-from model.config import ConfigError, ModelConfig
-from model.functional import describe
-from parallel.mesh import build_mesh
-from parallel.pipeline import PipelinePlan, make_pipeline_runner, plan_pipeline, stage_layout
-from parallel.rules import activation_resolver, make_rules, tree_shardings
+from scalelab.model.axes import activation_sharding
+from scalelab.model.config import ConfigError, ModelConfig
+from scalelab.model.functional import describe
+from scalelab.parallel.config import MeshConfig
+from scalelab.parallel.mesh import build_mesh
+from scalelab.parallel.pipeline import PipelinePlan, make_pipeline_runner, plan_pipeline, stage_layout
+from scalelab.parallel.rules import activation_resolver, make_rules, tree_shardings
 from tests.parallel.helpers import FAST_COMPILE
-from train.config import MeshConfig
 
 
 def test_bubble_fractions_follow_the_schedules():

@@ -2,9 +2,9 @@
 
 import pytest
 
-from model.config import ConfigError
-from parallel.rules import DEFAULT_RULES, make_rules
-from train.config import load_config
+from scalelab.model.config import ConfigError
+from scalelab.parallel.rules import DEFAULT_RULES, make_rules
+from scalelab.train.config import load_config
 
 
 def _rules(value: str) -> dict:

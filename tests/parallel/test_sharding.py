@@ -8,9 +8,9 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
+from scalelab.data import make_source
+from scalelab.train.trainer import Trainer
 from tests.parallel.helpers import FAST_COMPILE, initial_state, tiny_config
-from train.data import make_source
-from train.trainer import Trainer
 
 P = PartitionSpec
 

@@ -14,8 +14,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental.compilation_cache import compilation_cache
 
-from train.checkpoint import path_name
-from train.metrics import read_metrics
+from scalelab.train.checkpoint import path_name
+from scalelab.train.metrics import read_metrics
 
 # gpt-tiny on short rows without TensorBoard: a step takes tens of milliseconds on the CPU.
 FAST = [

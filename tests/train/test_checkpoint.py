@@ -11,7 +11,23 @@ import jax
 import numpy as np
 import pytest
 
-from model.config import ConfigError
+from scalelab.cli import main
+from scalelab.model.config import ConfigError
+from scalelab.train import loop
+from scalelab.train.checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    checkpoint_meta,
+    data_reference,
+    load_params,
+    saved_steps,
+)
+from scalelab.train.config import load_config
+from scalelab.train.faults import Preempted
+from scalelab.train.loop import train
+from scalelab.train.manifest import MANIFEST
+from scalelab.train.metrics import read_metrics
+from scalelab.train.trainer import Trainer
 from tests.train.ckpt_support import (
     FAST,
     assert_states_equal,
@@ -21,22 +37,6 @@ from tests.train.ckpt_support import (
     saved_state,
     shared_cache_dir,
 )
-from train import loop
-from train.checkpoint import (
-    CheckpointError,
-    CheckpointStore,
-    checkpoint_meta,
-    data_reference,
-    load_params,
-    saved_steps,
-)
-from train.cli import main
-from train.config import load_config
-from train.faults import Preempted
-from train.loop import train
-from train.manifest import MANIFEST
-from train.metrics import read_metrics
-from train.trainer import Trainer
 
 BASE = [*FAST, "train.steps=12", "train.eval_every=4", "checkpoint.every=4", "checkpoint.keep=3"]
 RESHARDED = ["mesh.data=2", "mesh.tensor=2", "mesh.pipeline=2"]  # from data=8

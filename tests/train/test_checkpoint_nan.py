@@ -7,6 +7,11 @@ import shutil
 
 import pytest
 
+from scalelab.train.checkpoint import read_meta, saved_steps
+from scalelab.train.config import load_config
+from scalelab.train.faults import DataSkips
+from scalelab.train.loop import NonFiniteLossError, train
+from scalelab.train.metrics import read_metrics
 from tests.train.ckpt_support import (
     FAST,
     assert_states_equal,
@@ -15,11 +20,6 @@ from tests.train.ckpt_support import (
     saved_state,
     shared_cache_dir,
 )
-from train.checkpoint import read_meta, saved_steps
-from train.config import load_config
-from train.faults import DataSkips
-from train.loop import NonFiniteLossError, train
-from train.metrics import read_metrics
 
 BASE = [*FAST, "train.steps=12", "train.eval_every=4", "checkpoint.every=4", "checkpoint.keep=3"]
 POISONED = [*BASE, "train.inject_nan_batches=[6]"]

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from scalelab.train.checkpoint import saved_steps
+from scalelab.train.faults import EXIT_PREEMPTED
+from scalelab.train.manifest import verify_manifest
+from scalelab.train.metrics import read_metrics
 from tests.train.ckpt_support import FAST, assert_states_equal, exact_metrics, saved_state
-from train.checkpoint import saved_steps
-from train.faults import EXIT_PREEMPTED
-from train.manifest import verify_manifest
-from train.metrics import read_metrics
 
 SCALELAB = Path(sys.executable).with_name("scalelab")
 STEPS = 40

@@ -8,12 +8,12 @@ import types
 import orbax.checkpoint as ocp
 import pytest
 
+from scalelab.train import checkpoint
+from scalelab.train.checkpoint import CheckpointError, os_error_reason
+from scalelab.train.config import load_config
+from scalelab.train.loop import train
+from scalelab.train.metrics import read_metrics
 from tests.train.ckpt_support import FAST
-from train import checkpoint
-from train.checkpoint import CheckpointError, os_error_reason
-from train.config import load_config
-from train.loop import train
-from train.metrics import read_metrics
 
 # How tensorstore words a full disk under orbax (shortened).
 FULL_DISK = (

@@ -3,11 +3,11 @@
 import pytest
 import yaml
 
-from model.config import ACTIVATIONS, POSITIONS, ConfigError
-from model.layers import ACTIVATIONS as ACTIVATION_LAYERS
-from model.positions import POSITION_ENCODINGS
-from train.config import CONFIG_DIR, SCHEDULES, load_config, save_config
-from train.optim import DECAYS
+from scalelab.model.config import ACTIVATIONS, POSITIONS, ConfigError
+from scalelab.model.layers import ACTIVATIONS as ACTIVATION_LAYERS
+from scalelab.model.positions import POSITION_ENCODINGS
+from scalelab.train.config import CONFIG_DIR, SCHEDULES, load_config, save_config
+from scalelab.train.optim import DECAYS
 
 
 def test_choice_lists_match_their_registries():
@@ -92,7 +92,7 @@ def test_missing_config_names_the_available_ones():
 
 
 def test_overrides_leave_the_given_mapping_unchanged():
-    from train.config import config_from_dict, load_raw
+    from scalelab.train.config import config_from_dict, load_raw
 
     raw = load_raw("gpt-tiny")
     config_from_dict(raw, ["model.n_layers=5"])

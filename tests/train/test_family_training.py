@@ -10,17 +10,17 @@ import jax
 import numpy as np
 import pytest
 
-from model.config import ConfigError
+from scalelab.cli import main
+from scalelab.data import make_source
+from scalelab.data.objectives import with_objective
+from scalelab.data.synthetic import MarkovSource
+from scalelab.model.config import ConfigError
+from scalelab.train.config import Config, config_from_dict, load_config
+from scalelab.train.loop import train
+from scalelab.train.metrics import read_metrics
+from scalelab.train.trainer import Trainer
+from tests.data.conftest import SENTINELS, VOCAB, make_documents, write_jsonl
 from tests.train.ckpt_support import assert_states_equal, compile_cache, exact_metrics, saved_state
-from tests.train.data.conftest import SENTINELS, VOCAB, make_documents, write_jsonl
-from train.cli import main
-from train.config import Config, config_from_dict, load_config
-from train.data import make_source
-from train.data.synthetic import MarkovSource
-from train.loop import train
-from train.metrics import read_metrics
-from train.objectives import with_objective
-from train.trainer import Trainer
 
 FAST = ["logging.progress=false", "logging.tensorboard=false", "logging.peak_flops=1e12"]
 # Compile-time optimisation changes how fast the machine code runs, not what it computes.

@@ -7,8 +7,8 @@ import signal
 import jax
 import pytest
 
-from train import faults
-from train.faults import PreemptionGuard
+from scalelab.train import faults
+from scalelab.train.faults import PreemptionGuard
 
 
 class _Exited(Exception):

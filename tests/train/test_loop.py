@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from train.config import load_config
-from train.data import make_source
-from train.loop import train
-from train.metrics import read_metrics
+from scalelab.data import make_source
+from scalelab.train.config import load_config
+from scalelab.train.loop import train
+from scalelab.train.metrics import read_metrics
 
 FAST = ["logging.progress=false", "logging.peak_flops=1e12"]
 

@@ -2,7 +2,7 @@
 
 import logging
 
-from train.metrics import MetricsWriter, read_metrics
+from scalelab.train.metrics import MetricsWriter, read_metrics
 
 
 def test_non_finite_values_stay_in_the_jsonl_and_stay_out_of_tensorboard(tmp_path, caplog):

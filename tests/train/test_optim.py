@@ -5,9 +5,9 @@ import numpy as np
 import optax
 import pytest
 
-from model.functional import describe
-from train.config import load_config
-from train.optim import clip_by_global_norm, decay_mask, learning_rate
+from scalelab.model.functional import describe
+from scalelab.train.config import load_config
+from scalelab.train.optim import clip_by_global_norm, decay_mask, learning_rate
 
 
 def _lr(name: str, steps=100, warmup=10, **extra):

@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from model.config import ConfigError
-from train.checkpoint import CheckpointError
-from train.cli import main
-from train.config import load_config
-from train.loop import train
-from train.metrics import read_metrics, truncate_metrics
+from scalelab.cli import main
+from scalelab.model.config import ConfigError
+from scalelab.train.checkpoint import CheckpointError
+from scalelab.train.config import load_config
+from scalelab.train.loop import train
+from scalelab.train.metrics import read_metrics, truncate_metrics
 
 # gpt-tiny on short rows: a run of a few steps takes a few seconds on the CPU.
 FAST = [

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from model.config import ConfigError
-from train import faults
-from train.cli import main
-from train.config import load_config
-from train.faults import LOCK_FILE, RunDirLock, lock_run_dir
-from train.loop import train
+from scalelab.cli import main
+from scalelab.model.config import ConfigError
+from scalelab.train import faults
+from scalelab.train.config import load_config
+from scalelab.train.faults import LOCK_FILE, RunDirLock, lock_run_dir
+from scalelab.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = [

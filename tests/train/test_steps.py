@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from train.steps import cross_entropy
+from scalelab.train.steps import cross_entropy
 
 
 def test_cross_entropy_ignores_padding_and_matches_a_direct_computation():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import pytest
 
-from train.cli import main
-from train.loop import RunResult
+from scalelab.cli import main
+from scalelab.train.loop import RunResult
 
 
 @pytest.fixture
@@ -16,7 +16,7 @@ def trained(monkeypatch):
     def fake_train(cfg, run_dir, **kwargs):
         return RunResult(run_dir, 3, 1.5, None, None, {})
 
-    monkeypatch.setattr("train.loop.train", fake_train)
+    monkeypatch.setattr("scalelab.train.loop.train", fake_train)
 
 
 @pytest.mark.parametrize(("process", "reports"), [(0, True), (1, False)])

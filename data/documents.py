@@ -1,0 +1,98 @@
+"""Raw documents from local files: each .txt file is one document, each .jsonl line is one.
+
+Documents come out as bytes with their file and byte offset, so the cleaning step can report
+exactly where a file stops being UTF-8.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from scalelab.data.storage import DataError
+
+SUFFIXES = (".txt", ".jsonl")
+
+
+@dataclasses.dataclass(frozen=True)
+class RawDocument:
+    """One document's bytes and where they came from (`offset` is the byte offset in `path`)."""
+
+    path: Path
+    offset: int
+    data: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoded:
+    """A document decoded to text, or the byte offset (in its file) of its first invalid UTF-8 byte."""
+
+    raw: RawDocument
+    text: str | None
+    bad_offset: int | None = None
+
+
+def find_files(spec: str) -> list[Path]:
+    """The .txt and .jsonl files named by a file, a directory (searched recursively) or a glob, sorted."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = [p for p in path.rglob("*") if p.is_file()]
+    elif glob.has_magic(spec):
+        files = [Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file()]
+        if not files:
+            raise DataError(f"corpus {spec!r}: the pattern matches no files; check the path or set data.corpus")
+    else:
+        raise DataError(f"corpus {spec!r} does not exist; give an existing file, directory or glob (data.corpus)")
+    chosen = sorted(p for p in files if p.suffix in SUFFIXES)
+    if not chosen:
+        raise DataError(
+            f"corpus {spec!r} holds no .txt or .jsonl files (found {len(files)} other files); "
+            "point data.corpus at plain-text (.txt) or JSON-lines (.jsonl) files"
+        )
+    return chosen
+
+
+def read_raw(files: list[Path]) -> Iterator[RawDocument]:
+    """Every document in `files`, in file order and then line order."""
+    for path in files:
+        if path.suffix == ".txt":
+            yield RawDocument(path, 0, path.read_bytes())
+            continue
+        offset = 0
+        with open(path, "rb") as f:
+            for line in f:
+                if line.strip():
+                    yield RawDocument(path, offset, line)
+                offset += len(line)
+
+
+def decode(raw: RawDocument, text_field: str) -> Decoded:
+    """Decode a document strictly as UTF-8 and, for a .jsonl line, take its `text_field`."""
+    try:
+        text = raw.data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return Decoded(raw, None, raw.offset + error.start)
+    if raw.path.suffix != ".jsonl":
+        return Decoded(raw, text)
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(
+            f"{raw.path}: byte offset {raw.offset}: not valid JSON ({error.msg}); fix or remove that line"
+        ) from None
+    value = record.get(text_field) if isinstance(record, dict) else record
+    if not isinstance(value, str):
+        raise DataError(
+            f"{raw.path}: byte offset {raw.offset}: expected a JSON string or an object with a string "
+            f"{text_field!r} field; fix the line or set data.text_field"
+        )
+    try:  # a \ud800-style escape decodes to a lone surrogate, which no UTF-8 text can hold
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return Decoded(raw, None, raw.offset)
+    return Decoded(raw, value)

@@ -1,0 +1,150 @@
+"""The peak FLOP/s that MFU divides by: configured, from a vendor table, or measured."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from scalelab.runtime.host import usable_cores
+
+PEAK_CACHE = "peak.json"
+
+# Dense bf16 peak per chip, from vendor datasheets (no sparsity).
+VENDOR_PEAK_BF16: dict[str, float] = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+}
+
+
+@functools.lru_cache(maxsize=8)
+def measured_matmul_flops(dtype: str = "bfloat16", size: int | None = None, rounds: int = 3) -> float:
+    """Achieved FLOP/s of square matmuls on the first device (fp32 accumulation for bf16 inputs).
+
+    Without `size`, the best of several sizes: which one a device runs fastest depends on its
+    caches and kernels (on a 2-core AMX CPU, 1024 beats 2048 by a third).
+    """
+    on_cpu = jax.devices()[0].platform == "cpu"
+    # On a CPU, 4096 was never the fastest and costs 8x a 2048 burst at every run's start-up.
+    sizes = [size] if size else [1024, 2048] if on_cpu else [4096, 8192]
+    return max(matmul_flops_rate(dtype, 1, n, n, n, rounds) for n in sizes)
+
+
+def matmul_flops_rate(dtype: str, batch: int, m: int, k: int, n: int, rounds: int = 3) -> float:
+    """Achieved FLOP/s of `batch` (m, k) x (k, n) matmuls on the first device, fp32 accumulation.
+
+    The best of `rounds` timed bursts of about 0.1 s: other work on a shared host only ever
+    slows a burst down, so the fastest one is closest to what the device can do.
+    """
+    device = jax.devices()[0]
+    a = jax.device_put(jnp.ones((batch, m, k), dtype), device)
+    b = jax.device_put(jnp.ones((batch, k, n), dtype), device)
+    matmul = jax.jit(lambda x, y: jnp.einsum("bmk,bkn->bmn", x, y, preferred_element_type=jnp.float32))
+    matmul(a, b).block_until_ready()
+    start = time.perf_counter()
+    matmul(a, b).block_until_ready()
+    repeats = max(1, int(0.1 / (time.perf_counter() - start)))
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            out = matmul(a, b)
+        out.block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * batch * m * k * n * repeats / best
+
+
+def vendor_peak(device: jax.Device) -> float | None:
+    """The datasheet bf16 peak of an accelerator, matched by device kind; None if unknown."""
+    kind = getattr(device, "device_kind", "")
+    for name, flops in VENDOR_PEAK_BF16.items():
+        if name.lower() in kind.lower():
+            return flops
+    return None
+
+
+def peak_flops_per_device(configured: float | None, dtype: str) -> tuple[float, str]:
+    """(peak FLOP/s per device, where it came from)."""
+    if configured is not None:
+        return configured, "configured"
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        flops = vendor_peak(device)
+        if flops is not None:
+            return flops, f"{device.device_kind} datasheet"
+    # Simulated CPU devices share the host's cores, so each gets an equal share of the host's rate.
+    flops, path = remembered_matmul_flops(dtype)
+    return flops / jax.local_device_count(), f"best measured {dtype} matmul on {device.platform}, kept in {path}"
+
+
+def remembered_matmul_flops(dtype: str) -> tuple[float, Path]:
+    """The best matmul FLOP/s this host has shown, with this run's measurement: (FLOP/s, cache file).
+
+    Measured afresh at each start, the rate moved by 2x between runs on a busy host, so the MFU
+    of two runs could not be compared. Other work only ever slows a measurement down, so the
+    best one kept in the cache is the closest to the hardware, and a busy moment cannot lower it.
+    """
+    from scalelab.files import cache_dir
+
+    path = cache_dir() / PEAK_CACHE
+    key = _host_key(dtype)
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    entry = known.get(key)
+    best = entry.get("flops") if isinstance(entry, dict) else None
+    best = float(best) if isinstance(best, int | float) and best > 0 else 0.0
+    flops = measured_matmul_flops(dtype)
+    if flops <= best:
+        return best, path
+    known[key] = {"flops": flops, "measured": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1) + "\n")
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only cache only loses the comparison with later runs
+    return flops, path
+
+
+def _host_key(dtype: str) -> str:
+    """What decides the matmul rate: processor, cores this process may use, backend and dtype."""
+    device = jax.devices()[0]
+    return " | ".join(
+        (
+            _processor_name(),
+            f"{usable_cores()} cores",
+            device.device_kind,
+            f"jax {jax.__version__}",
+            dtype,
+        )
+    )
+
+
+def _processor_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,0 +1,91 @@
+"""The `scalelab` console script: one parser with every subcommand, and user errors turned into exit codes.
+
+This package sits above every other, so it imports each command group directly; the packages
+below it are libraries and know nothing of argparse. Each module here adds one group of
+subcommands through its `register_*` function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import importlib.metadata
+import sys
+from collections.abc import Callable, Sequence
+
+from scalelab.cli import bench, data, fit, generate, sweep, train
+from scalelab.errors import UserError
+from scalelab.runtime.host import keep_freed_memory
+from scalelab.train.faults import EXIT_DIVERGED, EXIT_PREEMPTED, NonFiniteLossError, Preempted
+
+# Subcommand registrars, in the order `scalelab --help` lists them.
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    train.register_train,
+    generate.register_generate,
+    data.register_data,
+    data.register_tokenizer,
+    sweep.register_sweep,
+    fit.register_fit,
+    fit.register_plot,
+    bench.register_bench,
+)
+
+
+FREE_SPACE = "free space there and re-run the same command (a run with checkpoints resumes from its newest one)"
+# What to do about the OS errors a user can cause (a full disk, a path that is a file, a read-only mount).
+_OS_FIXES = {
+    errno.ENOSPC: FREE_SPACE,
+    errno.EDQUOT: FREE_SPACE,
+    errno.EROFS: "give a directory on a writable filesystem",
+    errno.EACCES: "give a directory you may write to, or fix its permissions",
+    errno.EPERM: "give a directory you may write to, or fix its permissions",
+    errno.ENOTDIR: "part of that path is a file, not a directory; give another path",
+    errno.EEXIST: "something that is not a directory is in the way; move it or give another path",
+    errno.EISDIR: "that is a directory; give a file path",
+}
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for an OS error: the path, the OS's reason and what to do about it."""
+    if error.filename is None:  # raised with a message of our own (e.g. a config that is not found)
+        return str(error)
+    where = str(error.filename) + ("" if error.filename2 is None else f" -> {error.filename2}")
+    fix = _OS_FIXES.get(error.errno or 0, "check the path and re-run")
+    return f"{where}: {error.strerror or error}; {fix}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="scalelab",
+        description="Train transformer language models with JAX and measure how their loss scales.",
+    )
+    parser.add_argument("--version", action="version", version=f"scalelab {importlib.metadata.version('scalelab')}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in COMMANDS:
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, run the chosen command and turn user errors into clean messages."""
+    keep_freed_memory()  # before any large allocation: 1.3x CPU steps on a 17M-parameter model
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as error:
+        print(f"scalelab {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"scalelab {args.command}: error: {describe_os_error(error)}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as error:  # the run diverged: re-running it unchanged would diverge again
+        print(f"scalelab {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except Preempted as stop:  # a clean stop on SIGTERM/SIGINT; re-running the command resumes
+        print(f"scalelab {args.command}: {stop}", file=sys.stderr)
+        return EXIT_PREEMPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

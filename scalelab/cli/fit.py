@@ -1,0 +1,373 @@
+"""`scalelab fit` and `scalelab plot`: power-law fits of a results table, fit.json, and the plots.
+
+Heavy modules (jax, matplotlib, the fitting code) are imported inside the command functions so that
+`scalelab --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+APPROACH_CHOICES = ("1", "2", "3", "kaplan", "single", "all")
+EPILOG_FIT = """examples:
+  scalelab fit sweeps/demo                             # all approaches, 1000 bootstrap resamples
+  scalelab fit sweeps/demo --approach 3 --budget 1e21  # N_opt, D_opt and loss at 1e21 FLOPs
+  scalelab fit table.csv --n-col params --d-col tokens --loss-col val_loss
+  scalelab fit sweeps/demo --grid alpha=0:2:0.25 --grid kaplan.r=0.5,1,2"""
+EPILOG_PLOT = """examples:
+  scalelab plot sweeps/demo/fit                        # the plots of a saved fit, next to its fit.json
+  scalelab plot sweeps/demo/fit --out plots/demo       # ... somewhere else
+  scalelab plot table.csv --n-col params --d-col tokens --loss-col val_loss --bootstrap 200
+                                                       # fit a CSV into table.csv's fit/ first, then plot"""
+
+
+def _number_in(name: str, low: float, high: float) -> Callable[[str], float]:
+    """argparse type: a float strictly between low and high; the message names the range."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not low < value < high:  # also rejects nan
+            bound = f"above {low:g}" + (f" and below {high:g}" if high < math.inf else " and finite")
+            raise argparse.ArgumentTypeError(f"{text!r}: {name} must be a number {bound}")
+        return value
+
+    return parse
+
+
+def _count(text: str) -> int:
+    """argparse type for --bootstrap: a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the number of resamples must be a whole number, 0 or more")
+    return value
+
+
+def _add_input_args(p: argparse.ArgumentParser) -> None:
+    cols = p.add_argument_group("columns (defaults: N, D, C; loss: first of loss, eval_loss, final_loss)")
+    cols.add_argument("--n-col", default="N", metavar="NAME", help="column with parameter counts N (default: N)")
+    cols.add_argument("--d-col", default="D", metavar="NAME", help="column with training tokens D (default: D)")
+    cols.add_argument("--c-col", default="C", metavar="NAME", help="column with training FLOPs C (default: C)")
+    cols.add_argument("--loss-col", default=None, metavar="NAME", help="column with the loss to fit")
+    fit = p.add_argument_group("fitting")
+    fit.add_argument(
+        "--approach",
+        choices=APPROACH_CHOICES,
+        default="all",
+        help="1: envelope of training curves; 2: isoFLOP parabolas; 3: L = E + A/N^alpha + B/D^beta; "
+        "kaplan: Kaplan et al. L(N, D); single: L(N), L(D), L(C) with and without E; all (default)",
+    )
+    fit.add_argument(
+        "--bootstrap",
+        type=_count,
+        default=1000,
+        metavar="K",
+        help="bootstrap resamples for intervals; 0 turns them off (default: 1000)",
+    )
+    fit.add_argument(
+        "--budget",
+        type=_number_in("the budget", 0, math.inf),
+        default=None,
+        metavar="C",
+        help="FLOP budget for N_opt, D_opt and the predicted loss, e.g. 1e21",
+    )
+    fit.add_argument(
+        "--ci",
+        type=_number_in("the interval level", 0, 1),
+        default=0.95,
+        metavar="LEVEL",
+        help="interval coverage (default: 0.95)",
+    )
+    fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default: 0)")
+    fit.add_argument(
+        "--huber-delta",
+        type=_number_in("the Huber delta", 0, math.inf),
+        default=1e-3,
+        metavar="DELTA",
+        help="Huber delta on log residuals, above 0 (default: 1e-3)",
+    )
+    fit.add_argument(
+        "--c-rtol",
+        type=_number_in("the isoFLOP tolerance", 0, math.inf),
+        default=0.1,
+        metavar="R",
+        help="runs whose C differ by less than this fraction share an isoFLOP group (default: 0.1)",
+    )
+    fit.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="[LAW.]PARAM=VALUES",
+        help="replace a start grid: VALUES is START:STOP:STEP or a comma list; LAW defaults to approach3 "
+        "(parameters a, b, e, alpha, beta; kaplan: n_c, d_c, r, alpha_D). Repeatable",
+    )
+
+
+def register_fit(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `fit` subcommand."""
+    p = subparsers.add_parser(
+        "fit",
+        help="fit scaling laws to a sweep or any results table",
+        description="Fit power laws (Chinchilla approaches 1-3, Kaplan, single-variable laws) to INPUT:\n"
+        "a sweep directory or a CSV with columns N, D (or C) and loss. Writes fit.json and prints a table.",
+        epilog=EPILOG_FIT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", metavar="INPUT", type=Path, help="sweep directory (with results.csv) or CSV file")
+    p.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="output directory (default: fit/ next to INPUT)"
+    )
+    _add_input_args(p)
+    p.set_defaults(func=run_fit)
+
+
+def register_plot(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `plot` subcommand."""
+    p = subparsers.add_parser(
+        "plot",
+        help="draw loss curves, isoFLOP profiles, N_opt(C), L(N, D) contours and residuals",
+        description="Draw the fit plots as PNG and SVG. INPUT is a fit directory (with fit.json) or, to fit first, "
+        "a sweep directory or CSV (then the fitting options apply, and the fit is saved in fit/ next to it).",
+        epilog=EPILOG_PLOT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "input", metavar="INPUT_OR_FIT_DIR", type=Path, help="fit directory, fit.json, sweep directory or CSV"
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="where the plots go (default: the fit directory)"
+    )
+    _add_input_args(p)
+    p.set_defaults(func=run_plot)
+
+
+def _parse_values(spec: str) -> tuple[float, ...]:
+    if ":" in spec:
+        start, stop, step = (float(v) for v in spec.split(":"))
+        if not step > 0 or stop < start:
+            raise ValueError
+        n = math.floor((stop - start) / step + 1e-9) + 1
+        values = tuple(round(start + i * step, 10) for i in range(n))
+    else:
+        values = tuple(float(v) for v in spec.split(","))
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError
+    return values
+
+
+def parse_grids(specs: list[str]) -> dict[str, dict[str, tuple[float, ...]]]:
+    """--grid [LAW.]PARAM=VALUES options as {law: {param: values}}."""
+    from scalelab.errors import UserError
+
+    grids: dict[str, dict[str, tuple[float, ...]]] = {}
+    for spec in specs:
+        key, _, values = spec.partition("=")
+        law, _, param = key.rpartition(".")
+        try:
+            parsed = _parse_values(values)
+        except ValueError:
+            parsed = ()
+        if not param or not parsed:
+            raise UserError(
+                f"--grid {spec!r}: expected [LAW.]PARAM=START:STOP:STEP or a comma list, e.g. alpha=0:2:0.5"
+            )
+        grids.setdefault(law or "approach3", {})[param] = parsed
+    return grids
+
+
+@contextlib.contextmanager
+def _report_warnings(command: str) -> Iterator[None]:
+    """Print FitWarnings as one-line messages as they happen."""
+    from scalelab.scaling.fit.table import FitWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", FitWarning)
+        shown = warnings.showwarning
+
+        def show(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
+            if issubclass(category, FitWarning):
+                print(f"scalelab {command}: warning: {message}", file=sys.stderr)
+            else:
+                shown(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
+        yield
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: non-finite floats become null, numpy scalars plain numbers."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def fit_input(args: argparse.Namespace, command: str) -> tuple[dict, Any]:
+    """Load INPUT, run the requested fits and return (fit.json object, table); user errors become UserError."""
+    from scalelab.errors import UserError
+    from scalelab.scaling.fit.fit_json import APPROACHES, FitSettings, run_fits
+    from scalelab.scaling.fit.formulas import APPROACH3, KAPLAN, SINGLE_LAWS
+    from scalelab.scaling.fit.table import Columns, FitInputError, load_table
+
+    grids = parse_grids(args.grid)
+    laws = {law.name: law for law in (APPROACH3, KAPLAN, *SINGLE_LAWS)}
+    for name, params in grids.items():
+        if name not in laws:
+            raise UserError(f"--grid {name}.…: no law {name!r}; laws with grids are {', '.join(laws)}")
+        unknown = set(params) - set(laws[name].params)
+        if unknown:
+            raise UserError(
+                f"--grid: {name} has no parameter {sorted(unknown)[0]!r}; its parameters are {', '.join(laws[name].params)}"
+            )
+    settings = FitSettings(
+        approaches=APPROACHES if args.approach == "all" else (args.approach,),
+        bootstrap=args.bootstrap,
+        level=args.ci,
+        budget=args.budget,
+        seed=args.seed,
+        delta=args.huber_delta,
+        c_rtol=args.c_rtol,
+        grids=grids,
+        progress=args.bootstrap >= 200,
+    )
+    with _report_warnings(command):
+        try:
+            table = load_table(args.input, Columns(args.n_col, args.d_col, args.c_col, args.loss_col))
+            result = run_fits(table, settings)
+        except FitInputError as error:
+            raise UserError(str(error)) from error
+    meta = {
+        "input": table.source,
+        "columns": table.columns,
+        # What was asked for, so `scalelab plot FIT_DIR` reads the input the same way.
+        "column_flags": {"n": args.n_col, "d": args.d_col, "c": args.c_col, "loss": table.columns["loss"]},
+        "rows": len(table),
+        "curves": len(table.curves),
+        "flops_per_param_token": table.flops_per_param_token,
+        "approach": args.approach,
+        "bootstrap": args.bootstrap,
+        "ci_level": args.ci,
+        "seed": args.seed,
+        "huber_delta": args.huber_delta,
+        "c_rtol": args.c_rtol,
+        "budget": args.budget,
+        "grids": grids,
+    }
+    return _clean({"meta": meta, **result}), table
+
+
+def _default_out(path: Path) -> Path:
+    return (path if path.is_dir() else path.parent) / "fit"
+
+
+def _writable_dir(out: Path) -> Path:
+    """Create the output directory and check that files can be written there, before any fitting."""
+    from scalelab.errors import UserError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except FileExistsError as error:
+        raise UserError(f"--out {out}: a file of that name exists; name a directory") from error
+    except OSError as error:
+        raise UserError(
+            f"--out {out}: cannot write there ({error.strerror}); name a directory you can write"
+        ) from error
+    return out
+
+
+def _require_a_fit(fit: dict) -> None:
+    """A fit in which no approach could be fitted is an error listing what each approach lacked."""
+    from scalelab.errors import UserError
+
+    if any(k not in ("meta", "skipped") for k in fit):
+        return
+    reasons = "; ".join(f"{name}: {why}" for name, why in fit.get("skipped", {}).items())
+    raise UserError(f"no approach could be fitted to {fit['meta']['input']} ({reasons})")
+
+
+def _write_fit(fit: dict, out: Path) -> Path:
+    path = out / "fit.json"
+    path.write_text(json.dumps(fit, indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    """Fit, write fit.json, print the table."""
+    from scalelab.scaling.fit.report import format_report
+
+    out = _writable_dir(args.out or _default_out(args.input))
+    fit, _ = fit_input(args, "fit")
+    _require_a_fit(fit)
+    path = _write_fit(fit, out)
+    print(format_report(fit), end="")
+    print(f"wrote {path}")
+    return 0
+
+
+def _read_fit(fit_json: Path) -> tuple[dict, Any]:
+    """A saved fit and the table it was fitted from, read again the way the fit read it."""
+    from scalelab.errors import UserError
+    from scalelab.files import read_json
+    from scalelab.scaling.fit.table import Columns, FitInputError, load_table
+
+    fix = "re-run scalelab fit to write it again"
+    fit = read_json(fit_json, fix)
+    meta = fit.get("meta") if isinstance(fit, dict) else None
+    if not isinstance(meta, dict) or not {"input", "column_flags"} <= meta.keys():
+        raise UserError(f"{fit_json} has no 'meta' with the input and its columns, so it is not a scalelab fit; {fix}")
+    try:
+        with _report_warnings("plot"):
+            table = load_table(meta["input"], Columns(**meta["column_flags"]))
+    except FitInputError as error:
+        raise UserError(f"{fit_json} was fitted from {meta['input']}, which cannot be read now: {error}") from error
+    return fit, table
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    """Draw the plots from a fit directory, or fit INPUT first."""
+    from scalelab.errors import UserError
+    from scalelab.scaling.fit.plots import draw_all
+
+    path: Path = args.input
+    fit_json = path if path.suffix == ".json" else path / "fit.json"
+    if fit_json.is_file():
+        fit, table = _read_fit(fit_json)
+        out = _writable_dir(args.out or fit_json.parent)
+    else:
+        out = args.out or _default_out(path)
+        if (out / "fit.json").is_file():
+            # A saved fit may come from other options (an approach, a budget); plotting must not replace it.
+            raise UserError(
+                f"{out / 'fit.json'} already holds a fit; plot it with `scalelab plot {out}`, refit with "
+                f"`scalelab fit {path} --out {out}`, or pass --out with another directory"
+            )
+        _writable_dir(out)
+        fit, table = fit_input(args, "plot")
+        _require_a_fit(fit)
+        print(f"wrote {_write_fit(fit, out)}")
+    with _report_warnings("plot"):
+        written = draw_all(fit, table, out)
+    for p in written:
+        print(f"wrote {p}")
+    return 0

@@ -1,0 +1,146 @@
+"""`scalelab sweep plan SPEC` and `scalelab sweep run SPEC [--shard i/k] [--sweep-dir DIR]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_PROBE_STEPS = 20
+DEFAULT_PROBE_MAX_FLOPS = 3e11  # per step: a 20-step probe then takes well under a minute on a 2-core CPU
+
+
+def register_sweep(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `sweep` subcommand with its `plan` and `run` actions."""
+    from scalelab.parallel.distributed import add_arguments as add_distributed_arguments
+
+    parser = subparsers.add_parser(
+        "sweep",
+        help="plan and run scaling sweeps",
+        description="Plan and run a scaling sweep. SPEC is a YAML path or a name under configs/sweeps/ (e.g. demo).",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    plan = actions.add_parser(
+        "plan",
+        help="print the runs, the total compute and a measured wall-time estimate",
+        description="Print the table of runs (N, D, C, steps, batch, lr) and the total compute, then estimate "
+        "the wall time on this machine from a short probe of a few of the planned shapes.",
+        epilog="example: scalelab sweep plan demo",
+    )
+    plan.add_argument("spec", metavar="SPEC", help="sweep spec path or name under configs/sweeps/")
+    plan.add_argument("--shard", metavar="I/K", help="show only shard I of K (0 <= I < K)")
+    plan.add_argument("--no-probe", action="store_true", help="skip the measured wall-time estimate")
+    plan.add_argument(
+        "--probe-steps", type=int, default=DEFAULT_PROBE_STEPS, help="steps per probed shape (default: %(default)s)"
+    )
+    plan.add_argument(
+        "--probe-max-flops",
+        type=float,
+        default=DEFAULT_PROBE_MAX_FLOPS,
+        help="probe only shapes with at most this many FLOPs per step (default: %(default)g)",
+    )
+    plan.set_defaults(func=run_plan)
+
+    run = actions.add_parser(
+        "run",
+        help="train every unfinished run of a sweep (or of one shard)",
+        description="Train each planned run in SWEEP_DIR/runs/<run>/ and record it in SWEEP_DIR/results.csv. "
+        "Finished runs are skipped and interrupted ones resume, so the same command continues a sweep.",
+        epilog="example: scalelab sweep run demo --sweep-dir sweeps/demo --shard 0/4",
+    )
+    run.add_argument("spec", metavar="SPEC", help="sweep spec path or name under configs/sweeps/")
+    run.add_argument("--shard", metavar="I/K", help="run only shard I of K (0 <= I < K); shards never overlap")
+    run.add_argument("--sweep-dir", type=Path, default=None, help="sweep directory (default: sweeps/<spec name>)")
+    run.add_argument("--quiet", action="store_true", help="no per-run summary or progress bar; keep the sweep bar")
+    add_distributed_arguments(run)  # a shard may span hosts: every run then uses all of them
+    run.set_defaults(func=run_run)
+
+
+def _plan(args: argparse.Namespace):
+    from scalelab.scaling.sweep.plan import make_plan, parse_shard, shard_runs
+    from scalelab.scaling.sweep.spec import load_spec
+
+    shard = parse_shard(args.shard) if args.shard else (0, 1)
+    plan = make_plan(load_spec(args.spec))
+    return plan, shard, shard_runs(plan.runs, *shard)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    """Print the plan table, then the probe-based wall-time estimate."""
+    from scalelab.scaling.sweep.plan import format_plan
+
+    plan, shard, runs = _plan(args)
+    title = f"sweep {plan.spec.name}: {len(plan.runs)} runs, total compute {plan.total_flops:.3g} FLOPs"
+    if shard[1] > 1:
+        title += f"; shard {shard[0]}/{shard[1]} has {len(runs)}"
+    print(title)
+    print(format_plan(plan, runs), flush=True)
+    if args.no_probe or not runs:
+        return 0
+    from scalelab.scaling.sweep.probe import choose_probes, estimate, probe_run
+
+    probes = choose_probes(runs, args.probe_max_flops)
+    if not probes:
+        cheapest = min(run.flops_per_token * run.batch_size * run.config.train.seq_len for run in runs)
+        print(
+            f"wall time: not estimated; the cheapest run needs {cheapest:.3g} FLOPs per step, over the probe cap "
+            f"{args.probe_max_flops:g} (plan on the target hardware, or raise --probe-max-flops)"
+        )
+        return 0
+    print(f"probing {len(probes)} shape(s) for {args.probe_steps} steps each ...", flush=True)
+    points = [probe_run(run, args.probe_steps) for run in probes]
+    for point in points:
+        print(f"  {point.run}: {point.step_s * 1e3:.1f} ms/step, {point.fixed_s:.1f} s per run to build and compile")
+    result = estimate(plan, points, runs)
+    minutes = result.total_s / 60
+    note = f"; {result.beyond} run(s) extrapolated beyond the dearest probe" if result.beyond else ""
+    print(f"estimated wall time on this machine: {minutes:.1f} min ({result.total_s / 3600:.2f} h){note}")
+    return 0
+
+
+def _use_compile_cache(directory: Path) -> None:
+    """Keep compiled programs on disk unless the user chose a cache already.
+
+    Runs of one shape share their init and eval programs, and a resumed run recompiles nothing;
+    on a small CPU sweep compiling is a large share of the wall time. JAX reads this setting once,
+    at its first compile, so it is set here, before anything compiles in this process.
+    """
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(directory))
+
+
+def run_run(args: argparse.Namespace) -> int:
+    """Run the sweep (or one shard) and report what happened."""
+    from scalelab.errors import UserError
+    from scalelab.parallel.distributed import initialize, initialize_kwargs
+    from scalelab.scaling.sweep.results import IncompleteRunError
+    from scalelab.scaling.sweep.runner import run_sweep
+
+    initialize(initialize_kwargs(args))  # join the shard's other hosts before anything touches a device
+    plan, shard, _ = _plan(args)
+    sweep_dir = args.sweep_dir or Path("sweeps") / plan.spec.name
+    if sweep_dir.exists() and not sweep_dir.is_dir():  # before the compile cache is pointed inside it
+        raise UserError(f"--sweep-dir {sweep_dir} is a file, not a directory; give a directory for the sweep")
+    _use_compile_cache(sweep_dir / ".jax-cache")
+    try:
+        report = run_sweep(plan, sweep_dir, shard, quiet=args.quiet)
+    except (IncompleteRunError, KeyboardInterrupt) as error:
+        reason = str(error) or "interrupted"
+        print(f"scalelab sweep: stopped: {reason}; run the same command again to resume", file=sys.stderr)
+        return 130 if isinstance(error, KeyboardInterrupt) else 1
+    print(
+        f"sweep {plan.spec.name}: {len(report.ran)} run(s) trained, {report.skipped} already done, "
+        f"{len(report.diverged)} diverged, {len(report.failed)} failed; "
+        f"{report.rows} row(s) in {sweep_dir / 'results.csv'}"
+    )
+    if report.failed:
+        print(
+            f"scalelab sweep: error: {len(report.failed)} run(s) failed ({', '.join(report.failed)}); see the "
+            "tracebacks above, fix the cause and run the same command again to retry them",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

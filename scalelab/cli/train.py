@@ -1,0 +1,77 @@
+"""`scalelab train`: train one config in one run directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import jax
+
+from scalelab.parallel.distributed import add_arguments as add_distributed_arguments
+from scalelab.parallel.distributed import initialize as initialize_distributed
+from scalelab.parallel.distributed import initialize_kwargs
+
+
+def register_train(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `train` subcommand."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model from a config",
+        description="Train a model. CONFIG is a YAML path or a name under configs/ (e.g. gpt-tiny).",
+        epilog="example: scalelab train gpt-tiny --set model.n_layers=4 --set optimizer.lr=3e-4",
+    )
+    parser.add_argument("config", metavar="CONFIG", help="config path or name under configs/")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key; VALUE is parsed as YAML (repeatable)",
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="run directory (default: runs/<config name>); re-running in it resumes from its newest checkpoint, "
+        "and a run there that no checkpoint can resume is refused unless --overwrite is given",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start the run in --run-dir over: delete its metrics, TensorBoard events and checkpoints first",
+    )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR_OR_CHECKPOINT",
+        help="start a new run from the parameters of another run's newest checkpoint (or of one step folder), "
+        "with a fresh optimizer state at step 0; ignored when --run-dir already holds checkpoints",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no summary and no progress bar")
+    add_distributed_arguments(parser)
+    parser.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Load the config, train, and print the outcome."""
+    from scalelab.errors import UserError
+    from scalelab.train.config import load_config
+    from scalelab.train.loop import train
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = args.run_dir or Path("runs") / cfg.name
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} is a file, not a directory; give another --run-dir")
+    # Multi-host: join the other processes before anything touches a device.
+    initialize_distributed(initialize_kwargs(args))
+    existing = "overwrite" if args.overwrite else "refuse"
+    result = train(cfg, run_dir, quiet=args.quiet, init_from=args.init_from, existing=existing)
+    if jax.process_index() != 0:  # one report per job, like the summary
+        return 0
+    evaluation = "" if result.eval_loss is None else f", eval loss {result.eval_loss:.4f}"
+    print(
+        f"done: {result.steps} steps, final loss {result.final_loss:.4f}{evaluation}; metrics in {run_dir}/metrics.jsonl"
+    )
+    return 0

@@ -1,0 +1,146 @@
+"""Sweep records: each finished run's `result.json`, and `results.csv` rebuilt from them atomically.
+
+A run's row is committed by writing `runs/<run>/result.json` (temp file + os.replace), which only
+the job that trained the run ever writes. `results.csv` is a view over those files, rebuilt under
+a file lock after every run and at every start, so concurrent shards never lose each other's rows,
+a crash never leaves a half-written table, and a run can never appear twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from scalelab.files import read_json
+from scalelab.model.config import ConfigError
+from scalelab.train.metrics import read_metrics
+
+# DESIGN.md's fixed columns first; the rest describe how the run was configured.
+COLUMNS = ("run", "N", "N_nonembed", "D", "C", "final_loss", "eval_loss", "best_eval_loss", "steps", "status")
+EXTRA_COLUMNS = ("budget", "seed", "d_model", "n_layers", "n_heads", "batch_size", "lr", "wall_s")
+RESULT_FILE = "result.json"
+RESULTS_CSV = "results.csv"
+WALL_FILE = ".wall_s"  # seconds spent on a run by every session before this one (a resumed run has several)
+
+
+class IncompleteRunError(RuntimeError):
+    """A run returned without reaching its last step (for example after a preemption signal)."""
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Replace `path` with `text` so readers see the old file or the new one, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        try:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible
+            os.replace(f.name, path)
+        except BaseException:
+            os.unlink(f.name)
+            raise
+
+
+def curve_summary(run_dir: Path, steps: int) -> dict[str, float | None]:
+    """final_loss, eval_loss and best_eval_loss from the run's metrics.jsonl (the kept loss curve).
+
+    Reading the file rather than trusting the caller makes a resumed run report its whole curve.
+    """
+    records = read_metrics(run_dir)
+    train = [r for r in records if "loss" in r]
+    evals = [float(r["eval_loss"]) for r in records if "eval_loss" in r]
+    last_step = max((int(r["step"]) for r in train), default=-1)
+    if last_step + 1 < steps:
+        raise IncompleteRunError(
+            f"{run_dir}: metrics.jsonl ends at step {last_step + 1} of {steps}; run the sweep again to resume it"
+        )
+    final = next(float(r["loss"]) for r in reversed(train) if int(r["step"]) == last_step)
+    return {
+        "final_loss": final,
+        "eval_loss": evals[-1] if evals else None,
+        "best_eval_loss": min(evals) if evals else None,
+    }
+
+
+def _missing(row: Any) -> list[str]:
+    """The columns a result row lacks (all of them if it is not a mapping)."""
+    columns = (*COLUMNS, *EXTRA_COLUMNS)
+    return [c for c in columns if c not in row] if isinstance(row, dict) else list(columns)
+
+
+def add_wall_time(run_dir: Path, seconds: float) -> float:
+    """Add one session's seconds to the run's wall time across sessions, and return the total."""
+    path = run_dir / WALL_FILE
+    try:
+        before = float(path.read_text())
+    except (OSError, ValueError):
+        before = 0.0  # no earlier session (or a record lost with a crash: count from here)
+    total = before + seconds
+    atomic_write(path, f"{total:.3f}\n")
+    return total
+
+
+def write_result(run_dir: Path, row: dict[str, Any]) -> None:
+    """Commit a finished run's row."""
+    missing = _missing(row)
+    if missing:
+        raise ValueError(f"result row for {row.get('run')} lacks {missing}")
+    atomic_write(run_dir / RESULT_FILE, json.dumps(row, indent=1) + "\n")
+
+
+def read_result(run_dir: Path) -> dict[str, Any] | None:
+    """A run's committed row, or None if it has not finished; a damaged record is a ConfigError."""
+    path = run_dir / RESULT_FILE
+    if not path.exists():
+        return None
+    fix = f"delete {run_dir} to retrain that run"
+    row = read_json(path, fix)
+    missing = _missing(row)
+    if missing:
+        raise ConfigError(f"{path}: not a complete run record, it lacks {', '.join(missing)}; {fix}")
+    return row
+
+
+def finished_runs(sweep_dir: Path) -> list[str]:
+    """The names of the runs in `sweep_dir` that have committed a row, sorted."""
+    return sorted(path.parent.name for path in (sweep_dir / "runs").glob(f"*/{RESULT_FILE}"))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else repr(value)  # repr round-trips exactly
+    return str(value)
+
+
+def rebuild_csv(sweep_dir: Path, run_names: Iterable[str]) -> int:
+    """Rewrite results.csv from the committed rows of `run_names` (in that order); returns the row count."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with open(sweep_dir / f".{RESULTS_CSV}.lock", "a") as lock:
+        # Serialise rebuilds: a shard that commits a row and then rebuilds must not be overwritten
+        # by another shard's rebuild that listed the rows before that commit.
+        fcntl.lockf(lock, fcntl.LOCK_EX)
+        unique = dict.fromkeys(run_names)  # one row per run, whatever the caller passes
+        rows = [row for name in unique if (row := read_result(sweep_dir / "runs" / name)) is not None]
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow((*COLUMNS, *EXTRA_COLUMNS))
+        for row in rows:
+            writer.writerow([_cell(row[c]) for c in (*COLUMNS, *EXTRA_COLUMNS)])
+        atomic_write(sweep_dir / RESULTS_CSV, buffer.getvalue())
+    return len(rows)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of a results.csv as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

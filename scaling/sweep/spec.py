@@ -1,0 +1,345 @@
+"""Sweep specs: a base config, a model-family rule, the runs (grid or isoFLOP), per-size rules and seeds.
+
+A spec is YAML under configs/sweeps/. Loading checks every field and the rules' consistency, so a
+bad spec fails here, before any model is counted or trained. Errors name the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+from scalelab.files import read_yaml
+from scalelab.model.config import ConfigError
+from scalelab.train.config import CONFIG_DIR, from_dict, load_raw, merge_config, resolve_config_path
+
+SWEEP_DIR = CONFIG_DIR / "sweeps"
+SIZE_MEASURES = ("non_embedding", "total")
+
+
+class SpecError(ConfigError):
+    """A sweep spec is missing, malformed or inconsistent; the message names the problem and the fix."""
+
+
+def _check_finite(rule: Any, key: str) -> None:
+    """Raise SpecError for a NaN or infinite field of `rule`; range checks miss NaN (every comparison is false)."""
+    for field in dataclasses.fields(rule):
+        value = getattr(rule, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SpecError(f"{key}.{field.name}: expected a finite number, got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyRule:
+    """Turns a target size into a shape: fixed width/depth ratio, head width and FFN ratio."""
+
+    aspect_ratio: float = 32.0  # d_model / n_layers
+    head_dim: int = 32  # d_model is a multiple of it; n_heads = d_model / head_dim
+    ffn_multiplier: float | None = None  # None keeps the base config's
+    min_layers: int = 1
+    max_d_model: int = 16384  # the widest shape the rule may pick
+    size: str = "non_embedding"  # the count that targets, tokens_per_param and per-size rules use
+
+    def __post_init__(self) -> None:
+        _check_finite(self, "family")
+        if self.aspect_ratio <= 0:
+            raise SpecError(f"family.aspect_ratio must be positive (d_model per layer), got {self.aspect_ratio}")
+        if self.head_dim <= 0 or self.head_dim % 2:
+            raise SpecError(f"family.head_dim must be a positive even number (rotary halves), got {self.head_dim}")
+        if self.ffn_multiplier is not None and self.ffn_multiplier <= 0:
+            raise SpecError(f"family.ffn_multiplier must be positive, got {self.ffn_multiplier}")
+        if self.min_layers < 1:
+            raise SpecError(f"family.min_layers must be >= 1, got {self.min_layers}")
+        if self.max_d_model < self.head_dim:
+            raise SpecError(
+                f"family.max_d_model ({self.max_d_model}) is below family.head_dim ({self.head_dim}); raise it"
+            )
+        if self.size not in SIZE_MEASURES:
+            raise SpecError(f"family.size: unknown value {self.size!r}; choose one of {', '.join(SIZE_MEASURES)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerRule:
+    """A per-size value: `value * (N / ref_params) ** exponent`, clamped to [min, max], rounded to `multiple`."""
+
+    value: float
+    ref_params: float = 1e6
+    exponent: float = 0.0
+    min: float | None = None
+    max: float | None = None
+    multiple: int | None = None  # round to a multiple of this (batch sizes); None: no rounding
+
+    def check(self, key: str) -> None:
+        """Raise SpecError if the rule cannot give a positive value."""
+        _check_finite(self, f"rules.{key}")
+        if self.value <= 0 or self.ref_params <= 0:
+            raise SpecError(f"rules.{key}: value and ref_params must be positive, got {self.value}, {self.ref_params}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise SpecError(f"rules.{key}: min ({self.min}) is above max ({self.max}); swap or fix them")
+        if self.multiple is not None and self.multiple <= 0:
+            raise SpecError(f"rules.{key}.multiple must be positive, got {self.multiple}")
+        for bound in ("min", "max"):
+            limit = getattr(self, bound)
+            if self.multiple is not None and limit is not None and (limit <= 0 or limit % self.multiple):
+                raise SpecError(
+                    f"rules.{key}.{bound} ({limit}) is not a positive multiple of rules.{key}.multiple "
+                    f"({self.multiple}); make it one so rounded values stay inside [min, max]"
+                )
+
+    def at(self, n: float) -> float:
+        """The rule's value for a model of size `n`."""
+        value = self.value * (n / self.ref_params) ** self.exponent
+        if self.min is not None:
+            value = max(value, self.min)
+        if self.max is not None:
+            value = min(value, self.max)
+        if self.multiple is not None:
+            # min and max are multiples too (see check), so rounding stays inside them
+            value = max(self.multiple, round(value / self.multiple) * self.multiple)
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRules:
+    """How each run is configured from its size and length."""
+
+    lr: PowerRule
+    batch_size: PowerRule
+    warmup_fraction: float = 0.05  # of each run's steps
+    evals_per_run: int = 4  # evenly spaced; the last one is at the final step
+    checkpoints_per_run: int = 2  # evenly spaced; 0 turns checkpoints off
+    min_steps: int = 10  # a run shorter than this is a plan-time error
+
+
+@dataclasses.dataclass(frozen=True)
+class IsoFlopRuns:
+    """For each compute budget C, sizes spaced in log N, each trained on D = C / FLOPs-per-token(N)."""
+
+    budgets: tuple[float, ...]
+    sizes: tuple[float, ...] | None  # the same sizes at every budget, or
+    sizes_per_budget: int | None  # this many sizes per budget, spanning tokens_per_param
+    tokens_per_param: tuple[float, float] | None  # (fewest, most) D/N in each budget's size range
+
+
+@dataclasses.dataclass(frozen=True)
+class GridRuns:
+    """Every size × every token budget D."""
+
+    sizes: tuple[float, ...]
+    tokens: tuple[float, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSpec:
+    """A whole sweep, as loaded and checked from YAML."""
+
+    name: str
+    path: Path | None
+    base: dict[str, Any]  # the base training config as a raw mapping (base: chain and config: merged)
+    family: FamilyRule
+    runs: IsoFlopRuns | GridRuns
+    rules: RunRules
+    seeds: tuple[int, ...]
+
+
+def _error(path: Path | None, message: str) -> SpecError:
+    return SpecError(f"{path}: {message}" if path else message)
+
+
+def _number(value: Any, key: str) -> float:
+    """A finite number, accepting YAML 1.1's string reading of `1e12`."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise SpecError(f"{key}: expected a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise SpecError(f"{key}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def log_values(value: Any, key: str) -> tuple[float, ...]:
+    """A list of positive numbers, or `{min, max, count}` spaced evenly in log."""
+    if isinstance(value, dict):
+        unknown = set(value) - {"min", "max", "count"}
+        if unknown or len(value) != 3:
+            raise SpecError(f"{key}: a range needs exactly min, max and count, got {sorted(value)}")
+        low, high = _number(value["min"], f"{key}.min"), _number(value["max"], f"{key}.max")
+        count = value["count"]
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise SpecError(f"{key}.count must be a positive integer, got {count!r}")
+        if not 0 < low <= high or (count > 1 and low == high):
+            raise SpecError(f"{key}: need 0 < min < max, got min={low}, max={high}")
+        step = (math.log(high) - math.log(low)) / max(count - 1, 1)
+        values = tuple(math.exp(math.log(low) + i * step) for i in range(count))
+    elif isinstance(value, list):
+        values = tuple(_number(v, f"{key}[{i}]") for i, v in enumerate(value))
+    else:
+        raise SpecError(f"{key}: expected a list of numbers or {{min, max, count}}, got {value!r}")
+    if not values:
+        raise SpecError(f"{key} is empty; list at least one value")
+    if any(v <= 0 for v in values):
+        raise SpecError(f"{key}: every value must be positive, got {list(values)}")
+    if len(set(values)) != len(values):
+        duplicates = sorted({v for v in values if values.count(v) > 1})
+        raise SpecError(f"{key} lists {duplicates} more than once, which would plan duplicate runs; remove them")
+    return values
+
+
+def _mapping(value: Any, key: str, allowed: str) -> dict[str, Any]:
+    """`value` as a mapping (an empty section is an empty one); anything else is a SpecError naming `allowed`."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpecError(f"{key}: expected a mapping of {allowed}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _fields(cls: type) -> str:
+    """A dataclass's field names, for the `allowed` of a mapping error."""
+    return ", ".join(field.name for field in dataclasses.fields(cls))
+
+
+def _power_rule(value: Any, key: str) -> dict[str, Any]:
+    """The mapping of a per-size rule: a bare number is a constant rule; a mapping needs its value."""
+    if not isinstance(value, dict):
+        return {"value": value}
+    if "value" not in value:
+        raise SpecError(
+            f"rules.{key}.value is missing (got {value!r}); give the value at ref_params, "
+            f"e.g. {{value: ..., ref_params: 1e6, exponent: 0}} (keys: {_fields(PowerRule)})"
+        )
+    return value
+
+
+def _rules(data: dict[str, Any]) -> RunRules:
+    data = dict(data)
+    for key in ("lr", "batch_size"):
+        if key not in data:
+            raise SpecError(f"rules.{key} is missing; give a number or {{value, ref_params, exponent, min, max}}")
+        data[key] = _power_rule(data[key], key)
+    data["batch_size"] = {"multiple": 1, **data["batch_size"]}  # batch sizes are whole sequences
+    rules = from_dict(RunRules, data, "rules")
+    _check_finite(rules, "rules")
+    rules.lr.check("lr")
+    rules.batch_size.check("batch_size")
+    if rules.batch_size.value % 1:  # rounding would silently change it (0.3 would become 1)
+        raise SpecError(
+            f"rules.batch_size.value must be a whole number of sequences, got {rules.batch_size.value:g}; round it"
+        )
+    if not 0.0 <= rules.warmup_fraction < 1.0:
+        raise SpecError(f"rules.warmup_fraction must be in [0, 1), got {rules.warmup_fraction}")
+    if rules.evals_per_run < 1:
+        raise SpecError(f"rules.evals_per_run must be >= 1 (results need an eval loss), got {rules.evals_per_run}")
+    if rules.checkpoints_per_run < 0:
+        raise SpecError(f"rules.checkpoints_per_run must be >= 0, got {rules.checkpoints_per_run}")
+    if rules.min_steps < 1:
+        raise SpecError(f"rules.min_steps must be >= 1, got {rules.min_steps}")
+    return rules
+
+
+def _isoflop(data: Any) -> IsoFlopRuns:
+    data = _mapping(data, "isoflop", "budgets, sizes or sizes_per_budget + tokens_per_param")
+    unknown = set(data) - {"budgets", "sizes", "sizes_per_budget", "tokens_per_param"}
+    if unknown:
+        raise SpecError(
+            f"isoflop: unknown keys {sorted(unknown)}; use budgets, sizes or sizes_per_budget + tokens_per_param"
+        )
+    if "budgets" not in data:
+        raise SpecError("isoflop.budgets is missing; list the compute budgets in FLOPs")
+    budgets = log_values(data["budgets"], "isoflop.budgets")
+    if "sizes" in data:
+        if "sizes_per_budget" in data or "tokens_per_param" in data:
+            raise SpecError(
+                "isoflop: give either sizes (the same at every budget) or sizes_per_budget with tokens_per_param "
+                "(a range per budget), not both"
+            )
+        return IsoFlopRuns(budgets, log_values(data["sizes"], "isoflop.sizes"), None, None)
+    if "sizes_per_budget" not in data or "tokens_per_param" not in data:
+        raise SpecError(
+            "isoflop: the size list is empty; give sizes: [...], or sizes_per_budget with tokens_per_param: [min, max]"
+        )
+    count = data["sizes_per_budget"]
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise SpecError(f"isoflop.sizes_per_budget must be a positive integer, got {count!r}")
+    ratio = data["tokens_per_param"]
+    if not isinstance(ratio, list) or len(ratio) != 2:
+        raise SpecError(f"isoflop.tokens_per_param must be [min, max], got {ratio!r}")
+    low, high = (_number(v, "isoflop.tokens_per_param") for v in ratio)
+    if not 0 < low < high:
+        raise SpecError(f"isoflop.tokens_per_param: need 0 < min < max, got [{low}, {high}]")
+    return IsoFlopRuns(budgets, None, count, (low, high))
+
+
+def _grid(data: Any) -> GridRuns:
+    data = _mapping(data, "grid", "sizes and tokens")
+    unknown = set(data) - {"sizes", "tokens"}
+    if unknown:
+        raise SpecError(f"grid: unknown keys {sorted(unknown)}; use sizes and tokens")
+    for key in ("sizes", "tokens"):
+        if key not in data:
+            raise SpecError(f"grid.{key} is missing (the size list is empty); list at least one value")
+    return GridRuns(log_values(data["sizes"], "grid.sizes"), log_values(data["tokens"], "grid.tokens"))
+
+
+def _seeds(value: Any) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise SpecError(f"seeds: expected a non-empty list of integers, got {value!r}")
+    if any(not isinstance(s, int) or isinstance(s, bool) for s in value):
+        raise SpecError(f"seeds: every seed must be an integer, got {value!r}")
+    if len(set(value)) != len(value):
+        raise SpecError(f"seeds lists a seed more than once ({value}), which would plan duplicate runs; remove it")
+    return tuple(value)
+
+
+def spec_from_dict(data: dict[str, Any], path: Path | None = None) -> SweepSpec:
+    """Check a spec mapping and build the SweepSpec; `path` locates a relative base config."""
+    try:
+        known = {"name", "base", "config", "family", "isoflop", "grid", "rules", "seeds"}
+        unknown = set(data) - known
+        if unknown:
+            raise SpecError(f"unknown top-level keys {sorted(unknown)}; a spec has {', '.join(sorted(known))}")
+        if ("isoflop" in data) == ("grid" in data):
+            raise SpecError("give exactly one of isoflop: (budgets in FLOPs) or grid: (sizes × tokens)")
+        if "base" not in data:
+            raise SpecError("base is missing; name the training config the runs start from (e.g. gpt-tiny)")
+        if not isinstance(data["base"], str):
+            raise SpecError(
+                f"base: expected the name or path of a training config (e.g. gpt-tiny), "
+                f"got {type(data['base']).__name__} {data['base']!r}"
+            )
+        overrides = _mapping(data.get("config"), "config", "training-config keys")
+        base_path = resolve_config_path(data["base"], path.parent if path else None)
+        base = merge_config(load_raw(base_path), overrides)
+        family = from_dict(FamilyRule, _mapping(data.get("family"), "family", _fields(FamilyRule)), "family")
+        runs = _isoflop(data["isoflop"]) if "isoflop" in data else _grid(data["grid"])
+        rules = _rules(_mapping(data.get("rules"), "rules", _fields(RunRules)))
+        seeds = _seeds(data.get("seeds", [0]))
+    except (ConfigError, FileNotFoundError) as error:
+        raise _error(path, str(error)) from None
+    name = str(data.get("name") or (path.stem if path else "sweep"))
+    return SweepSpec(name, path, base, family, runs, rules, seeds)
+
+
+def resolve_spec_path(name_or_path: str | Path) -> Path:
+    """A spec file from a path, or a name under configs/sweeps/ (`demo` -> configs/sweeps/demo.yaml)."""
+    for candidate in (Path(name_or_path), SWEEP_DIR / f"{name_or_path}.yaml", SWEEP_DIR / str(name_or_path)):
+        if candidate.is_file():
+            return candidate
+    available = sorted(p.stem for p in SWEEP_DIR.glob("*.yaml"))
+    raise FileNotFoundError(
+        f"sweep spec {name_or_path!r} not found; give a YAML path or one of: {', '.join(available)}"
+    )
+
+
+def load_spec(name_or_path: str | Path) -> SweepSpec:
+    """Read, check and build a sweep spec."""
+    path = resolve_spec_path(name_or_path)
+    data = read_yaml(path, "fix the spec") or {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return spec_from_dict(data, path)

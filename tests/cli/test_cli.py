@@ -1,0 +1,84 @@
+"""The scalelab console script: help texts and clean user errors."""
+
+import errno
+import importlib.metadata
+
+import pytest
+
+from scalelab.cli import COMMANDS, FREE_SPACE, build_parser, describe_os_error, main
+from scalelab.train.faults import EXIT_DIVERGED
+
+
+def test_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for entry in COMMANDS:
+        assert entry.split("register_")[-1] in out
+
+
+def test_version_is_the_installed_package_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"scalelab {importlib.metadata.version('scalelab')}"
+
+
+def test_every_subcommand_explains_itself(capsys):
+    subcommands = build_parser()._subparsers._group_actions[0].choices
+    for name in subcommands:
+        with pytest.raises(SystemExit) as exit_:
+            main([name, "--help"])
+        assert exit_.value.code == 0
+        assert "usage: scalelab" in capsys.readouterr().out
+
+
+def test_bad_config_is_a_one_line_error_with_status_2(capsys, tmp_path):
+    assert main(["train", "gpt-tiny", "--set", "model.n_layer=3", "--run-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'model.n_layer'; did you mean 'model.n_layers'?" in err
+    assert main(["train", "no-such-config", "--run-dir", str(tmp_path)]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device", "runs/x/metrics.jsonl"), "free space there and re-run"),
+        (OSError(errno.EROFS, "Read-only file system", "/mnt/ro/run"), "give a directory on a writable filesystem"),
+        (NotADirectoryError(errno.ENOTDIR, "Not a directory", "afile/x"), "part of that path is a file"),
+        (PermissionError(errno.EACCES, "Permission denied", "/root/run"), "give a directory you may write to"),
+    ],
+)
+def test_os_errors_read_as_the_path_the_reason_and_the_fix(error, expected):
+    line = describe_os_error(error)
+    assert line.startswith(f"{error.filename}: {error.strerror}; ") and expected in line
+
+
+def test_an_os_error_is_one_line_with_status_2(capsys, monkeypatch):
+    def full_disk(*args):
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/x/config.yaml")
+
+    monkeypatch.setattr("scalelab.train.config.load_config", full_disk)
+    assert main(["train", "gpt-tiny"]) == 2
+    assert (
+        capsys.readouterr().err == f"scalelab train: error: runs/x/config.yaml: No space left on device; {FREE_SPACE}\n"
+    )
+
+
+def test_a_run_dir_that_is_a_file_is_refused_before_training(capsys, tmp_path):
+    (tmp_path / "afile").write_text("")
+    assert main(["train", "gpt-tiny", "--run-dir", str(tmp_path / "afile")]) == 2
+    assert capsys.readouterr().err == (
+        f"scalelab train: error: run directory {tmp_path / 'afile'} is a file, not a directory; give another --run-dir\n"
+    )
+
+
+def test_a_diverged_run_is_one_line_with_its_own_status(capsys, tmp_path):
+    args = ["train", "gpt-tiny", "--quiet", "--run-dir", str(tmp_path)]
+    for override in ("train.steps=4", "schedule.warmup_steps=0", "train.seq_len=16", "train.inject_nan_batches=[2]"):
+        args += ["--set", override]
+    assert main(args) == EXIT_DIVERGED != 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("scalelab train: error: step 2 (data batch 2): loss nan")

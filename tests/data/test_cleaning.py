@@ -1,0 +1,117 @@
+"""Reading local files and cleaning them: normalisation, filters, duplicates, bad bytes, the split."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scalelab.data.cleaning import SPLITS, Cleaner, CleaningReport, CleaningRules, content_key, normalize, split_of
+from scalelab.data.documents import find_files
+from scalelab.data.storage import DataError
+from tests.data.conftest import make_documents, write_jsonl
+
+
+def clean_all(files, rules: CleaningRules) -> tuple[dict[str, list[str]], CleaningReport]:
+    """Run both split passes, as the builder does; return the kept texts per split and the report."""
+    report = CleaningReport()
+    cleaner = Cleaner(rules, report)
+    kept = {split: [text for _, text in cleaner.documents(files, split)] for split in SPLITS}
+    return kept, report
+
+
+def test_normalisation_forms():
+    assert normalize("cafe\u0301", "NFC") == "caf\u00e9"
+    assert normalize("\ufb01ne", "NFKC") == "fine"
+    assert normalize("\ufb01ne", "NFC") == "\ufb01ne"
+    assert normalize("cafe\u0301", "none") == "cafe\u0301"
+
+
+def test_filters_duplicates_and_counts(tmp_path):
+    docs = make_documents(40)
+    extra = [
+        "   \n\t ",  # empty
+        "tiny",  # too short
+        "x" * 5000,  # too long
+        docs[3],  # exact duplicate
+        docs[5].replace("caf\u00e9", "cafe\u0301"),  # a duplicate once NFC-normalised
+    ]
+    files = [write_jsonl(tmp_path / "a.jsonl", docs + extra)]
+    rules = CleaningRules(min_chars=10, max_chars=4000, validation_fraction=0.25)
+    kept, report = clean_all(files, rules)
+    assert report.dropped == {"non_utf8": 0, "empty": 1, "too_short": 1, "too_long": 1, "duplicate": 2}
+    assert sorted(kept["train"] + kept["validation"]) == sorted(docs)
+    assert report.kept == {split: len(kept[split]) for split in SPLITS}
+    assert report.kept_chars == {split: sum(map(len, kept[split])) for split in SPLITS}
+    assert report.documents == len(docs) + len(extra)
+    assert kept["validation"], "a quarter of 40 documents should give some validation documents"
+    assert not set(kept["train"]) & set(kept["validation"])
+    for split, texts in kept.items():
+        assert all(split_of(content_key(t.encode()), 0.25) == split for t in texts)
+
+
+def test_no_normalisation_keeps_distinct_forms(tmp_path):
+    doc = make_documents(1)[0]
+    files = [write_jsonl(tmp_path / "a.jsonl", [doc, doc.replace("caf\u00e9", "cafe\u0301")])]
+    _, report = clean_all(files, CleaningRules(normalization="none"))
+    assert report.dropped["duplicate"] == 0
+    assert sum(report.kept.values()) == 2
+
+
+def test_non_utf8_txt_is_reported_with_offset_and_skipped(tmp_path):
+    good = make_documents(6)
+    for i, doc in enumerate(good):
+        (tmp_path / f"good{i}.txt").write_text(doc)
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine text up to here " + b"\xff\xfe broken" + b" and more words after it")
+    files = find_files(str(tmp_path))
+    kept, report = clean_all(files, CleaningRules(non_utf8="skip"))
+    assert report.dropped["non_utf8"] == 1
+    assert report.non_utf8_locations == [f"{bad}: byte offset 21"]
+    assert sorted(kept["train"] + kept["validation"]) == sorted(good)
+
+
+def test_non_utf8_fails_by_default_naming_file_and_offset(tmp_path):
+    lines = [json.dumps({"text": d}).encode() + b"\n" for d in make_documents(3)]
+    broken = b'{"text": "abc \xc3\x28 def"}\n'  # \xc3 must be followed by a continuation byte
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(lines[0] + lines[1] + broken + lines[2])
+    offset = len(lines[0]) + len(lines[1]) + broken.index(b"\xc3")
+    with pytest.raises(DataError, match=rf"c\.jsonl: byte offset {offset}: not valid UTF-8.*data\.non_utf8=skip"):
+        clean_all([path], CleaningRules())
+
+
+def test_lone_surrogate_escape_is_not_utf8(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"text": make_documents(1)[0]}) + "\n" + '{"text": "bad \\ud800 text here ok"}\n')
+    _, report = clean_all([path], CleaningRules(non_utf8="skip"))
+    assert report.dropped["non_utf8"] == 1
+    assert sum(report.kept.values()) == 1
+
+
+def test_bad_json_names_file_and_offset(tmp_path):
+    path = tmp_path / "j.jsonl"
+    first = json.dumps({"text": "a fine first document"}) + "\n"
+    path.write_text(first + "{not json}\n")
+    with pytest.raises(DataError, match=rf"j\.jsonl: byte offset {len(first)}: not valid JSON"):
+        clean_all([path], CleaningRules())
+    path.write_text(json.dumps({"body": "text under another key"}) + "\n")
+    with pytest.raises(DataError, match=r"data\.text_field"):
+        clean_all([path], CleaningRules())
+    kept, _ = clean_all([path], CleaningRules(text_field="body", validation_fraction=1e-9))
+    assert kept["train"] == ["text under another key"]
+
+
+def test_find_files_errors_and_order(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        find_files(str(tmp_path / "missing"))
+    (tmp_path / "notes.md").write_text("not a corpus file")
+    with pytest.raises(DataError, match=r"no \.txt or \.jsonl files"):
+        find_files(str(tmp_path))
+    with pytest.raises(DataError, match="matches no files"):
+        find_files(str(tmp_path / "*.txt"))
+    for name in ("b/2.txt", "a.jsonl", "b/1.txt"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("x")
+    assert [p.relative_to(tmp_path).as_posix() for p in find_files(str(tmp_path))] == ["a.jsonl", "b/1.txt", "b/2.txt"]
+    assert [p.name for p in find_files(str(tmp_path / "b" / "*.txt"))] == ["1.txt", "2.txt"]

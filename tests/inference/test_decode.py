@@ -1,0 +1,164 @@
+"""KV-cache decoding equals the full forward pass, for every position kind and attention pattern."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scalelab.inference.decode import Sampler, extend, generate, init_cache, prefill
+from scalelab.model import ConfigError, ModelConfig
+from scalelab.model.functional import describe
+
+# GQA (4 query heads share 2 key/value heads) and weights large enough that every block moves the logits.
+BASE = ModelConfig(
+    vocab_size=61, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, max_seq_len=24, dtype="float32", init_std=0.1
+)
+LENGTH, PROMPT = 14, 5
+
+CASES = {
+    "rope": {},
+    "learned": {"position": "learned"},
+    "sinusoidal": {"position": "sinusoidal"},
+    "relative": {"position": "relative", "relative_buckets": 8, "relative_max_distance": 10},
+    "alibi": {"position": "alibi"},
+    "sliding-rope": {"attention": "sliding", "window": 4},
+    "sliding-alibi": {"attention": "sliding", "window": 5, "position": "alibi"},
+    "sparse-relative": {"attention": "sparse", "window": 3, "global_tokens": 2, "position": "relative"},
+    "post-norm-untied-bias-swiglu-unscanned": {
+        "norm_position": "post",
+        "norm": "layernorm",
+        "tie_embeddings": False,
+        "use_bias": True,
+        "activation": "swiglu",
+        "scan_layers": False,
+    },
+}
+
+
+def _tokens(seed: int, shape: tuple[int, int]) -> jax.Array:
+    return jax.random.randint(jax.random.key(seed), shape, 0, BASE.vocab_size)
+
+
+def assert_logits_close(got: jax.Array, want: jax.Array) -> None:
+    """Equal within 2e-6 of the largest logit (fp32), and the logits large enough to tell."""
+    scale = float(jnp.max(jnp.abs(want)))
+    assert scale > 0.1, "logits this small would make the comparison vacuous"
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=2e-6 * scale)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_prefill_then_cached_steps_equal_the_full_forward(case):
+    cfg = dataclasses.replace(BASE, **CASES[case])
+    model = describe(cfg)
+    params = model.init(0)
+    tokens = _tokens(1, (2, LENGTH))
+    full = model.apply(params, {"inputs": tokens})
+
+    cache = init_cache(cfg, batch=2, max_len=LENGTH + 2)  # spare slots must stay invisible
+    logits, cache = extend(model.graphdef, params, cache, tokens[:, :PROMPT])
+    steps = [logits]
+    for t in range(PROMPT, LENGTH):
+        logits, cache = extend(model.graphdef, params, cache, tokens[:, t : t + 1])
+        steps.append(logits)
+    assert_logits_close(jnp.concatenate(steps, axis=1), full)
+    np.testing.assert_array_equal(cache.lengths, [LENGTH, LENGTH])
+
+
+def test_the_cache_is_stacked_per_layer_with_kv_heads_in_the_compute_dtype_and_bf16_decodes_close():
+    cfg = dataclasses.replace(BASE, dtype="bfloat16")
+    cache = init_cache(cfg, batch=3, max_len=10)
+    assert cache.k.shape == cache.v.shape == (3, 3, 10, 2, 8)  # layers, batch, max_len, kv_heads, head_dim
+    assert cache.k.dtype == jnp.bfloat16
+    model = describe(cfg)
+    params, tokens = model.init(0), _tokens(2, (3, 7))
+    first, cache = extend(model.graphdef, params, cache, tokens[:, :4])
+    assert cache.k.dtype == jnp.bfloat16
+    assert bool(jnp.any(cache.k[:, :, :4] != 0)) and bool(jnp.all(cache.k[:, :, 4:] == 0))
+    rest, cache = extend(model.graphdef, params, cache, tokens[:, 4:])
+    full = model.apply(params, {"inputs": tokens})
+    # Both paths round activations to bf16 (8 significant bits) but at different points, so they agree to a
+    # few bf16 steps of the largest logit, not to fp32 precision.
+    scale = float(jnp.max(jnp.abs(full)))
+    np.testing.assert_allclose(jnp.concatenate([first, rest], axis=1), full, rtol=0, atol=2**-6 * scale)
+
+
+@pytest.mark.parametrize("case", ["rope", "learned", "sliding-alibi"])
+def test_right_padded_prompts_of_different_lengths_decode_like_each_alone(case):
+    cfg = dataclasses.replace(BASE, **CASES[case])
+    model = describe(cfg)
+    params = model.init(0)
+    lengths = [6, 3, 1]
+    prompts = _tokens(3, (3, 6))
+    padded = jnp.where(jnp.arange(6) < jnp.array(lengths)[:, None], prompts, 0)
+
+    logits, _ = prefill(model.graphdef, params, init_cache(cfg, 3, 9), padded, jnp.array(lengths))
+    for row, n in enumerate(lengths):
+        alone = model.apply(params, {"inputs": prompts[row : row + 1, :n]})
+        assert_logits_close(logits[row], alone[0, -1])
+
+    together = generate(cfg, model.graphdef, params, padded, jnp.array(lengths), new_tokens=5)
+    for row, n in enumerate(lengths):
+        alone = generate(cfg, model.graphdef, params, prompts[row : row + 1, :n], new_tokens=5)
+        np.testing.assert_array_equal(together[row], alone[0])
+
+
+def _greedy_without_cache(model, params, prompt: jax.Array, new_tokens: int) -> jax.Array:
+    tokens = prompt
+    for _ in range(new_tokens):
+        logits = model.apply(params, {"inputs": tokens})
+        tokens = jnp.concatenate([tokens, jnp.argmax(logits[:, -1], axis=-1)[:, None]], axis=1)
+    return tokens[:, prompt.shape[1] :]
+
+
+def test_greedy_generation_is_deterministic_and_matches_uncached_greedy():
+    model = describe(BASE)
+    params = model.init(0)
+    prompt = _tokens(4, (2, 4))
+    first = generate(BASE, model.graphdef, params, prompt, new_tokens=8)
+    again = generate(BASE, model.graphdef, params, prompt, new_tokens=8, seed=123)
+    assert first.shape == (2, 8)
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(first, _greedy_without_cache(model, params, prompt, 8))
+
+
+def test_sampling_is_reproducible_from_a_seed_and_respects_top_k():
+    model = describe(BASE)
+    params = model.init(0)
+    prompt = _tokens(5, (4, 3))
+    hot = Sampler(temperature=1.5, top_k=3)
+    a = generate(BASE, model.graphdef, params, prompt, new_tokens=10, seed=7, sampler=hot)
+    b = generate(BASE, model.graphdef, params, prompt, new_tokens=10, seed=7, sampler=hot)
+    c = generate(BASE, model.graphdef, params, prompt, new_tokens=10, seed=8, sampler=hot)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+    # Every sampled token is among the 3 likeliest after its own prefix, and not always the likeliest.
+    logits = model.apply(params, {"inputs": jnp.concatenate([prompt, a], axis=1)})[:, prompt.shape[1] - 1 : -1]
+    top3 = jax.lax.top_k(logits, 3)[1]
+    assert bool(jnp.all(jnp.any(top3 == a[..., None], axis=-1)))
+    assert bool(jnp.any(top3[..., 0] != a))
+
+    top1 = generate(BASE, model.graphdef, params, prompt, new_tokens=10, seed=7, sampler=Sampler(2.0, top_k=1))
+    np.testing.assert_array_equal(top1, generate(BASE, model.graphdef, params, prompt, new_tokens=10))
+
+
+def test_too_long_prompts_and_other_families_are_errors_that_name_the_fix():
+    model = describe(BASE)
+    params = model.init(0)
+    with pytest.raises(
+        ConfigError,
+        match=r"prompt has 20 tokens and 5 new .* model.max_seq_len=24; shorten the prompt or ask for at most 4 new",
+    ):
+        generate(BASE, model.graphdef, params, _tokens(6, (1, 20)), new_tokens=5)
+    with pytest.raises(ConfigError, match=r"shorten the prompt"):
+        generate(BASE, model.graphdef, params, _tokens(6, (1, 25)), new_tokens=1)
+    with pytest.raises(ConfigError, match=r"prompt lengths \[3, 0\] must give one length in 1..3 per prompt row"):
+        generate(BASE, model.graphdef, params, _tokens(6, (2, 3)), [3, 0], new_tokens=1)
+    with pytest.raises(ConfigError, match=r"needs model.family=gpt .* 'bert'"):
+        init_cache(dataclasses.replace(BASE, family="bert"), batch=1)
+    with pytest.raises(ConfigError, match="temperature must be >= 0"):
+        Sampler(temperature=-1.0)
+    with pytest.raises(ConfigError, match="top_k must be >= 1"):
+        Sampler(top_k=0)
