@@ -1,8 +1,7 @@
-"""AdamW with a masked weight decay, global-norm clipping and learning-rate schedules."""
+"""AdamW with a masked weight decay and global-norm clipping, on the learning-rate schedule a config names."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -10,56 +9,16 @@ import jax.numpy as jnp
 import optax
 
 from scalelab.model.counting import EMBEDDING_AXES, is_matmul_weight
-from scalelab.train.config import Config, ScheduleConfig
-
-Decay = Callable[[jax.Array], jax.Array]
-
-
-def _progress(step: jax.Array, start: int, end: int) -> jax.Array:
-    return jnp.clip((step - start) / max(end - start, 1), 0.0, 1.0)
-
-
-def _cosine(peak: float, floor: float, sched: ScheduleConfig, last: int) -> Decay:
-    return lambda step: (
-        floor + (peak - floor) * 0.5 * (1.0 + jnp.cos(jnp.pi * _progress(step, sched.warmup_steps, last)))
-    )
-
-
-def _linear(peak: float, floor: float, sched: ScheduleConfig, last: int) -> Decay:
-    return lambda step: peak + (floor - peak) * _progress(step, sched.warmup_steps, last)
-
-
-def _constant(peak: float, floor: float, sched: ScheduleConfig, last: int) -> Decay:
-    return lambda step: jnp.full_like(step, peak)
-
-
-def _warmup_stable_decay(peak: float, floor: float, sched: ScheduleConfig, last: int) -> Decay:
-    # Hold the peak, then decay linearly over the last decay_fraction of training.
-    decay_start = int((last + 1) * (1.0 - sched.decay_fraction))
-    return lambda step: peak + (floor - peak) * _progress(step, decay_start, last)
-
-
-# What follows the linear warmup, by schedule.name.
-DECAYS: dict[str, Callable[[float, float, ScheduleConfig, int], Decay]] = {
-    "cosine": _cosine,
-    "linear": _linear,
-    "constant": _constant,
-    "wsd": _warmup_stable_decay,
-}
+from scalelab.train.config_schema import Config
+from scalelab.train.lr_schedules import warmup_then_decay
 
 
 def learning_rate(cfg: Config) -> optax.Schedule:
-    """Linear warmup to optimizer.lr, then the named decay down to min_lr_ratio * lr."""
-    peak, sched, steps = cfg.optimizer.lr, cfg.schedule, cfg.train.steps
-    # The decay ends at the last step trained (steps - 1), which therefore uses the floor.
-    after_warmup = DECAYS[sched.name](peak, peak * sched.min_lr_ratio, sched, steps - 1)
-
-    def schedule(step):
-        step = jnp.asarray(step, jnp.float32)
-        warmup = peak * (step + 1) / max(sched.warmup_steps, 1)
-        return jnp.where(step < sched.warmup_steps, warmup, after_warmup(step)).astype(jnp.float32)
-
-    return schedule
+    """Linear warmup to optimizer.lr, then the decay schedule.name names, down to min_lr_ratio * lr."""
+    peak, sched = cfg.optimizer.lr, cfg.schedule
+    return warmup_then_decay(
+        sched.name, peak, peak * sched.min_lr_ratio, sched.warmup_steps, cfg.train.steps, sched.decay_fraction
+    )
 
 
 def decay_mask(axes: Any, decay_embeddings: bool) -> Any:

@@ -6,14 +6,21 @@ import yaml
 from scalelab.model.config import ACTIVATIONS, POSITIONS, ConfigError
 from scalelab.model.layers import ACTIVATIONS as ACTIVATION_LAYERS
 from scalelab.model.positions import POSITION_ENCODINGS
-from scalelab.train.config import CONFIG_DIR, SCHEDULES, load_config, save_config
-from scalelab.train.optim import DECAYS
+from scalelab.train.config import CONFIG_DIR, load_config, save_config
+from scalelab.train.lr_schedules import LR_SCHEDULES
 
 
 def test_choice_lists_match_their_registries():
     assert set(ACTIVATIONS) == set(ACTIVATION_LAYERS)
     assert set(POSITIONS) == set(POSITION_ENCODINGS)
-    assert set(SCHEDULES) == set(DECAYS)
+
+
+def test_schedule_names_are_the_registry_of_lr_schedules(monkeypatch):
+    for name in LR_SCHEDULES:
+        assert load_config("gpt-tiny", [f"schedule.name={name}"]).schedule.name == name
+    # A schedule added to the registry is one the config accepts, with no second list to update.
+    monkeypatch.setitem(LR_SCHEDULES, "step", LR_SCHEDULES["constant"])
+    assert load_config("gpt-tiny", ["schedule.name=step"]).schedule.name == "step"
 
 
 def test_every_shipped_config_loads():
