@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -99,7 +99,7 @@ def remembered_matmul_flops(dtype: str) -> tuple[float, Path]:
     of two runs could not be compared. Other work only ever slows a measurement down, so the
     best one kept in the cache is the closest to the hardware, and a busy moment cannot lower it.
     """
-    from scalelab.files import cache_dir
+    from scalelab.files import cache_dir, write_atomic
 
     path = cache_dir() / PEAK_CACHE
     key = _host_key(dtype)
@@ -116,13 +116,8 @@ def remembered_matmul_flops(dtype: str) -> tuple[float, Path]:
     if flops <= best:
         return best, path
     known[key] = {"flops": flops, "measured": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=1) + "\n")
-        tmp.replace(path)
-    except OSError:
-        pass  # a read-only cache only loses the comparison with later runs
+    with contextlib.suppress(OSError):  # a read-only cache only loses the comparison with later runs
+        write_atomic(path, json.dumps(known, indent=1) + "\n")
     return flops, path
 
 

@@ -1,7 +1,8 @@
-"""Reading the YAML and JSON files that users write and runs leave behind.
+"""Reading the YAML and JSON files that users write and runs leave behind, and writing files atomically.
 
 A file that does not parse is a user-facing error (ConfigError) that names the file, where it
-stops parsing and what to do, never a parser's traceback.
+stops parsing and what to do, never a parser's traceback. A file scalelab writes for others to
+read appears whole or not at all (write_atomic).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +65,44 @@ def file_sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Replace the file at `path` with `data` (text is UTF-8) so readers see the old file or the new one, never a mix.
+
+    The data goes to a temporary file beside `path`, reaches the disk, and is then renamed over
+    it; the directory is synced too, so the rename itself survives a crash. The file gets the
+    permissions a plain `open(path, "w")` would give, 0o666 less the umask, so other users of a
+    shared sweep or run directory can read it. If anything fails, `path` keeps its old content
+    and the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    # os.open applies the umask to 0o666 itself, as open() does; mkstemp would force 0o600.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Flush a directory's entries (a rename) to disk, where the OS lets a directory be opened and synced."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a directory; the rename is still atomic
+    finally:
+        os.close(fd)

@@ -8,19 +8,14 @@ so every committed checkpoint carries one; a missing or mismatching manifest mar
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
+
+from scalelab.files import file_sha256, write_atomic
 
 MANIFEST = "scalelab_manifest.json"
 # Orbax rewrites the step's own metadata (commit time, metrics) when it commits, after the manifest.
 VOLATILE = frozenset({"_CHECKPOINT_METADATA"})
-
-
-def _digest(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _files(directory: Path) -> list[Path]:
@@ -31,15 +26,10 @@ def _files(directory: Path) -> list[Path]:
 def write_manifest(directory: Path) -> None:
     """Record every file under `directory` (size and SHA-256) in its manifest, atomically."""
     entries = {
-        str(path.relative_to(directory)): {"size": path.stat().st_size, "sha256": _digest(path)}
+        str(path.relative_to(directory)): {"size": path.stat().st_size, "sha256": file_sha256(path)}
         for path in _files(directory)
     }
-    tmp = directory / f".{MANIFEST}.tmp"
-    with open(tmp, "w") as f:
-        json.dump({"files": entries}, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, directory / MANIFEST)
+    write_atomic(directory / MANIFEST, json.dumps({"files": entries}, indent=1, sort_keys=True))
 
 
 def verify_manifest(directory: Path) -> str | None:
@@ -60,6 +50,6 @@ def verify_manifest(directory: Path) -> str | None:
         size = path.stat().st_size
         if size != expected["size"]:
             return f"{name} has {size} bytes, the manifest says {expected['size']}"
-        if _digest(path) != expected["sha256"]:
+        if file_sha256(path) != expected["sha256"]:
             return f"{name} does not match its SHA-256 checksum"
     return None

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from scalelab.files import write_atomic
 from scalelab.model.config import ConfigError
 
 METRICS_FILE = "metrics.jsonl"
@@ -125,8 +126,5 @@ def truncate_metrics(run_dir: Path, before_step: int, rewrite: bool = True) -> l
             kept_lines.append(line if line.endswith("\n") else line + "\n")
             kept.append(record)
     if rewrite:  # only the writing process; the others just read what it keeps
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as f:
-            f.writelines(kept_lines)
-        os.replace(tmp, path)
+        write_atomic(path, "".join(kept_lines))
     return kept

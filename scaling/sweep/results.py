@@ -1,6 +1,6 @@
 """Sweep records: each finished run's `result.json`, and `results.csv` rebuilt from them atomically.
 
-A run's row is committed by writing `runs/<run>/result.json` (temp file + os.replace), which only
+A run's row is committed by writing `runs/<run>/result.json` (scalelab.files.write_atomic), which only
 the job that trained the run ever writes. `results.csv` is a view over those files, rebuilt under
 a file lock after every run and at every start, so concurrent shards never lose each other's rows,
 a crash never leaves a half-written table, and a run can never appear twice.
@@ -13,13 +13,11 @@ import fcntl
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from scalelab.files import read_json
+from scalelab.files import read_json, write_atomic
 from scalelab.model.config import ConfigError
 from scalelab.train.metrics import read_metrics
 
@@ -33,20 +31,6 @@ WALL_FILE = ".wall_s"  # seconds spent on a run by every session before this one
 
 class IncompleteRunError(RuntimeError):
     """A run returned without reaching its last step (for example after a preemption signal)."""
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Replace `path` with `text` so readers see the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        try:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible
-            os.replace(f.name, path)
-        except BaseException:
-            os.unlink(f.name)
-            raise
 
 
 def curve_summary(run_dir: Path, steps: int) -> dict[str, float | None]:
@@ -84,7 +68,7 @@ def add_wall_time(run_dir: Path, seconds: float) -> float:
     except (OSError, ValueError):
         before = 0.0  # no earlier session (or a record lost with a crash: count from here)
     total = before + seconds
-    atomic_write(path, f"{total:.3f}\n")
+    write_atomic(path, f"{total:.3f}\n")
     return total
 
 
@@ -93,7 +77,7 @@ def write_result(run_dir: Path, row: dict[str, Any]) -> None:
     missing = _missing(row)
     if missing:
         raise ValueError(f"result row for {row.get('run')} lacks {missing}")
-    atomic_write(run_dir / RESULT_FILE, json.dumps(row, indent=1) + "\n")
+    write_atomic(run_dir / RESULT_FILE, json.dumps(row, indent=1) + "\n")
 
 
 def read_result(run_dir: Path) -> dict[str, Any] | None:
@@ -136,7 +120,7 @@ def rebuild_csv(sweep_dir: Path, run_names: Iterable[str]) -> int:
         writer.writerow((*COLUMNS, *EXTRA_COLUMNS))
         for row in rows:
             writer.writerow([_cell(row[c]) for c in (*COLUMNS, *EXTRA_COLUMNS)])
-        atomic_write(sweep_dir / RESULTS_CSV, buffer.getvalue())
+        write_atomic(sweep_dir / RESULTS_CSV, buffer.getvalue())
     return len(rows)
 
 

@@ -21,12 +21,13 @@ from scalelab.scaling.sweep import runner
 from scalelab.scaling.sweep.plan import make_plan
 from scalelab.scaling.sweep.results import (
     COLUMNS,
+    EXTRA_COLUMNS,
     RESULTS_CSV,
     IncompleteRunError,
-    atomic_write,
     curve_summary,
     read_csv,
     rebuild_csv,
+    write_result,
 )
 from scalelab.scaling.sweep.runner import SweepProgress, run_sweep
 from scalelab.scaling.sweep.spec import SpecError, spec_from_dict
@@ -142,17 +143,17 @@ def test_a_run_that_stops_early_is_not_recorded(tmp_path):
         curve_summary(tmp_path, 10)
 
 
-def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):
-    path = tmp_path / RESULTS_CSV
-    atomic_write(path, "old\n")
-
-    def crash(*args):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write(path, "new\n")
-    assert path.read_text() == "old\n" and os.listdir(tmp_path) == [RESULTS_CSV]
+def test_sweep_records_are_readable_by_other_users_of_the_sweep_dir(tmp_path):
+    # A temp file from tempfile keeps mode 0600; the records must get what open() gives (0666 less the umask).
+    row = dict.fromkeys((*COLUMNS, *EXTRA_COLUMNS), 1) | {"run": "a"}
+    old = os.umask(0o022)
+    try:
+        write_result(tmp_path / "runs" / "a", row)
+        rebuild_csv(tmp_path, ["a"])
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "runs" / "a" / "result.json", tmp_path / RESULTS_CSV):
+        assert path.stat().st_mode & 0o777 == 0o644, path
 
 
 def test_rebuild_lists_committed_runs_once_in_plan_order(tmp_path, monkeypatch):
