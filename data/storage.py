@@ -9,7 +9,6 @@ folder that reads as complete.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import uuid
@@ -17,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from scalelab.errors import ConfigError
-from scalelab.files import cache_dir, file_sha256
+from scalelab.files import cache_dir
 
 DEFAULT_NAME = "scalelab_text"
 DEFAULT_CONFIG = "gpt-tiny-text"  # the config `data prepare` and `tokenizer train` use without --config
@@ -27,8 +26,6 @@ TOKENIZER_META = "meta.json"
 
 class DataError(ConfigError):
     """Bad or missing data: the message names the file or dataset and the command or key that fixes it."""
-
-
 
 
 def default_data_dir() -> Path:
@@ -53,8 +50,6 @@ def dataset_version_dir(data_dir: Path, name: str) -> Path | None:
     if not versions:
         return None
     return max(versions, key=lambda p: tuple(int(part) for part in p.name.split(".")))
-
-
 
 
 def tokenizer_dir(version_dir: Path, kind: str, vocab_size: int, sentinels: int) -> Path:
@@ -112,15 +107,19 @@ def publish_dir(final: Path) -> Iterator[Path]:
     """Yield an empty staging folder; on success rename it to `final`, replacing any old one.
 
     The staging folder is a sibling of `final`, so the rename stays on one file system and is
-    atomic. On an exception (or a kill) `final` is untouched and the staging folder is left
-    for the next build of the same target to delete.
+    atomic. On an exception (Ctrl-C included) `final` is untouched and the staging folder is
+    deleted; after a kill, which runs no cleanup, the next build of the same target deletes it.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     prefix = f"{STAGING_PREFIX}{final.name}-"
     _remove_stale(final.parent, prefix)
     staging = final.parent / f"{prefix}{uuid.uuid4().hex[:8]}"
     staging.mkdir()
-    yield staging
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if final.exists():
         # Move the old folder aside first: rename cannot replace a non-empty directory.
         trash = final.parent / f"{prefix}old-{uuid.uuid4().hex[:8]}"

@@ -19,7 +19,7 @@ from scalelab.data.reader import TextSplit, require_dataset
 from scalelab.data.storage import DataError, dataset_version_dir
 from tests.data.conftest import make_cfg, make_documents, write_jsonl
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]  # the repo root: tests/data/<file>
 
 
 def split_texts(version_dir: Path) -> dict[str, list[str]]:
@@ -137,12 +137,11 @@ def test_interrupted_prepare_leaves_no_dataset(tmp_path, tiny_corpus, monkeypatc
     with pytest.raises(RuntimeError, match="injected"):
         prepare_dataset(cfg.data, progress=False)
     assert dataset_version_dir(tmp_path, "tiny_text") is None
-    assert list(tmp_path.glob(".staging-tiny_text-*")), "the failed build stays in its staging folder"
+    assert not list(tmp_path.glob(".staging-*")), "the failed build removes its staging folder"
     with pytest.raises(DataError, match=r"not prepared .* prepare it with: scalelab data prepare --set data.name=tiny"):
         require_dataset(cfg.data)
     monkeypatch.undo()
     assert prepare_dataset(cfg.data, progress=False).built
-    assert not list(tmp_path.glob(".staging-*")), "a later prepare removes the leftovers"
 
 
 def test_interrupted_rebuild_keeps_the_old_dataset(tmp_path, tiny_corpus, monkeypatch):
@@ -152,6 +151,7 @@ def test_interrupted_rebuild_keeps_the_old_dataset(tmp_path, tiny_corpus, monkey
     with pytest.raises(RuntimeError, match="injected"):
         prepare_dataset(cfg.data, force=True, progress=False)
     assert split_texts(require_dataset(cfg.data)) == before
+    assert not list(tmp_path.glob(".staging-*")), "the failed rebuild removes its staging folder"
 
 
 KILLED_PREPARE = """
@@ -195,6 +195,8 @@ def test_killed_prepare_leaves_no_dataset(tmp_path, tiny_corpus):
     assert dataset_version_dir(data_dir, "tiny_text") is None
     with pytest.raises(DataError, match="scalelab data prepare"):
         require_dataset(make_cfg(data_dir).data)
+    assert prepare_dataset(make_cfg(data_dir, corpus=str(tiny_corpus)).data, progress=False).built
+    assert not list(data_dir.glob(".staging-*")), "a kill runs no cleanup, so the next prepare removes the leftovers"
 
 
 def test_empty_corpus(tmp_path):

@@ -21,7 +21,7 @@ from scalelab.data.storage import DataError
 from scalelab.data.tokens import build_store, find_store, open_store
 from tests.data.conftest import VOCAB, make_cfg, make_documents
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]  # the repo root: tests/data/<file>
 
 
 def with_data(cfg, **changes):

@@ -16,7 +16,7 @@ from scalelab.scaling.sweep.spec import load_spec
 from scalelab.train.metrics import read_metrics
 from tests.scaling.sweep.specs import micro, write_spec
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]  # the repo root: tests/scaling/sweep/<file>
 # One shape at two budgets: run A is short; run B is long enough to be killed between its checkpoints.
 # (Sharing a shape lets B reuse A's compiled init and eval programs from the sweep's compile cache.)
 SPEC = micro(isoflop__budgets=[3e8, 1.1e9], isoflop__sizes=[3e3], rules__checkpoints_per_run=4)
