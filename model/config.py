@@ -3,17 +3,56 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 from scalelab.errors import ConfigError
 
-FAMILIES = ("gpt", "bert", "t5")
-ACTIVATIONS = ("relu", "gelu", "swiglu")
-NORMS = ("layernorm", "rmsnorm")
-NORM_POSITIONS = ("pre", "post")
-POSITIONS = ("rope", "learned", "sinusoidal", "relative", "alibi")
-ATTENTIONS = ("full", "sliding", "sparse")
 DTYPES = ("bfloat16", "float32")
-REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch", "offload_dots")
+
+
+def choices() -> dict[str, Mapping[str, Any]]:
+    """Each choice key and the registry whose names are its allowed values.
+
+    The registries are the modules' own dicts, read live, so an entry added to one is a valid
+    value at once. They are imported here, not at the top: their modules import this one.
+    """
+    from scalelab.model.blocks import NORM_PLACEMENTS
+    from scalelab.model.layers import ACTIVATIONS, NORMS
+    from scalelab.model.masks import ATTENTION_PATTERNS
+    from scalelab.model.positions import POSITION_ENCODINGS
+    from scalelab.model.stack import REMAT_POLICIES
+    from scalelab.model.transformer import MODEL_FAMILIES
+
+    return {
+        "family": MODEL_FAMILIES,
+        "activation": ACTIVATIONS,
+        "norm": NORMS,
+        "norm_position": NORM_PLACEMENTS,
+        "position": POSITION_ENCODINGS,
+        "attention": ATTENTION_PATTERNS,
+        "dtype": dict.fromkeys(DTYPES),
+        "remat": REMAT_POLICIES,
+    }
+
+
+# The names this module exported when it held its own tuples of the choices, now read from the registries.
+_CHOICE_LISTS = {
+    "FAMILIES": "family",
+    "ACTIVATIONS": "activation",
+    "NORMS": "norm",
+    "NORM_POSITIONS": "norm_position",
+    "POSITIONS": "position",
+    "ATTENTIONS": "attention",
+    "REMAT_POLICIES": "remat",
+}
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """ACTIVATIONS, POSITIONS and the other choice lists: the names in their registry, in its order."""
+    if name in _CHOICE_LISTS:
+        return tuple(choices()[_CHOICE_LISTS[name]])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,17 +135,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first inconsistent field."""
-        choices = {
-            "family": FAMILIES,
-            "activation": ACTIVATIONS,
-            "norm": NORMS,
-            "norm_position": NORM_POSITIONS,
-            "position": POSITIONS,
-            "attention": ATTENTIONS,
-            "dtype": DTYPES,
-            "remat": REMAT_POLICIES,
-        }
-        for key, allowed in choices.items():
+        for key, allowed in choices().items():
             value = getattr(self, key)
             if value not in allowed:
                 raise ConfigError(f"model.{key}: unknown value {value!r}; choose one of {', '.join(allowed)}")

@@ -178,7 +178,7 @@ class LayerNorm(nnx.Module):
         return _layer_norm(self.eps)(x, self.scale[...], self.bias[...])
 
 
-NORMS: dict[str, type[nnx.Module]] = {"rmsnorm": RMSNorm, "layernorm": LayerNorm}
+NORMS: dict[str, type[nnx.Module]] = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from scalelab.model import ModelConfig
-from scalelab.model.config import REMAT_POLICIES
 from scalelab.model.functional import describe
+from scalelab.model.stack import REMAT_POLICIES
 from scalelab.train.steps import cross_entropy
 
 TINY = ModelConfig(vocab_size=61, d_model=32, n_layers=3, n_heads=4, max_seq_len=16, dtype="float32")
