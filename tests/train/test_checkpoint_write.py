@@ -8,8 +8,9 @@ import types
 import orbax.checkpoint as ocp
 import pytest
 
-from scalelab.train import checkpoint
-from scalelab.train.checkpoint import CheckpointError, os_error_reason
+from scalelab.train import checkpoint_store
+from scalelab.train.checkpoint_compat import CheckpointError
+from scalelab.train.checkpoint_store import os_error_reason
 from scalelab.train.config import load_config
 from scalelab.train.loop import train
 from scalelab.train.metrics import read_metrics
@@ -54,7 +55,7 @@ def test_orbax_logs_of_a_failed_write_are_dropped_and_other_logs_kept():
         exc_info = (type(error), error, None) if error else None
         return logging.LogRecord("absl", logging.ERROR, __file__, 1, message, (), exc_info)
 
-    reported = checkpoint._ReportedWriteFailures()
+    reported = checkpoint_store._ReportedWriteFailures()
     assert not reported.filter(record("_SignalingThread.run() raised an exception", ValueError(FULL_DISK)))
     assert not reported.filter(record(f"Task exception was never retrieved: {FULL_DISK}"))
     assert reported.filter(record("_SignalingThread.run() raised an exception", ValueError("another bug")))
@@ -63,7 +64,7 @@ def test_orbax_logs_of_a_failed_write_are_dropped_and_other_logs_kept():
 def test_only_the_leftovers_of_a_failed_write_are_kept_from_the_unraisable_hook(monkeypatch):
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", seen.append)
-    checkpoint.quiet_write_failures()
+    checkpoint_store.quiet_write_failures()
     closed = types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), object=None)
     other = types.SimpleNamespace(exc_value=RuntimeError("something else"), object=None)
     sys.unraisablehook(closed)
