@@ -10,20 +10,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from scalelab.files import write_atomic
 from scalelab.runtime.host import usable_cores
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 # A column: (row key, header, formatter of a present value).
 Column = tuple[str, str, Callable[[Any], str]]
-
-
-def si(n: float, unit: str = "") -> str:
-    """A number with an SI suffix: 1.23G, 45.6k."""
-    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{suffix}{unit}"
-    return f"{n:.3g}{unit}"
 
 
 def fixed(digits: int) -> Callable[[Any], str]:
@@ -97,9 +90,7 @@ def write_json(path: Path, payload: dict[str, Any]) -> Path:
     """Write `payload` with the time it was written to `path`, atomically, and return the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), **payload}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(payload, indent=1, default=str) + "\n")
     return path
 
 

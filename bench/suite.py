@@ -14,8 +14,9 @@ import jax
 
 from scalelab.bench import report, sections
 from scalelab.bench.measure import load_average
-from scalelab.bench.report import fixed, integer, percent, si, text
+from scalelab.bench.report import fixed, integer, percent, text
 from scalelab.bench.shapes import by_name
+from scalelab.units import si
 
 SECTIONS = ("peak", "ladder", "remat", "depth", "others")
 BENCH_DIR = Path(__file__).resolve().parent

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from scalelab.units import parse_float
+
 APPROACH_CHOICES = ("1", "2", "3", "kaplan", "single", "all")
 EPILOG_FIT = """examples:
   scalelab fit sweeps/demo                             # all approaches, 1000 bootstrap resamples
@@ -34,10 +36,7 @@ def _number_in(name: str, low: float, high: float) -> Callable[[str], float]:
     """argparse type: a float strictly between low and high; the message names the range."""
 
     def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
+        value = parse_float(text, math.nan)
         if not low < value < high:  # also rejects nan
             bound = f"above {low:g}" + (f" and below {high:g}" if high < math.inf else " and finite")
             raise argparse.ArgumentTypeError(f"{text!r}: {name} must be a number {bound}")

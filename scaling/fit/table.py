@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from scalelab.errors import UserError
+from scalelab.units import parse_float
 
 # Loss column tried in this order when none is given: a generic table's `loss`, then a sweep's held-out
 # `eval_loss` (what the scaling law should describe), then its last training loss `final_loss`.
@@ -126,13 +127,6 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     return header, rows
 
 
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return math.nan
-
-
 def _pick_columns(header: list[str], cols: Columns, path: Path) -> dict[str, str | None]:
     available = ", ".join(header)
     if cols.loss is None:
@@ -213,7 +207,7 @@ def load_table(path: str | Path, columns: Columns | None = None) -> FitTable:
     labels = [f"line {n}" + (f" (run {row['run']})" if row.get("run") else "") for n, row in rows]
 
     def column(name: str | None) -> np.ndarray | None:
-        return None if name is None else np.array([_number(row.get(name, "")) for _, row in rows])
+        return None if name is None else np.array([parse_float(row.get(name, ""), math.nan) for _, row in rows])
 
     values = {role: column(name) for role, name in picked.items() if name is not None}
     _validate(values, labels, csv_path, {k: v for k, v in picked.items() if v is not None})
@@ -278,7 +272,7 @@ def _load_curves(
             missing.append(row["run"])
             continue
         steps, loss = _read_curve(path)
-        total = _number(row.get("steps", "")) if "steps" in header else math.nan
+        total = parse_float(row.get("steps", ""), math.nan) if "steps" in header else math.nan
         total = total if np.isfinite(total) and total > 0 else (steps[-1] if len(steps) else math.nan)
         if len(steps) < 2:
             missing.append(row["run"])

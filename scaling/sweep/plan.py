@@ -16,6 +16,7 @@ from scalelab.model.config import ConfigError, ModelConfig
 from scalelab.model.counting import ParamCounts, count_params, flops_per_token
 from scalelab.scaling.sweep.spec import GridRuns, SpecError, SweepSpec
 from scalelab.train.config import Config, config_from_dict, merge_config
+from scalelab.units import si
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,14 +322,6 @@ def shard_runs(runs: Sequence[PlannedRun], index: int, count: int) -> list[Plann
     return [run for run in runs if owner[run.name] == index]
 
 
-def human(value: float, unit: str = "") -> str:
-    """3 significant figures with an SI suffix (1.23M, 4.5e18 FLOPs stays readable as 4.5E)."""
-    for scale, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{suffix}{unit}"
-    return f"{value:.3g}{unit}"
-
-
 def format_plan(plan: Plan, runs: Sequence[PlannedRun] | None = None) -> str:
     """The plan as a table, one run per line, with the total compute."""
     runs = plan.runs if runs is None else runs
@@ -336,10 +329,10 @@ def format_plan(plan: Plan, runs: Sequence[PlannedRun] | None = None) -> str:
     rows = [
         (
             run.name,
-            human(run.n_total),
-            human(run.n_nonembed),
+            si(run.n_total),
+            si(run.n_nonembed),
             run.shape,
-            human(run.tokens),
+            si(run.tokens),
             f"{run.tokens / run.size:.3g}",
             f"{run.flops:.3g}",
             str(run.steps),
@@ -356,5 +349,5 @@ def format_plan(plan: Plan, runs: Sequence[PlannedRun] | None = None) -> str:
         for row in [header, *rows]
     ]
     total = sum(run.flops for run in runs)
-    lines.append(f"{len(runs)} runs, total compute {total:.3g} FLOPs ({human(sum(r.tokens for r in runs))} tokens)")
+    lines.append(f"{len(runs)} runs, total compute {total:.3g} FLOPs ({si(sum(r.tokens for r in runs))} tokens)")
     return "\n".join(lines)

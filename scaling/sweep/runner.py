@@ -27,7 +27,7 @@ from scalelab.files import read_yaml
 from scalelab.model.config import ConfigError
 from scalelab.runtime.host import release_freed_memory
 from scalelab.scaling.fit.table import describe
-from scalelab.scaling.sweep.plan import Plan, PlannedRun, human, shard_runs
+from scalelab.scaling.sweep.plan import Plan, PlannedRun, shard_runs
 from scalelab.scaling.sweep.results import (
     add_wall_time,
     curve_summary,
@@ -37,8 +37,9 @@ from scalelab.scaling.sweep.results import (
     write_result,
 )
 from scalelab.scaling.sweep.spec import SpecError
-from scalelab.train.config import flatten_config, to_dict
+from scalelab.train.config import to_dict
 from scalelab.train.loop import NonFiniteLossError, train
+from scalelab.units import flatten, si
 
 # results.csv status values: the fitter keeps only DONE rows
 DONE, DIVERGED = "done", "diverged"
@@ -88,8 +89,8 @@ def check_run_dir(run: PlannedRun, run_dir: Path) -> None:
     saved_path = run_dir / "config.yaml"
     if not saved_path.exists():
         return
-    saved = flatten_config(read_yaml(saved_path, f"delete {run_dir} to retrain that run") or {})
-    planned = flatten_config(yaml.safe_load(yaml.safe_dump(to_dict(run.config))))  # the same YAML round trip
+    saved = flatten(read_yaml(saved_path, f"delete {run_dir} to retrain that run") or {})
+    planned = flatten(yaml.safe_load(yaml.safe_dump(to_dict(run.config))))  # the same YAML round trip
     changed = [key for key in sorted(saved.keys() & planned.keys()) if saved[key] != planned[key]]
     if changed:
         shown = ", ".join(f"{key}: {saved[key]!r} there, {planned[key]!r} planned" for key in changed[:3])
@@ -214,8 +215,8 @@ class SweepProgress:
         self._show()
         if not self.bar.disable:
             tqdm.write(
-                f"[{index}/{self.total_runs}] {run.name}: N={human(run.n_total)} (non-embedding "
-                f"{human(run.n_nonembed)}), D={human(run.tokens)}, C={run.flops:.3g}, {run.steps} steps, "
+                f"[{index}/{self.total_runs}] {run.name}: N={si(run.n_total)} (non-embedding "
+                f"{si(run.n_nonembed)}), D={si(run.tokens)}, C={run.flops:.3g}, {run.steps} steps, "
                 f"batch {run.batch_size}, lr {run.lr:.3g}",
                 file=sys.stdout,
             )

@@ -14,6 +14,7 @@ from typing import Any
 from scalelab.files import read_yaml
 from scalelab.model.config import ConfigError
 from scalelab.train.config import CONFIG_DIR, from_dict, load_raw, merge_config, resolve_config_path
+from scalelab.units import parse_float
 
 SWEEP_DIR = CONFIG_DIR / "sweeps"
 SIZE_MEASURES = ("non_embedding", "total")
@@ -150,14 +151,12 @@ def _error(path: Path | None, message: str) -> SpecError:
 
 def _number(value: Any, key: str) -> float:
     """A finite number, accepting YAML 1.1's string reading of `1e12`."""
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise SpecError(f"{key}: expected a number, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise SpecError(f"{key}: expected a finite number, got {value!r}")
-    return float(value)
+    number = parse_float(value)
+    if number is None and isinstance(value, str):
+        raise SpecError(f"{key}: expected a number, got {value!r}")
+    if number is None or not math.isfinite(number):
+        raise SpecError(f"{key}: expected a finite number, got {value if number is None else number!r}")
+    return number
 
 
 def log_values(value: Any, key: str) -> tuple[float, ...]:

@@ -87,6 +87,9 @@ def test_grid_plans_every_size_times_every_token_budget_and_seed():
 def test_log_range_and_named_spec_loading(tmp_path):
     spec = spec_from_dict(micro(isoflop={"budgets": {"min": 1e11, "max": 1e13, "count": 3}, "sizes": [3e3]}))
     assert spec.runs.budgets == pytest.approx((1e11, 1e12, 1e13))
+    # YAML 1.1 reads 1e11 (no dot) as a string; it is still a number
+    spec = spec_from_dict(micro(isoflop={"budgets": {"min": "1e11", "max": "1e13", "count": 3}, "sizes": ["3e3"]}))
+    assert spec.runs.budgets == pytest.approx((1e11, 1e12, 1e13)) and spec.runs.sizes == (3e3,)
     assert load_spec(write_spec(tmp_path, micro())).name == "micro"
 
 
@@ -126,6 +129,11 @@ def test_log_range_and_named_spec_loading(tmp_path):
         ({"rules__lr": {"value": 1e-3, "exponent": math.nan}}, "rules.lr.exponent", "expected a finite number"),
         ({"rules__warmup_fraction": math.nan}, "rules.warmup_fraction", "expected a finite number, got nan"),
         ({"rules__batch_size": 0.3}, "rules.batch_size.value must be a whole number of sequences, got 0.3", "round"),
+        # numbers in lists and ranges: a string that is no number, a bool, a non-finite string, a list
+        ({"isoflop__budgets": ["abc"]}, "isoflop.budgets[0]: expected a number", "got 'abc'"),
+        ({"isoflop__budgets": [True]}, "isoflop.budgets[0]: expected a finite number", "got True"),
+        ({"isoflop__budgets": ["nan"]}, "isoflop.budgets[0]: expected a finite number", "got nan"),
+        ({"isoflop__budgets": {"min": [1], "max": 1e13, "count": 2}}, "budgets.min: expected a finite", "got [1]"),
     ],
 )
 def test_bad_specs_fail_at_plan_time_naming_problem_and_fix(changes, problem, fix):
