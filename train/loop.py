@@ -34,6 +34,7 @@ from scalelab.train.faults import DataSkips, NonFiniteLossError, Preempted, Pree
 from scalelab.train.metrics import MetricsWriter, clear_metrics, refuse_replacing, truncate_metrics
 from scalelab.train.steps import TrainState
 from scalelab.train.trainer import Trainer, device_bytes
+from scalelab.units import si
 
 
 @dataclasses.dataclass
@@ -48,13 +49,6 @@ class RunResult:
     state: TrainState
 
 
-def _human(n: float, unit: str = "") -> str:
-    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{suffix}{unit}"
-    return f"{n:.3g}{unit}"
-
-
 def summary(cfg: Config, trainer: Trainer, peak: tuple[float, str], compile_s: float, memory: dict[str, int]) -> str:
     """The one-screen description printed when a run starts."""
     counts = count_params(cfg.model)
@@ -67,15 +61,15 @@ def summary(cfg: Config, trainer: Trainer, peak: tuple[float, str], compile_s: f
     lines = [
         f"model    {m.family}: {m.n_layers} layers, d_model {m.d_model}, {m.n_heads} heads, vocab {m.vocab_size}, "
         f"{m.position} positions, {m.activation}, {m.norm}, {m.dtype}",
-        f"params   {_human(counts.total)} total, {_human(counts.non_embedding)} non-embedding",
-        f"flops    {_human(fpt)} per token, {_human(fpt * tokens_per_step)} per step (training)",
+        f"params   {si(counts.total)} total, {si(counts.non_embedding)} non-embedding",
+        f"flops    {si(fpt)} per token, {si(fpt * tokens_per_step)} per step (training)",
         f"data     {cfg.data.source}: batch {t.batch_size} x {t.seq_len} = {tokens_per_step} tokens/step, {t.steps} steps",
         f"devices  {jax.device_count()} x {device.platform} ({device.device_kind}), {jax.process_count()} process(es); "
         f"mesh {mesh}",
         *([f"pipeline {trainer.pipeline.describe()}"] if trainer.pipeline else []),
-        f"memory   {_human(per_device, 'B')} per device (arguments {_human(memory.get('argument', 0), 'B')}, "
-        f"temporaries {_human(memory.get('temp', 0), 'B')}); compiled in {compile_s:.1f}s",
-        f"peak     {_human(peak[0], 'FLOP/s')} per device ({peak[1]})",
+        f"memory   {si(per_device, 'B')} per device (arguments {si(memory.get('argument', 0), 'B')}, "
+        f"temporaries {si(memory.get('temp', 0), 'B')}); compiled in {compile_s:.1f}s",
+        f"peak     {si(peak[0], 'FLOP/s')} per device ({peak[1]})",
     ]
     return "\n".join(lines)
 
