@@ -47,6 +47,8 @@ BYTE_PIECES = 256
 META_PIECES = 2  # <unk> and EOS (no BOS or padding piece)
 # Pieces every tokenizer holds before it learns any: <unk>, EOS, the user-defined ones and the bytes.
 FIXED_PIECES = META_PIECES + len(LOSSLESS["user_defined_symbols"]) + BYTE_PIECES
+# Pieces a suggested vocabulary leaves for a corpus's own characters; English text and code use about 100.
+CHARACTER_ROOM = 128
 _TOO_SMALL = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
 _TOO_LARGE = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
 
@@ -138,19 +140,33 @@ def training_lines(texts: Iterable[str], max_chars: int) -> Iterator[str]:
                     return
 
 
+def min_vocab_size(sentinels: int) -> int:
+    """The fewest pieces any tokenizer with `sentinels` sentinels can have: the fixed and reserved ones and one more.
+
+    A corpus's characters need pieces on top of that (sentencepiece says how many when it trains).
+    """
+    return FIXED_PIECES + len(reserved_pieces(sentinels)) + 1
+
+
+def suggested_vocab_size(sentinels: int) -> int:
+    """A vocabulary size to suggest for one below the minimum: the minimum with room for a corpus's
+    characters, rounded up to a multiple of 128 (512 for any sentinel count up to 150)."""
+    return -(-(min_vocab_size(sentinels) + CHARACTER_ROOM) // 128) * 128
+
+
 def train_tokenizer(
     texts: Iterable[str], kind: str, vocab_size: int, sentinels: int, max_chars: int = 200_000_000
 ) -> Tokenizer:
     """Train a lossless `kind` (bpe or unigram) tokenizer with `vocab_size` pieces on `texts`,
     reserving [MASK] and `sentinels` sentinels at the ids of data/special.py."""
     reserved = reserved_pieces(sentinels)
-    if vocab_size <= FIXED_PIECES + len(reserved):
+    if vocab_size < min_vocab_size(sentinels):
         raise DataError(
             f"model.vocab_size={vocab_size} is too small for the reserved pieces: <unk>, EOS, newline, tab, "
             f"the {BYTE_PIECES} byte pieces, [MASK] and data.sentinels={sentinels} sentinels take "
             f"{FIXED_PIECES + len(reserved)} ids before any of the corpus's characters, so it needs at least "
-            f"{FIXED_PIECES + len(reserved) + 1}; raise model.vocab_size well above that, or lower data.sentinels "
-            "(span corruption needs one per noise span of a row)"
+            f"{min_vocab_size(sentinels)}; raise model.vocab_size to {suggested_vocab_size(sentinels)} (room for the "
+            "corpus's characters), or lower data.sentinels (span corruption needs one per noise span of a row)"
         )
     model = io.BytesIO()
     try:

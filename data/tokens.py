@@ -29,7 +29,13 @@ from scalelab.data.storage import (
     tokenizer_command,
     tokenizer_dir,
 )
-from scalelab.data.tokenizer import Tokenizer, train_tokenizer
+from scalelab.data.tokenizer import (
+    BYTE_PIECES,
+    Tokenizer,
+    min_vocab_size,
+    suggested_vocab_size,
+    train_tokenizer,
+)
 
 MODEL_FILE = "spm.model"
 ENCODE_CHUNK = 512  # documents encoded per sentencepiece call
@@ -132,6 +138,15 @@ def find_store(data, vocab_size: int) -> TokenStore:
         f"data.sentinels={data.sentinels} sentinels "
         f"(model.vocab_size must equal the tokenizer's vocab size); train it with: {tokenizer_command(data, vocab_size)}"
     )
+    if vocab_size < min_vocab_size(data.sentinels):
+        # That command would fail: no tokenizer is this small. Suggest a size that can be trained.
+        suggested = suggested_vocab_size(data.sentinels)
+        message = (
+            f"model.vocab_size={vocab_size} is below the smallest tokenizer with data.sentinels={data.sentinels} "
+            f"sentinels ({min_vocab_size(data.sentinels)} pieces: the {BYTE_PIECES} byte pieces, the special pieces and one "
+            f"more); set model.vocab_size={suggested} and train its tokenizer for dataset {data.name!r} with: "
+            f"{tokenizer_command(data, suggested)}"
+        )
     others = available_tokenizers(version_dir)
     if others:
         message += f"; or use one it has ({', '.join(others)}) by setting model.vocab_size, data.tokenizer and data.sentinels (the -s suffix)"

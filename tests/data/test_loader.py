@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,12 +16,15 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from scalelab.cli import main
 from scalelab.data import make_source
+from scalelab.data.builder import prepare_dataset
 from scalelab.data.loader import TfdsSource, shuffled_rows
 from scalelab.data.reader import TextSplit, require_dataset
 from scalelab.data.storage import DataError
+from scalelab.data.tokenizer import min_vocab_size
 from scalelab.data.tokens import build_store, find_store, open_store
-from tests.data.conftest import VOCAB, make_cfg, make_documents
+from tests.data.conftest import SENTINELS, VOCAB, make_cfg, make_documents
 
 REPO = Path(__file__).resolve().parents[2]  # the repo root: tests/data/<file>
 
@@ -57,7 +62,9 @@ FRESH_PROCESS = """
 import hashlib, sys
 from pathlib import Path
 from tests.data.conftest import make_cfg
+from scalelab.cli import main
 from scalelab.data import make_source
+from scalelab.data.builder import prepare_dataset
 source = make_source(make_cfg(Path(sys.argv[1])))
 for step in (0, 5, 123):
     batch = source.batch(step)
@@ -141,6 +148,22 @@ def test_vocab_size_must_match_a_trained_tokenizer(prepared):
     assert "--set model.vocab_size=512" in message and f"bpe-{VOCAB}" in message
     with pytest.raises(DataError, match="no unigram tokenizer"):
         find_store(with_data(cfg, tokenizer="unigram").data, VOCAB)
+
+
+def test_a_vocab_below_any_tokenizer_suggests_one_that_trains(tmp_path, tiny_corpus, capsys):
+    # gpt-tiny's vocab_size of 256 is below every tokenizer (256 byte pieces alone), so suggesting to
+    # train a 256-piece one sent users into a second error; the suggested size must train and load.
+    cfg = make_cfg(tmp_path, vocab_size=256, corpus=str(tiny_corpus))
+    prepare_dataset(cfg.data, progress=False)
+    with pytest.raises(DataError) as error:
+        make_source(cfg)
+    message = str(error.value)
+    suggested = int(re.search(r"set model\.vocab_size=(\d+) and train", message)[1])
+    assert suggested >= min_vocab_size(SENTINELS) > 256
+    command = message.split("with: ")[-1]
+    assert command.startswith("scalelab tokenizer train ") and f"--set model.vocab_size={suggested}" in command
+    assert main([*shlex.split(command)[1:], "--quiet"]) == 0, capsys.readouterr().err
+    assert find_store(make_cfg(tmp_path, vocab_size=suggested).data, suggested).meta["vocab_size"] == suggested
 
 
 def test_a_store_must_match_the_config(prepared, tmp_path):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from scalelab.data.special import MASK_ID, SpecialIds, layout
 from scalelab.data.storage import DataError
-from scalelab.data.tokenizer import Tokenizer, train_tokenizer
+from scalelab.data.tokenizer import Tokenizer, min_vocab_size, train_tokenizer
 from tests.data.conftest import SENTINELS, VOCAB, make_documents
 
 
@@ -132,6 +132,14 @@ def test_vocab_too_small_for_the_reserved_pieces_names_both_fixes():
     )
     with pytest.raises(DataError, match=message):
         train_tokenizer(make_documents(50), "bpe", 361, 100)
+
+
+@pytest.mark.parametrize("sentinels", [0, 100])
+def test_vocab_below_the_minimum_suggests_a_size_that_trains(sentinels):
+    with pytest.raises(DataError, match=rf"needs at least {min_vocab_size(sentinels)}; raise .* to (\d+)") as error:
+        train_tokenizer(make_documents(50), "bpe", 256, sentinels)
+    suggested = int(re.search(r"raise model\.vocab_size to (\d+)", str(error.value))[1])
+    assert train_tokenizer(make_documents(50), "bpe", suggested, sentinels).vocab_size == suggested
 
 
 @pytest.mark.parametrize("kind", ["bpe", "unigram"])
