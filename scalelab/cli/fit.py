@@ -306,8 +306,10 @@ def _require_a_fit(fit: dict) -> None:
 
 
 def _write_fit(fit: dict, out: Path) -> Path:
+    from scalelab.files import write_atomic
+
     path = out / "fit.json"
-    path.write_text(json.dumps(fit, indent=1, allow_nan=False) + "\n")
+    write_atomic(path, json.dumps(fit, indent=1, allow_nan=False) + "\n")  # tools may be reading the old one
     return path
 
 
