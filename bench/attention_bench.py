@@ -27,6 +27,9 @@ from scalelab.bench.report import RESULTS_DIR, write_json
 from scalelab.model.attention import ATTENTION_KERNELS, self_attention_inputs
 from scalelab.model.masks import FullAttention, LocalGlobal, Pattern, SlidingWindow
 
+# `scalelab bench --quick`: short sequences, one timed call each (read by bench/suite.py without importing this).
+QUICK_ARGS = ["--lengths", "512", "1024", "2048", "--repeats", "1"]
+
 
 def patterns(causal: bool, window: int, global_tokens: int) -> dict[str, Pattern]:
     """The three patterns compared, for one direction of attention."""

@@ -24,6 +24,8 @@ from scalelab.inference.quantize import quantize, report
 from scalelab.model.config import ModelConfig
 from scalelab.model.functional import ModelDef, describe
 
+# `scalelab bench --quick`: fewer tokens and rounds (read by bench/suite.py without importing this).
+QUICK_ARGS = ["--quick"]
 MODEL = ModelConfig(vocab_size=512, d_model=256, n_layers=4, n_heads=8, n_kv_heads=4, max_seq_len=512)
 
 

@@ -24,6 +24,9 @@ import numpy as np
 from scalelab.bench.report import RESULTS_DIR, write_json
 
 N_ROWS = 250
+# `scalelab bench --quick`: the scipy baseline on every 20th start and resample only, its times scaled by 20
+# (read by bench/suite.py without importing this).
+QUICK_ARGS = ["--scipy-every", "20"]
 RESAMPLES = 1000
 NOISE = 0.02
 SEED = 0

@@ -87,10 +87,19 @@ def quick_args(path: Path) -> list[str] | None:
 
 
 def run_others(quick: bool, env: dict[str, str], results_dir: Path, timeout_s: float = 1800) -> list[dict[str, Any]]:
-    """Run every bench/*_bench.py as `python -m scalelab.bench.<name>` in its own process (its own XLA flags)."""
+    """Run every bench/*_bench.py as `python -m scalelab.bench.<name>` in its own process (its own XLA flags).
+
+    With `quick`, a module runs with its QUICK_ARGS, and one without a short mode is skipped: the
+    quick suite's time must not depend on a full benchmark (or a dataset to prepare) hidden in it.
+    """
     rows = []
     for path in sorted(BENCH_DIR.glob("*_bench.py")):
-        args = (quick_args(path) or []) if quick else []
+        args = quick_args(path) if quick else []
+        if args is None:
+            note = f"skipped: no quick mode; run `python -m {BENCH_PACKAGE}.{path.stem}` or the suite without --quick"
+            rows.append({"module": path.stem, "args": "", "status": "skipped", "seconds": 0.0, "output_tail": [note]})
+            print(f"\n{path.stem}: {note}")
+            continue
         out = results_dir / f"{path.stem.removesuffix('_bench')}.json"
         command = [sys.executable, "-m", f"{BENCH_PACKAGE}.{path.stem}", *args, "--out", str(out)]
         _say(f"others: {' '.join(command[1:])}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import shlex
@@ -22,9 +23,10 @@ VARIANTS = (
     "torch-bf16-compile",
 )
 DEFAULT_REMAT_RUNGS = ("ref-512",)
+QUICK_REMAT_RUNGS = ("tiny",)
 EPILOG = """examples:
   scalelab bench                                  everything (about an hour on a 2-core CPU)
-  scalelab bench --quick                          small rungs, fewer rounds (minutes)
+  scalelab bench --quick                          a smoke run of every section (about 3 minutes)
   scalelab bench --sections ladder --rungs ref-128,ref-512
   scalelab bench --sections depth --depths 4,48
 
@@ -46,7 +48,13 @@ def _ints(value: str) -> tuple[int, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options."""
     rungs = ", ".join(s.name for s in LADDER)
-    parser.add_argument("--quick", action="store_true", help="small rungs, 3 rounds, two depths, short mode of others")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run of every section, about 3 minutes on a 2-core CPU: rungs "
+        f"{','.join(QUICK_LADDER)}, remat on {','.join(QUICK_REMAT_RUNGS)}, depths {','.join(map(str, QUICK_DEPTHS))}, "
+        "3 rounds, and the other benchmarks' short modes (those without one are skipped)",
+    )
     parser.add_argument(
         "--sections",
         type=_names,
@@ -61,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--remat-rungs",
         type=_names,
         default=None,
-        help=f"rungs for the remat comparison (default: {','.join(DEFAULT_REMAT_RUNGS)})",
+        help=f"rungs for the remat comparison (default: {','.join(DEFAULT_REMAT_RUNGS)}, quick: "
+        f"{','.join(QUICK_REMAT_RUNGS)})",
     )
     parser.add_argument(
         "--depths", type=_ints, default=None, help=f"layer counts (default: {','.join(map(str, DEPTHS))})"
@@ -116,6 +125,19 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--window must be a positive number of seconds, got {args.window}")
 
 
+def torch_notice(args: argparse.Namespace) -> str | None:
+    """What the run will leave out for want of torch, said before anything slow starts; None if nothing."""
+    wants_torch = any(v.startswith("torch-") for v in args.variants)
+    if "ladder" not in (args.sections or ("ladder",)) or not wants_torch:
+        return None
+    if importlib.util.find_spec("torch") is not None:
+        return None
+    return (
+        "torch is not installed, so the ladder runs without its PyTorch baseline (no torch rows or ÷ torch ratios); "
+        "`make bench` installs the bench extra"
+    )
+
+
 def _prepare_process(devices: int) -> dict[str, str]:
     """Settings that must precede JAX's backend; returns the untouched environment for sub-benchmarks."""
     from scalelab.runtime.host import keep_freed_memory, usable_cores
@@ -143,6 +165,9 @@ def run_bench(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"scalelab bench: error: {error}", file=sys.stderr)
         return 2
+    notice = torch_notice(args)
+    if notice:
+        print(f"scalelab bench: {notice}", file=sys.stderr, flush=True)
     env = _prepare_process(args.devices)
     from scalelab.bench.suite import SECTIONS, Options, run
 
@@ -151,7 +176,7 @@ def run_bench(args: argparse.Namespace) -> int:
         sections=args.sections or SECTIONS,
         rungs=args.rungs or (QUICK_LADDER if args.quick else tuple(s.name for s in LADDER)),
         variants=args.variants,
-        remat_rungs=args.remat_rungs or DEFAULT_REMAT_RUNGS,
+        remat_rungs=args.remat_rungs or (QUICK_REMAT_RUNGS if args.quick else DEFAULT_REMAT_RUNGS),
         depths=args.depths or (QUICK_DEPTHS if args.quick else DEPTHS),
         unrolled_max=0 if args.quick else 16,
         rounds=args.rounds or (3 if args.quick else 7),

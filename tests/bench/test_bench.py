@@ -1,6 +1,8 @@
 """The benchmark's plumbing: the PyTorch baseline matches our model, options, tables and a tiny run."""
 
 import argparse
+import importlib.machinery
+import importlib.util
 import math
 import os
 
@@ -10,9 +12,9 @@ import pytest
 from scalelab.bench import report, sections, suite
 from scalelab.bench.ceiling import train_step_matmuls
 from scalelab.bench.report import RESULTS_DIR
-from scalelab.bench.shapes import LADDER, Shape, by_name
+from scalelab.bench.shapes import LADDER, QUICK_LADDER, Shape, by_name
 from scalelab.bench.suite import quick_args, targets
-from scalelab.cli.bench import add_arguments, run_bench
+from scalelab.cli.bench import QUICK_REMAT_RUNGS, add_arguments, run_bench, torch_notice
 from scalelab.model.counting import count_params, flops_per_token
 
 MICRO = Shape("micro", d_model=32, n_layers=1, n_heads=2, seq_len=16, batch_size=2, vocab_size=64)
@@ -89,6 +91,69 @@ def test_a_quick_run_never_writes_over_the_full_results(flags, folder, monkeypat
     args = parser.parse_args(flags)
     args.prog = "scalelab"
     assert run_bench(args) == 0 and chosen["dir"] == folder
+
+
+def _bench_args(flags: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(flags)
+    args.prog = "scalelab"
+    return args
+
+
+def _torch_found(monkeypatch, found: bool) -> None:
+    """Make importlib find torch or not, whatever this venv holds."""
+    original = importlib.util.find_spec
+
+    def find_spec(name, *rest):
+        if name == "torch":
+            return importlib.machinery.ModuleSpec("torch", None) if found else None
+        return original(name, *rest)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+
+
+def test_missing_torch_is_said_in_one_line_before_anything_runs(monkeypatch, capsys):
+    for name in ("XLA_FLAGS", "OMP_WAIT_POLICY", "XLA_PYTHON_CLIENT_PREALLOCATE"):  # run_bench sets them
+        monkeypatch.delenv(name, raising=False)
+    _torch_found(monkeypatch, False)
+    said_before_run = []
+    monkeypatch.setattr(suite, "run", lambda opts, env: said_before_run.append(capsys.readouterr().err) or 0)
+    assert run_bench(_bench_args(["--quick"])) == 0
+    (err,) = said_before_run
+    assert err.count("\n") == 1 and "torch is not installed" in err and "`make bench` installs the bench extra" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "found"),
+    [(["--sections", "peak,depth"], False), (["--variants", "ours-bf16,ours-fp32"], False), ([], True)],
+)
+def test_no_torch_notice_when_the_run_needs_no_torch_or_has_it(flags, found, monkeypatch):
+    _torch_found(monkeypatch, found)
+    assert torch_notice(_bench_args(flags)) is None
+
+
+def test_quick_runs_only_benchmarks_with_a_short_mode_and_with_its_arguments(tmp_path, monkeypatch):
+    package = tmp_path / "bench"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    writer = "import sys, pathlib\nout = pathlib.Path(sys.argv[sys.argv.index('--out') + 1])\n"
+    writer += "out.parent.mkdir(parents=True, exist_ok=True)\nout.write_text(' '.join(sys.argv[1:-2]))\n"
+    (package / "short_bench.py").write_text(writer + 'QUICK_ARGS = ["--steps", "2"]\n')
+    (package / "long_bench.py").write_text(writer)
+    monkeypatch.setattr(suite, "BENCH_DIR", package)
+    monkeypatch.setattr(suite, "BENCH_PACKAGE", "bench")
+    rows = suite.run_others(quick=True, env=dict(os.environ), results_dir=tmp_path / "results")
+    assert [(row["module"], row["status"]) for row in rows] == [("long_bench", "skipped"), ("short_bench", 0)]
+    assert (tmp_path / "results" / "short.json").read_text() == "--steps 2"
+    assert not (tmp_path / "results" / "long.json").exists()
+
+
+def test_the_shipped_quick_modes_leave_out_the_slow_shapes():
+    assert "ref-512" not in QUICK_LADDER and "ref-512" not in QUICK_REMAT_RUNGS
+    slow = [path.name for path in suite.BENCH_DIR.glob("*_bench.py") if path.stem in ("loader_bench", "mesh_bench")]
+    assert slow and all(quick_args(suite.BENCH_DIR / name) is None for name in slow)  # skipped by --quick
+    assert quick_args(suite.BENCH_DIR / "attention_bench.py")[:2] == ["--lengths", "512"]
 
 
 def test_other_benchmarks_write_into_the_chosen_results_dir(tmp_path, monkeypatch):
