@@ -23,7 +23,7 @@ SPEC = micro(isoflop__budgets=[3e8, 1.1e9], isoflop__sizes=[3e3], rules__checkpo
 
 
 def _sweep(spec: Path, sweep_dir: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "scalelab.cli", "sweep", "run", str(spec), "--sweep-dir", str(sweep_dir)]
+    command = [sys.executable, "-m", "scalelab", "sweep", "run", str(spec), "--sweep-dir", str(sweep_dir)]
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
