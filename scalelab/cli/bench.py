@@ -26,7 +26,7 @@ DEFAULT_REMAT_RUNGS = ("ref-512",)
 QUICK_REMAT_RUNGS = ("tiny",)
 EPILOG = """examples:
   scalelab bench                                  everything (about an hour on a 2-core CPU)
-  scalelab bench --quick                          a smoke run of every section (about 3 minutes)
+  scalelab bench --quick                          a smoke run of every section (about 3 minutes on 2 cores)
   scalelab bench --sections ladder --rungs ref-128,ref-512
   scalelab bench --sections depth --depths 4,48
 
@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run of every section, about 3 minutes on a 2-core CPU: rungs "
+        help="a smoke run of every section, about 3 minutes on an idle 2-core CPU: rungs "
         f"{','.join(QUICK_LADDER)}, remat on {','.join(QUICK_REMAT_RUNGS)}, depths {','.join(map(str, QUICK_DEPTHS))}, "
         "3 rounds, and the other benchmarks' short modes (those without one are skipped)",
     )
