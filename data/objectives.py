@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from scalelab.model.config import ConfigError, SequenceLengths
 from scalelab.data import BatchSource, process_rows
 from scalelab.data.special import SpecialIds, layout
 from scalelab.data.storage import DataError, tokenizer_command
+from scalelab.model.config import ConfigError, SequenceLengths
 
 if TYPE_CHECKING:
     from scalelab.data.tokens import TokenStore
