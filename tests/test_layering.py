@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = (
     "scalelab",
     "scalelab.errors",
+    "scalelab.units",
     "scalelab.files",
     "scalelab.configs",
     "scalelab.runtime",
