@@ -1,17 +1,17 @@
-"""The training loop: steps, periodic evaluation, metrics, progress and the start-up summary."""
+"""The training loop: `train()` starts or resumes a run, prints its summary and drives its steps and evaluations.
+
+A session's metric lines are written by session_metrics.py and its checkpoint saves and rollbacks
+decided by checkpoint_policy.py; callers import `train`, `RunResult` and `NonFiniteLossError` from here.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from scalelab.data import BatchSource, make_source
@@ -19,19 +19,16 @@ from scalelab.data.objectives import model_lengths
 from scalelab.model.counting import count_params, flops_per_token
 from scalelab.parallel.distributed import check_same_config
 from scalelab.runtime.peak import peak_flops_per_device
-from scalelab.train.checkpoint import (
-    CheckpointError,
-    CheckpointStore,
-    Restored,
-    checkpoint_meta,
-    clear_checkpoints,
-    load_params,
-    refuse_unmanaged,
-    warn,
-)
-from scalelab.train.config import Config, save_config
-from scalelab.train.faults import DataSkips, NonFiniteLossError, Preempted, PreemptionGuard, RunDirLock, poison_batch
-from scalelab.train.metrics import MetricsWriter, clear_metrics, refuse_replacing, truncate_metrics
+from scalelab.train.checkpoint_compat import CheckpointError
+from scalelab.train.checkpoint_params import load_params
+from scalelab.train.checkpoint_policy import CheckpointPolicy
+from scalelab.train.checkpoint_store import CheckpointStore, Restored, clear_checkpoints, refuse_unmanaged, warn
+from scalelab.train.config_io import save_config
+from scalelab.train.config_schema import Config
+from scalelab.train.faults import DataSkips, Preempted, PreemptionGuard, RunDirLock, poison_batch
+from scalelab.train.faults import NonFiniteLossError as NonFiniteLossError  # callers catch it from here
+from scalelab.train.metrics import clear_metrics, refuse_replacing
+from scalelab.train.session_metrics import RollbackRequested, SessionMetrics
 from scalelab.train.steps import TrainState
 from scalelab.train.trainer import Trainer, device_bytes
 from scalelab.units import si
@@ -84,14 +81,6 @@ def evaluate(trainer: Trainer, params: Any, source: BatchSource) -> float:
     return loss_sum / max(weight_sum, 1.0)
 
 
-class _Rollback(Exception):
-    """A non-finite step under nan_policy=rollback: undo it by restoring the last checkpoint."""
-
-    def __init__(self, step: int):
-        super().__init__(step)
-        self.step = step
-
-
 def _start_state(trainer: Trainer, init_from: Path | None) -> TrainState:
     """Step 0: fresh parameters, or those of another run (`--init-from`) with a fresh optimizer state."""
     if init_from is None:
@@ -103,48 +92,25 @@ def _start_state(trainer: Trainer, init_from: Path | None) -> TrainState:
 
 
 class _Session:
-    """One training session: the state, its position, buffered metrics and the checkpoint cadence."""
+    """One training session: the state and its data position, advanced step by step.
+
+    Its metric lines are SessionMetrics' job and its saves and rollbacks CheckpointPolicy's; the
+    session decides the order: metrics are written before the checkpoint that follows them.
+    """
 
     def __init__(
         self,
         trainer: Trainer,
         source: BatchSource,
-        store: CheckpointStore | None,
-        run_dir: Path,
+        metrics: SessionMetrics,
+        checkpoints: CheckpointPolicy,
         progress: tqdm,
         start: tuple[TrainState, int, DataSkips],
-        fresh_state: Callable[[], TrainState],
     ):
-        self.cfg, self.trainer, self.source, self.store, self.run_dir = trainer.cfg, trainer, source, store, run_dir
-        self.progress, self.fresh_state = progress, fresh_state
+        self.cfg, self.trainer, self.source = trainer.cfg, trainer, source
+        self.metrics, self.checkpoints, self.progress = metrics, checkpoints, progress
         self.state, self.step, self.skips = start
-        self.is_writer = jax.process_index() == 0  # one writer for files shared by all processes
-        self.pending: list[tuple[int, int, dict[str, jax.Array]]] = []
-        self.rollbacks = 0
         self.closed = False
-        self.last_save = time.monotonic()
-        self.last_flush = time.perf_counter()
-        self.writer: MetricsWriter | None = None
-        self._reopen_metrics(self.step)
-        tokens_per_step = self.cfg.train.batch_size * self.cfg.train.seq_len
-        self.tokens_per_step = tokens_per_step
-        lengths = model_lengths(self.cfg)  # what each row puts through the model under its objective
-        self.flops_per_step = flops_per_token(self.cfg.model, self.cfg.train.seq_len, lengths) * tokens_per_step
-        self.total_peak = (
-            peak_flops_per_device(self.cfg.logging.peak_flops, self.cfg.model.dtype)[0] * jax.device_count()
-        )
-
-    def _reopen_metrics(self, step: int) -> None:
-        """Drop metric lines of steps >= `step` (they are about to be replayed) and append after the rest."""
-        if self.writer is not None:
-            self.writer.close()
-        history = truncate_metrics(self.run_dir, step, rewrite=self.is_writer)
-        self.evals = {r["step"]: r["eval_loss"] for r in history if "eval_loss" in r}
-        self.final_loss = next((r["loss"] for r in reversed(history) if "loss" in r), float("nan"))
-        if self.is_writer:
-            self.writer = MetricsWriter(
-                self.run_dir, tensorboard=self.cfg.logging.tensorboard, purge_step=step if step else None
-            )
 
     def run(self, guard: PreemptionGuard) -> None:
         """Train to train.steps; when `guard` reports a signal, save and raise Preempted."""
@@ -153,7 +119,7 @@ class _Session:
                 self._preempt(guard.signal_name or "a signal")
             try:
                 self._advance()
-            except _Rollback as bad:
+            except RollbackRequested as bad:
                 self._rollback(bad.step)
 
     def _advance(self) -> None:
@@ -164,130 +130,46 @@ class _Session:
         if index in cfg.train.inject_nan_batches:
             batch = poison_batch(batch)
         self.state, metrics = self.trainer.train_step(self.state, self.trainer.put_batch(batch))
-        self.pending.append((step, index, metrics))
+        self.metrics.add(step, index, metrics)
         self.step += 1
         self.progress.update(1)
         last = self.step == cfg.train.steps
-        if len(self.pending) >= cfg.logging.log_every or last:
-            self._flush()
+        if self.metrics.due(last):
+            self.metrics.flush()
         evaluated = bool(cfg.train.eval_every) and (self.step % cfg.train.eval_every == 0 or last)
         if evaluated:
-            self._flush()
-            self._evaluate(step)
-        reason = self._save_reason(evaluated, last)
+            self.metrics.flush()
+            self.metrics.record_eval(step, evaluate(self.trainer, self.state["params"], self.source))
+        reason = self.checkpoints.save_reason(self.step, evaluated, last)
         if reason:
             self._checkpoint(reason, wait=last)
 
-    def _flush(self) -> None:
-        """Fetch buffered step metrics, apply the NaN policy and write them."""
-        if not self.pending:
-            return
-        pending, self.pending = self.pending, []
-        fetched = jax.device_get([m for *_, m in pending])
-        now = time.perf_counter()
-        step_time = (now - self.last_flush) / len(pending)
-        self.last_flush = now
-        policy = self.cfg.train.nan_policy
-        for (step, index, _), metrics in zip(pending, fetched, strict=True):
-            record = {k: float(v) for k, v in metrics.items() if k != "finite"}
-            finite = bool(metrics["finite"])
-            if not finite and policy == "stop":
-                raise NonFiniteLossError(
-                    f"step {step} (data batch {index}): loss {record['loss']} / grad norm {record['grad_norm']} is "
-                    "not finite (train.nan_policy=stop); lower optimizer.lr, enable clipping, or set "
-                    "train.nan_policy to skip or rollback"
-                )
-            if not finite and policy == "rollback":
-                raise _Rollback(step)
-            self.final_loss = record["loss"]
-            record.update(
-                step=step,
-                data_index=index,
-                step_time_s=step_time,
-                tokens_per_s=self.tokens_per_step / step_time,
-                mfu=self.flops_per_step / step_time / self.total_peak,
-                skipped=not finite,
-            )
-            if self.writer is not None:
-                self.writer.write(record)
-        self.progress.set_postfix(loss=f"{self.final_loss:.3f}", refresh=False)
-
-    def _evaluate(self, step: int) -> None:
-        eval_loss = evaluate(self.trainer, self.state["params"], self.source)
-        self.evals[step] = eval_loss
-        if self.writer is not None:
-            self.writer.write({"step": step, "eval_loss": eval_loss})
-            self.writer.flush()
-        self.progress.set_postfix(loss=f"{self.final_loss:.3f}", eval=f"{eval_loss:.3f}")
-        self.last_flush = time.perf_counter()  # evaluation time is not training step time
-
-    def _save_reason(self, evaluated: bool, last: bool) -> str | None:
-        """Why the state after this step should be saved now, or None."""
-        ckpt = self.cfg.checkpoint
-        if self.store is None:
-            return None
-        if last:
-            return "final"
-        if ckpt.every and self.step % ckpt.every == 0:
-            return "interval"
-        if evaluated and ckpt.keep_best:
-            return "eval"
-        if ckpt.every_minutes is not None and self.step % self.cfg.logging.log_every == 0:
-            due = time.monotonic() - self.last_save >= 60.0 * ckpt.every_minutes
-            if jax.process_count() > 1:  # clocks differ between hosts: process 0 decides for all
-                due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
-            if due:
-                return "timer"
-        return None
-
     def _checkpoint(self, reason: str, wait: bool) -> bool:
         """Save the current state (after flushing metrics, so they never lag the checkpoint); False if it exists."""
-        assert self.store is not None
-        self._flush()  # a non-finite step surfaces here, before its state could be saved
-        if self.writer is not None:
-            self.writer.flush(durable=True)
-        eval_loss = self.evals.get(self.step - 1)
-        meta = checkpoint_meta(self.cfg, self.trainer, self.step, self.skips.to_json(), eval_loss, reason)
-        saved = self.store.save(self.step, self.state, meta, eval_loss, wait)
-        self.last_save = time.monotonic()
-        return saved
+        self.metrics.flush()  # a non-finite step surfaces here, before its state could be saved
+        self.metrics.make_durable()
+        eval_loss = self.metrics.evals.get(self.step - 1)
+        return self.checkpoints.save(self.step, self.state, self.skips, eval_loss, reason, wait)
 
     def _rollback(self, bad_step: int) -> None:
-        """Restore the newest checkpoint and skip every data batch from there through the bad one."""
-        assert self.store is not None
-        bad_index = self.skips.data_index(bad_step)
-        self.rollbacks += 1
-        if self.rollbacks > self.cfg.train.max_rollbacks:
-            raise NonFiniteLossError(
-                f"step {bad_step} (data batch {bad_index}): loss is not finite after "
-                f"{self.cfg.train.max_rollbacks} rollbacks (train.max_rollbacks); lower optimizer.lr or enable clipping"
-            )
-        restored = self.store.restore_latest()
-        target, state = (restored.step, restored.state) if restored else (0, self.fresh_state())
-        self.skips = self.skips.after_rollback(target, bad_step)
-        skipped = self.skips.entries[-1][1]
-        self.state, self.step = state, target
-        self._reopen_metrics(target)
-        self.progress.n = target
+        """Go back to the newest checkpoint, past the data that led to the non-finite `bad_step`."""
+        rollback = self.checkpoints.roll_back(bad_step, self.skips)
+        self.state, self.step, self.skips = rollback.state, rollback.step, rollback.skips
+        self.metrics.reopen(rollback.step)
+        self.progress.n = rollback.step
         self.progress.refresh()
-        warn(
-            f"step {bad_step}: non-finite loss (train.nan_policy=rollback); rolled back to "
-            f"{f'checkpoint step {target}' if restored else 'the initial state'} and skipping data batches "
-            f"{bad_index + 1 - skipped}..{bad_index} (rollback {self.rollbacks} of at most {self.cfg.train.max_rollbacks})"
-        )
+        warn(rollback.note)
 
     def _preempt(self, signal_name: str) -> None:
         """Save synchronously, close everything and raise Preempted."""
-        if self.store is not None:
+        if self.checkpoints.enabled:
             try:
                 self._checkpoint("preempted", wait=True)
-            except _Rollback as bad:
+            except RollbackRequested as bad:
                 self._rollback(bad.step)  # lands on a saved checkpoint: nothing newer to save
-            latest = max(self.store.steps(), default=None)
-            outcome = f"newest checkpoint: step {latest} in {self.store.root}; re-run the same command to resume"
         else:
-            self._flush()
-            outcome = "checkpointing is off (checkpoint.every=0), so nothing was saved; a re-run starts over"
+            self.metrics.flush()
+        outcome = self.checkpoints.stopped_outcome()
         self.close()
         # A count, like "done: N steps": metrics number steps from 0, so they end at step N - 1, and the
         # checkpoint of step N (the state after N steps) resumes at step N.
@@ -296,11 +178,9 @@ class _Session:
     def close(self) -> None:
         """Wait for in-flight saves and close the metrics and progress bar (safe to call twice)."""
         self.progress.close()
-        if self.store is not None and not self.closed:
-            self.store.close()
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        if not self.closed:
+            self.checkpoints.close()
+        self.metrics.close()
         self.closed = True
 
 
@@ -391,16 +271,18 @@ def _train(
         disable=quiet or not cfg.logging.progress or not is_writer,
         dynamic_ncols=True,
     )
-    session = _Session(trainer, source, store, run_dir, progress, start, lambda: _start_state(trainer, init_from))
+    metrics = SessionMetrics(cfg, run_dir, progress, start_step)
+    checkpoints = CheckpointPolicy(trainer, store, lambda: _start_state(trainer, init_from))
+    session = _Session(trainer, source, metrics, checkpoints, progress, start)
     try:
         session.run(guard)
     finally:
         session.close()
-    evals = [session.evals[k] for k in sorted(session.evals)]
+    evals = [metrics.evals[k] for k in sorted(metrics.evals)]
     return RunResult(
         run_dir,
         cfg.train.steps,
-        session.final_loss,
+        metrics.final_loss,
         evals[-1] if evals else None,
         min(evals) if evals else None,
         session.state,
