@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 test: setup
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -q
 
-# The demo isoFLOP sweep on the default corpus, then its fit and plots (README "Sweeps").
+# The demo isoFLOP sweep on the default corpus, then its fit and plots (docs/sweeps.md).
 # Preparing skips an existing corpus and tokenizer and the sweep skips finished runs, so re-running
 # `make demo` resumes an interrupted sweep.
 demo: setup
