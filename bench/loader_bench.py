@@ -17,7 +17,7 @@ from scalelab.bench.report import RESULTS_DIR, write_json
 from scalelab.data.builder import prepare_dataset
 from scalelab.data.loader import TfdsSource
 from scalelab.data.tokens import build_store
-from scalelab.train.config import load_config
+from scalelab.train.config_io import load_config
 from scalelab.train.trainer import Trainer
 
 TARGET_RATIO = 10.0

@@ -25,7 +25,8 @@ import jax
 
 from scalelab.bench.report import RESULTS_DIR, write_json
 from scalelab.data import make_source
-from scalelab.train.config import Config, config_from_dict, to_dict
+from scalelab.train.config import Config
+from scalelab.train.config_io import config_from_dict, to_dict
 from scalelab.train.trainer import Trainer, device_bytes
 
 # Small enough that nine meshes compile and run in minutes on a 2-core CPU.

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from scalelab.train.config import Config, config_from_dict
+from scalelab.train.config import Config
+from scalelab.train.config_io import config_from_dict
 
 
 @dataclasses.dataclass(frozen=True)

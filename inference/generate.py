@@ -7,7 +7,7 @@ A t5 model's prompt is its encoder's input, and its output is what the decoder w
 decoder start id its span-corruption objective trained with, not a continuation of the prompt.
 
 The run's resolved config.yaml gives the model; its newest intact checkpoint gives the
-parameters (restored by train/checkpoint.py's `load_params`, on one device); the tokenizer the
+parameters (restored by train/checkpoint_params.py's `load_params`, on one device); the tokenizer the
 checkpoint recorded turns text into ids and back. A run on the synthetic source has no
 tokenizer, so its prompts are token ids (`--prompt-ids`).
 """
@@ -38,8 +38,10 @@ class LoadedRun:
 def load_run(run_dir: Path) -> LoadedRun:
     """The config, newest checkpoint's parameters (on one device) and tokenizer of a gpt or t5 run directory."""
     from scalelab.parallel.config import MeshConfig
-    from scalelab.train.checkpoint import CHECKPOINT_DIR, load_params, read_meta, saved_steps
-    from scalelab.train.config import load_config
+    from scalelab.train.checkpoint_compat import read_meta
+    from scalelab.train.checkpoint_params import load_params
+    from scalelab.train.checkpoint_store import CHECKPOINT_DIR, saved_steps
+    from scalelab.train.config_io import load_config
     from scalelab.train.trainer import Trainer
 
     run_dir = Path(run_dir)

@@ -9,7 +9,7 @@ from scalelab.files import write_atomic
 from scalelab.model.config import ConfigError
 from scalelab.scaling.sweep.results import read_result
 from scalelab.scaling.sweep.spec import load_spec
-from scalelab.train.config import load_config
+from scalelab.train.config_io import load_config
 
 
 def test_broken_config_names_file_line_and_column(tmp_path):

@@ -17,9 +17,10 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from scalelab.errors import ConfigError
-from scalelab.train.config_io import flatten_config, to_dict
-from scalelab.train.config_schema import Config
+from scalelab.train.config import Config
+from scalelab.train.config_io import to_dict
 from scalelab.train.trainer import Trainer
+from scalelab.units import flatten
 
 FORMAT_VERSION = 1
 # Model keys a resume may change: they affect speed, memory or regularisation, not what the weights mean.
@@ -92,7 +93,7 @@ def flat_shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """{key.path: (old, new)} for every config value that differs."""
-    a, b = flatten_config(old), flatten_config(new)
+    a, b = flatten(old), flatten(new)
     return {key: (a.get(key), b.get(key)) for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)}
 
 

@@ -14,7 +14,7 @@ from etils import epath
 
 from scalelab.train.checkpoint_compat import CheckpointError, check_compatible, flat_shapes, read_meta, stored_shapes
 from scalelab.train.checkpoint_store import CHECKPOINT_DIR, saved_steps, warn
-from scalelab.train.config_schema import Config
+from scalelab.train.config import Config
 from scalelab.train.manifest import verify_manifest
 from scalelab.train.trainer import Trainer
 

@@ -33,8 +33,8 @@ from scalelab.train.checkpoint_compat import (
     read_meta,
     stored_shapes,
 )
+from scalelab.train.config import Config
 from scalelab.train.config_io import to_dict
-from scalelab.train.config_schema import Config
 from scalelab.train.manifest import verify_manifest, write_manifest
 from scalelab.train.steps import TrainState
 from scalelab.train.trainer import Trainer

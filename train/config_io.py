@@ -1,7 +1,7 @@
 """The root config in and out of YAML: `base:` inheritance, `--set` overrides, typed conversion by key path.
 
 Every error names the full key path (for example `optimizer.lr`) and, for an unknown key,
-the nearest valid one. The sections and their checks are in config_schema.py.
+the nearest valid one. The sections and their checks are in config.py.
 """
 
 from __future__ import annotations
@@ -20,23 +20,12 @@ import yaml
 from scalelab.configs import CONFIG_DIR
 from scalelab.errors import ConfigError
 from scalelab.files import parse_yaml, read_yaml
-from scalelab.train.config_schema import Config
+from scalelab.train.config import Config
+from scalelab.units import parse_float
 
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
-
-
-def _float(value: Any) -> float | None:
-    """`value` as a float if it is a number (YAML 1.1 reads 3e-4, with no dot, as a string), else None."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
 
 
 def _convert(value: Any, tp: Any, path: str) -> Any:
@@ -69,7 +58,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
         return value
     if tp is float:
-        number = _float(value)
+        number = parse_float(value)
         if number is not None:
             if not math.isfinite(number):
                 raise ConfigError(f"{path}: expected a finite number, got {value!r}")
@@ -102,16 +91,6 @@ def merge_config(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]
         else:
             merged[key] = value
     return merged
-
-
-def flatten_config(data: Any, prefix: str = "") -> dict[str, Any]:
-    """{dotted.key: value} of a nested config mapping, for comparing two configs key by key."""
-    if not isinstance(data, dict):
-        return {prefix: data}
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        flat.update(flatten_config(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
 
 
 def resolve_config_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:

@@ -23,8 +23,8 @@ from scalelab.train.checkpoint_compat import CheckpointError
 from scalelab.train.checkpoint_params import load_params
 from scalelab.train.checkpoint_policy import CheckpointPolicy
 from scalelab.train.checkpoint_store import CheckpointStore, Restored, clear_checkpoints, refuse_unmanaged, warn
+from scalelab.train.config import Config
 from scalelab.train.config_io import save_config
-from scalelab.train.config_schema import Config
 from scalelab.train.faults import DataSkips, Preempted, PreemptionGuard, RunDirLock, poison_batch
 from scalelab.train.faults import NonFiniteLossError as NonFiniteLossError  # callers catch it from here
 from scalelab.train.metrics import clear_metrics, refuse_replacing

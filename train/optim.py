@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from scalelab.model.counting import EMBEDDING_AXES, is_matmul_weight
-from scalelab.train.config_schema import Config
+from scalelab.train.config import Config
 from scalelab.train.lr_schedules import warmup_then_decay
 
 

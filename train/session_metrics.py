@@ -12,7 +12,7 @@ from tqdm import tqdm
 from scalelab.data.objectives import model_lengths
 from scalelab.model.counting import flops_per_token
 from scalelab.runtime.peak import peak_flops_per_device
-from scalelab.train.config_schema import Config
+from scalelab.train.config import Config
 from scalelab.train.faults import NonFiniteLossError
 from scalelab.train.metrics import MetricsWriter, truncate_metrics
 

@@ -12,7 +12,7 @@ import optax
 
 from scalelab.model.functional import ModelDef
 from scalelab.model.stack import LayerRunner
-from scalelab.train.config_schema import Config
+from scalelab.train.config import Config
 
 TrainState = dict[str, Any]  # {"step": int32 scalar, "params": pytree, "opt_state": pytree}
 Batch = Mapping[str, jax.Array]

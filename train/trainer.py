@@ -27,7 +27,7 @@ from scalelab.parallel.rules import (
     make_rules,
     tree_shardings,
 )
-from scalelab.train.config_schema import Config
+from scalelab.train.config import Config
 from scalelab.train.optim import learning_rate, make_optimizer
 from scalelab.train.steps import TrainState, make_eval_step, make_train_step
 

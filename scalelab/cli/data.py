@@ -93,7 +93,7 @@ def register_tokenizer(subparsers: argparse._SubParsersAction) -> None:
 def run_prepare(args: argparse.Namespace) -> int:
     """Prepare the dataset and print what was kept and dropped."""
     from scalelab.data.builder import prepare_dataset
-    from scalelab.train.config import load_config
+    from scalelab.train.config_io import load_config
 
     cfg = load_config(args.config, args.overrides)
     prepared = prepare_dataset(cfg.data, args.inputs or None, force=args.force, progress=not args.quiet)
@@ -126,7 +126,7 @@ def run_fetch(args: argparse.Namespace) -> int:
 def run_tokenizer_train(args: argparse.Namespace) -> int:
     """Train and store the tokenizer, and print its token counts."""
     from scalelab.data.tokens import build_store
-    from scalelab.train.config import load_config
+    from scalelab.train.config_io import load_config
 
     if args.max_chars <= 0:
         from scalelab.errors import UserError

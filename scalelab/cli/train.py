@@ -57,7 +57,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     """Load the config, train, and print the outcome."""
     from scalelab.errors import UserError
-    from scalelab.train.config import load_config
+    from scalelab.train.config_io import load_config
     from scalelab.train.loop import train
 
     cfg = load_config(args.config, args.overrides)

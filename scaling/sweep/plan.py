@@ -15,7 +15,8 @@ from scalelab.data.objectives import model_lengths
 from scalelab.model.config import ConfigError, ModelConfig
 from scalelab.model.counting import ParamCounts, count_params, flops_per_token
 from scalelab.scaling.sweep.spec import GridRuns, SpecError, SweepSpec
-from scalelab.train.config import Config, config_from_dict, merge_config
+from scalelab.train.config import Config
+from scalelab.train.config_io import config_from_dict, merge_config
 from scalelab.units import si
 
 

@@ -37,7 +37,7 @@ from scalelab.scaling.sweep.results import (
     write_result,
 )
 from scalelab.scaling.sweep.spec import SpecError
-from scalelab.train.config import to_dict
+from scalelab.train.config_io import to_dict
 from scalelab.train.loop import NonFiniteLossError, train
 from scalelab.units import flatten, si
 

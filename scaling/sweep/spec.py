@@ -11,9 +11,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from scalelab.configs import CONFIG_DIR
 from scalelab.files import read_yaml
 from scalelab.model.config import ConfigError
-from scalelab.train.config import CONFIG_DIR, from_dict, load_raw, merge_config, resolve_config_path
+from scalelab.train.config_io import from_dict, load_raw, merge_config, resolve_config_path
 from scalelab.units import parse_float
 
 SWEEP_DIR = CONFIG_DIR / "sweeps"

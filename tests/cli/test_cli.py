@@ -15,7 +15,7 @@ def test_top_level_help_lists_every_command(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     for entry in COMMANDS:
-        assert entry.split("register_")[-1] in out
+        assert entry.__name__.removeprefix("register_") in out
 
 
 def test_version_is_the_installed_package_version(capsys):
@@ -60,7 +60,7 @@ def test_an_os_error_is_one_line_with_status_2(capsys, monkeypatch):
     def full_disk(*args):
         raise OSError(errno.ENOSPC, "No space left on device", "runs/x/config.yaml")
 
-    monkeypatch.setattr("scalelab.train.config.load_config", full_disk)
+    monkeypatch.setattr("scalelab.train.config_io.load_config", full_disk)
     assert main(["train", "gpt-tiny"]) == 2
     assert (
         capsys.readouterr().err == f"scalelab train: error: runs/x/config.yaml: No space left on device; {FREE_SPACE}\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalelab.train.config import config_from_dict
+from scalelab.train.config_io import config_from_dict
 
 VOCAB = 384  # byte fallback takes 256 pieces; the rest is what the tiny corpus can support
 SENTINELS = 16  # reserved sentinel pieces: the default 100 would not fit VOCAB next to the corpus's characters

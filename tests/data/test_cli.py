@@ -11,7 +11,7 @@ import pytest
 from scalelab.cli import main
 from scalelab.data import corpus, make_source
 from scalelab.data.builder import REPORT_FILE
-from scalelab.train.config import load_config
+from scalelab.train.config_io import load_config
 from tests.data.conftest import SENTINELS, VOCAB, make_documents, write_jsonl
 from tests.data.test_corpus import write_fake_sdists
 

@@ -11,7 +11,7 @@ from scalelab.data.objectives import Draws, corrupt_spans, mask_tokens, model_le
 from scalelab.data.special import MASK_ID, layout
 from scalelab.data.synthetic import MarkovSource
 from scalelab.model.config import ConfigError, SequenceLengths
-from scalelab.train.config import config_from_dict, load_config
+from scalelab.train.config_io import config_from_dict, load_config
 
 VOCAB = 256
 

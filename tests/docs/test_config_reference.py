@@ -6,8 +6,10 @@ import dataclasses
 from pathlib import Path
 
 from scalelab.model.config import FAMILIES, REMAT_POLICIES, ModelConfig
-from scalelab.train.config import Config, flatten_config, to_dict
+from scalelab.train.config import Config
+from scalelab.train.config_io import to_dict
 from scalelab.train.config_reference import REGENERATE, choices_of, field_comments, render, walk, yaml_value
+from scalelab.units import flatten
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -20,7 +22,7 @@ def test_committed_reference_matches_the_dataclasses():
 def test_every_config_key_is_documented_once():
     documented = [key.path for section in walk(Config) for key in section.keys]
     assert len(documented) == len(set(documented))
-    assert sorted(documented) == sorted(flatten_config(to_dict(Config())))
+    assert sorted(documented) == sorted(flatten(to_dict(Config())))
 
 
 @dataclasses.dataclass(frozen=True)

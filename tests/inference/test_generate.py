@@ -9,7 +9,7 @@ from scalelab.cli import main
 from scalelab.data.objectives import START_ID
 from scalelab.inference.decode import generate
 from scalelab.inference.generate import load_run
-from scalelab.train.config import config_from_dict, load_config, save_config, to_dict
+from scalelab.train.config_io import config_from_dict, load_config, save_config, to_dict
 from scalelab.train.loop import train
 from tests.data.conftest import VOCAB, make_cfg, make_documents, write_jsonl
 

@@ -8,7 +8,7 @@ from flax import nnx
 
 from scalelab.model import ModelConfig
 from scalelab.model.positions import LearnedPositions, SinusoidalPositions
-from scalelab.train.config import load_config
+from scalelab.train.config_io import load_config
 from scalelab.train.loop import train
 
 CFG = ModelConfig(vocab_size=61, d_model=64, n_layers=1, n_heads=4, max_seq_len=128, dtype="float32")

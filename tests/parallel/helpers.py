@@ -12,7 +12,8 @@ import numpy as np
 
 from scalelab.data import make_source
 from scalelab.model.config import ModelConfig
-from scalelab.train.config import Config, config_from_dict
+from scalelab.train.config import Config
+from scalelab.train.config_io import config_from_dict
 from scalelab.train.trainer import Trainer
 
 # 8 layers so that pipeline=4 can also run circularly (2 groups per stage); 8 heads so that

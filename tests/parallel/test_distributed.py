@@ -18,7 +18,7 @@ from scalelab.parallel.distributed import (
     initialize,
     initialize_kwargs,
 )
-from scalelab.train.config import load_config
+from scalelab.train.config_io import load_config
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -11,7 +11,7 @@ import pytest
 from scalelab.model.config import ConfigError
 from scalelab.parallel.config import MeshConfig
 from scalelab.parallel.mesh import MESH_AXES, build_mesh, device_grid, split_dcn
-from scalelab.train.config import config_from_dict
+from scalelab.train.config_io import config_from_dict
 from scalelab.train.trainer import Trainer
 from tests.parallel.helpers import tiny_config
 

@@ -4,7 +4,7 @@ import pytest
 
 from scalelab.model.config import ConfigError
 from scalelab.parallel.rules import DEFAULT_RULES, make_rules
-from scalelab.train.config import load_config
+from scalelab.train.config_io import load_config
 
 
 def _rules(value: str) -> dict:

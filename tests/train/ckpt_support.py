@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental.compilation_cache import compilation_cache
 
-from scalelab.train.checkpoint import path_name
+from scalelab.train.checkpoint_compat import path_name
 from scalelab.train.metrics import read_metrics
 
 # gpt-tiny on short rows without TensorBoard: a step takes tens of milliseconds on the CPU.

@@ -14,15 +14,10 @@ import pytest
 from scalelab.cli import main
 from scalelab.model.config import ConfigError
 from scalelab.train import loop
-from scalelab.train.checkpoint import (
-    CheckpointError,
-    CheckpointStore,
-    checkpoint_meta,
-    data_reference,
-    load_params,
-    saved_steps,
-)
-from scalelab.train.config import load_config
+from scalelab.train.checkpoint_compat import CheckpointError, checkpoint_meta, data_reference
+from scalelab.train.checkpoint_params import load_params
+from scalelab.train.checkpoint_store import CheckpointStore, saved_steps
+from scalelab.train.config_io import load_config
 from scalelab.train.faults import Preempted
 from scalelab.train.loop import train
 from scalelab.train.manifest import MANIFEST

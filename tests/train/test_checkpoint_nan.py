@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 
-from scalelab.train.checkpoint import read_meta, saved_steps
-from scalelab.train.config import load_config
+from scalelab.train.checkpoint_compat import read_meta
+from scalelab.train.checkpoint_store import saved_steps
+from scalelab.train.config_io import load_config
 from scalelab.train.faults import DataSkips
 from scalelab.train.loop import NonFiniteLossError, train
 from scalelab.train.metrics import read_metrics

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from scalelab.train.checkpoint import saved_steps
+from scalelab.train.checkpoint_store import saved_steps
 from scalelab.train.faults import EXIT_PREEMPTED
 from scalelab.train.manifest import verify_manifest
 from scalelab.train.metrics import read_metrics

@@ -11,7 +11,7 @@ import pytest
 from scalelab.train import checkpoint_store
 from scalelab.train.checkpoint_compat import CheckpointError
 from scalelab.train.checkpoint_store import os_error_reason
-from scalelab.train.config import load_config
+from scalelab.train.config_io import load_config
 from scalelab.train.loop import train
 from scalelab.train.metrics import read_metrics
 from tests.train.ckpt_support import FAST

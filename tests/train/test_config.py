@@ -3,10 +3,11 @@
 import pytest
 import yaml
 
+from scalelab.configs import CONFIG_DIR
 from scalelab.model.config import ACTIVATIONS, POSITIONS, ConfigError
 from scalelab.model.layers import ACTIVATIONS as ACTIVATION_LAYERS
 from scalelab.model.positions import POSITION_ENCODINGS
-from scalelab.train.config import CONFIG_DIR, load_config, save_config
+from scalelab.train.config_io import load_config, save_config
 from scalelab.train.lr_schedules import LR_SCHEDULES
 
 
@@ -99,7 +100,7 @@ def test_missing_config_names_the_available_ones():
 
 
 def test_overrides_leave_the_given_mapping_unchanged():
-    from scalelab.train.config import config_from_dict, load_raw
+    from scalelab.train.config_io import config_from_dict, load_raw
 
     raw = load_raw("gpt-tiny")
     config_from_dict(raw, ["model.n_layers=5"])

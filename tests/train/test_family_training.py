@@ -15,7 +15,8 @@ from scalelab.data import make_source
 from scalelab.data.objectives import with_objective
 from scalelab.data.synthetic import MarkovSource
 from scalelab.model.config import ConfigError
-from scalelab.train.config import Config, config_from_dict, load_config
+from scalelab.train.config import Config
+from scalelab.train.config_io import config_from_dict, load_config
 from scalelab.train.loop import train
 from scalelab.train.metrics import read_metrics
 from scalelab.train.trainer import Trainer

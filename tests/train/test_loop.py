@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scalelab.data import make_source
-from scalelab.train.config import load_config
+from scalelab.train.config_io import load_config
 from scalelab.train.loop import train
 from scalelab.train.metrics import read_metrics
 

@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from scalelab.model.functional import describe
-from scalelab.train.config import load_config
+from scalelab.train.config_io import load_config
 from scalelab.train.optim import clip_by_global_norm, decay_mask, learning_rate
 
 

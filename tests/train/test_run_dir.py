@@ -6,8 +6,8 @@ import pytest
 
 from scalelab.cli import main
 from scalelab.model.config import ConfigError
-from scalelab.train.checkpoint import CheckpointError
-from scalelab.train.config import load_config
+from scalelab.train.checkpoint_compat import CheckpointError
+from scalelab.train.config_io import load_config
 from scalelab.train.loop import train
 from scalelab.train.metrics import read_metrics, truncate_metrics
 

@@ -15,7 +15,7 @@ import pytest
 from scalelab.cli import main
 from scalelab.model.config import ConfigError
 from scalelab.train import faults
-from scalelab.train.config import load_config
+from scalelab.train.config_io import load_config
 from scalelab.train.faults import LOCK_FILE, RunDirLock, lock_run_dir
 from scalelab.train.loop import train
 

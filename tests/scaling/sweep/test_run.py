@@ -31,7 +31,7 @@ from scalelab.scaling.sweep.results import (
 )
 from scalelab.scaling.sweep.runner import SweepProgress, run_sweep
 from scalelab.scaling.sweep.spec import SpecError, spec_from_dict
-from scalelab.train.config import save_config
+from scalelab.train.config_io import save_config
 from scalelab.train.loop import NonFiniteLossError
 from scalelab.train.metrics import read_metrics
 from tests.scaling.sweep.specs import micro, write_spec
