@@ -18,10 +18,10 @@ DATASET_NAME = re.compile(r"[a-z][a-z0-9_]*(/[a-z0-9_.]+)?")
 class DataConfig:
     """Where batches come from: `synthetic` (a learnable Markov task) or a prepared `tfds` dataset."""
 
-    source: str = "synthetic"
+    source: str = "synthetic"  # synthetic (a learnable Markov chain, nothing to prepare) or tfds (a prepared dataset)
     name: str = "scalelab_text"  # a TFDS dataset name, e.g. scalelab_text, lm1b or c4/en
     data_dir: str | None = None  # None: $SCALELAB_DATA_DIR or ~/.cache/scalelab/datasets
-    seed: int = 0
+    seed: int = 0  # batch(step) is a pure function of (data seed, step)
     synthetic_branching: int = 4  # successors per token in the synthetic Markov chain
     corpus: str | None = None  # `data prepare` input: a directory, file or glob of .txt/.jsonl; None: default
     text_field: str = "text"  # the text key in .jsonl lines and in TFDS features
@@ -38,7 +38,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.synthetic_branching < 1:
             raise ConfigError(f"data.synthetic_branching must be >= 1, got {self.synthetic_branching}")
+        from scalelab.data import DATA_SOURCES  # the package's registry of batch sources
+
         choices = {
+            "source": tuple(DATA_SOURCES),
             "normalization": NORMALIZATIONS,
             "non_utf8": NON_UTF8_POLICIES,
             "tokenizer": TOKENIZER_TYPES,

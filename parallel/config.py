@@ -13,11 +13,11 @@ from scalelab.parallel.pipeline import PIPELINE_SCHEDULES
 class MeshConfig:
     """Device mesh axis sizes (-1: the remaining devices) and the pipeline schedule."""
 
-    data: int = -1
-    fsdp: int = 1
-    tensor: int = 1
-    pipeline: int = 1
-    microbatches: int = 1
+    data: int = -1  # data-parallel ways (-1: the devices the other axes leave)
+    fsdp: int = 1  # fully sharded data-parallel ways: parameters and optimizer state split, batch split too
+    tensor: int = 1  # tensor-parallel ways: heads and the MLP hidden dimension split
+    pipeline: int = 1  # pipeline stages: the stacked layers split into this many stages
+    microbatches: int = 1  # pipeline: microbatches per step (more of them shrink the bubble)
     schedule: str = "gpipe"
     repeats: int | None = None  # circular: layer groups per stage (None: one layer per group)
     rules: dict[str, Any] | None = None  # overrides of the logical-to-mesh axis rules

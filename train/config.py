@@ -22,13 +22,15 @@ NAN_POLICIES = ("stop", "skip", "rollback")
 class OptimizerConfig:
     """AdamW hyperparameters and gradient clipping."""
 
-    lr: float = 3e-4
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    decay_embeddings: bool = False
-    clip_norm: float | None = 1.0
+    lr: float = 3e-4  # peak learning rate, reached after the warmup
+    b1: float = 0.9  # AdamW's first-moment decay
+    b2: float = 0.95  # AdamW's second-moment decay
+    eps: float = 1e-8  # AdamW's denominator epsilon
+    weight_decay: float = (
+        0.1  # decoupled weight decay of the weight matrices; norms and biases never, embeddings with decay_embeddings
+    )
+    decay_embeddings: bool = False  # also decay the token and position tables
+    clip_norm: float | None = 1.0  # clip gradients to this global norm; null: no clipping
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -44,10 +46,10 @@ class OptimizerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
-    """Learning-rate schedule: linear warmup, then a decay named in lr_schedules.LR_SCHEDULES."""
+    """Learning-rate schedule: linear warmup to optimizer.lr, then the named decay."""
 
     name: str = "cosine"
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # steps of linear warmup from 0 to optimizer.lr
     min_lr_ratio: float = 0.1  # final lr as a fraction of optimizer.lr
     decay_fraction: float = 0.2  # wsd: the share of steps spent decaying at the end
 
@@ -66,14 +68,14 @@ class ScheduleConfig:
 class TrainLoopConfig:
     """Length, batch shape, evaluation cadence and seed of the training loop."""
 
-    steps: int = 200
-    batch_size: int = 16
-    seq_len: int = 128
+    steps: int = 200  # optimizer steps in the run
+    batch_size: int = 16  # sequences per optimizer step, over all devices and processes
+    seq_len: int = 128  # tokens per sequence
     grad_accum: int = 1  # microbatches whose gradients are summed per optimizer step
-    eval_every: int = 100
-    eval_batches: int = 4
-    z_loss: float = 0.0
-    seed: int = 0
+    eval_every: int = 100  # evaluate every this many steps and at the end; 0: never
+    eval_batches: int = 4  # validation batches averaged into one eval_loss
+    z_loss: float = 0.0  # weight of the log(Z)^2 penalty that keeps the softmax normaliser near 1; 0: off
+    seed: int = 0  # parameter initialisation and dropout; every draw is keyed by (seed, step)
     nan_policy: str = "stop"
     max_rollbacks: int = 3  # nan_policy=rollback: stop (as with `stop`) after this many rollbacks in one run
     # Fault injection, to rehearse the NaN policy before a long run: these data batches get NaN loss weights.
@@ -105,9 +107,9 @@ class TrainLoopConfig:
 class CheckpointConfig:
     """How often checkpoints are written and how many are kept (every=0 and no every_minutes: off)."""
 
-    every: int = 0
-    every_minutes: float | None = None
-    keep: int = 3
+    every: int = 0  # save every this many steps, and at the end; 0 with every_minutes null: no checkpoints
+    every_minutes: float | None = None  # also save when this many minutes passed since the last save; null: off
+    keep: int = 3  # newest checkpoints kept; older ones are deleted after each save
     keep_best: int = 0  # also keep this many checkpoints with the lowest eval loss (each eval then saves one)
     async_save: bool = True  # write in a background thread while training goes on
 
@@ -131,9 +133,9 @@ class CheckpointConfig:
 class LoggingConfig:
     """Where and how often metrics go, and the peak FLOP/s that MFU divides by."""
 
-    log_every: int = 1
-    tensorboard: bool = True
-    progress: bool = True
+    log_every: int = 1  # write a metrics line every this many steps
+    tensorboard: bool = True  # mirror metrics to <run_dir>/tensorboard/
+    progress: bool = True  # show a progress bar with ETA (also off with --quiet)
     peak_flops: float | None = None  # per device; None: measured on CPU, vendor table on GPU/TPU
 
     def __post_init__(self) -> None:
@@ -145,7 +147,7 @@ class LoggingConfig:
 class Config:
     """A whole training run."""
 
-    name: str = "run"
+    name: str = "run"  # the run's name: default run directory runs/<name>; the config file's name when unset
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)

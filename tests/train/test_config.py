@@ -63,6 +63,7 @@ def test_resolved_config_round_trips(tmp_path):
         ("train.batch_size=0", "train.batch_size must be positive"),
         ("train.batch_size=-4", "train.batch_size must be positive"),
         ("model.activation=tanh", "model.activation: unknown value 'tanh'"),
+        ("data.source=huggingface", "data.source: unknown value 'huggingface'; choose one of synthetic, tfds"),
         ("model.position=alibi2", "model.position: unknown value 'alibi2'"),
         ("model.n_kv_heads=3", "model.n_heads (4) is not divisible by model.n_kv_heads (3)"),
         ("model.n_kv_heads=-2", "model.n_kv_heads must be positive, or null for the default, got -2"),
