@@ -54,7 +54,7 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
 
 
 def markdown(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
-    """The same table in Markdown (for the README)."""
+    """The same table in Markdown (for docs/benchmarks.md)."""
     lines = ["| " + " | ".join(header for _, header, _ in columns) + " |"]
     lines.append("|" + "|".join("---" for _ in columns) + "|")
     for row in rows:

@@ -1,4 +1,4 @@
-"""Run the requested fits on a table and assemble fit.json (schema in README "Fitting scaling laws")."""
+"""Run the requested fits on a table and assemble fit.json (schema in docs/fitting.md)."""
 
 from __future__ import annotations
 

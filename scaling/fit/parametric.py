@@ -96,7 +96,7 @@ def _best_per_value(values: np.ndarray, loss: np.ndarray, labels: tuple[str, ...
 
 
 def law_points(table: FitTable, law: Law, c_rtol: float = 0.05) -> Points:
-    """The points a law is fitted to; single-variable laws use the best loss at each value (see README)."""
+    """The points a law is fitted to; single-variable laws use the best loss at each value (see docs/fitting.md)."""
     if len(law.features) == 2:
         _distinct(table.N, "N", law, table)
         _distinct(table.D, "D", law, table)
