@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from scalelab.cli.options import add_overrides
 from scalelab.data.storage import DEFAULT_CONFIG
 
 
@@ -19,14 +20,7 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_CONFIG,
         help=f"config whose data.* (and model.vocab_size) settings to use (default: {DEFAULT_CONFIG})",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. data.name=my_corpus (repeatable)",
-    )
+    add_overrides(parser, "data.name=my_corpus")
     parser.add_argument("--force", action="store_true", help="rebuild even if it already exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jax
 
+from scalelab.cli.options import add_overrides
 from scalelab.parallel.distributed import add_arguments as add_distributed_arguments
 from scalelab.parallel.distributed import initialize as initialize_distributed
 from scalelab.parallel.distributed import initialize_kwargs
@@ -21,14 +22,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
         epilog="example: scalelab train gpt-tiny --set model.n_layers=4 --set optimizer.lr=3e-4",
     )
     parser.add_argument("config", metavar="CONFIG", help="config path or name under configs/")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key; VALUE is parsed as YAML (repeatable)",
-    )
+    add_overrides(parser)
     parser.add_argument(
         "--run-dir",
         type=Path,

@@ -1,0 +1,17 @@
+"""Options that several commands share, defined once so they read and behave the same everywhere."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_overrides(parser: argparse.ArgumentParser, example: str = "model.n_layers=4") -> None:
+    """`--set KEY=VALUE` (repeatable) into `args.overrides`: config keys, values parsed as YAML."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config key, e.g. {example}; VALUE is parsed as YAML (repeatable)",
+    )
