@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from scalelab.cli import bench, data, fit, generate, sweep, train
 from scalelab.errors import UserError
+from scalelab.runtime.compile_cache import use_compile_cache
 from scalelab.runtime.host import keep_freed_memory
 from scalelab.train.faults import EXIT_DIVERGED, EXIT_PREEMPTED, NonFiniteLossError, Preempted
 
@@ -71,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run the chosen command and turn user errors into clean messages."""
     keep_freed_memory()  # before any large allocation: 1.3x CPU steps on a 17M-parameter model
     args = build_parser().parse_args(argv)
+    use_compile_cache()  # before anything compiles: a repeated command loads its programs from disk
     try:
         return int(args.func(args) or 0)
     except UserError as error:
