@@ -8,6 +8,7 @@ import functools
 import json
 import platform
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -16,6 +17,13 @@ import jax.numpy as jnp
 from scalelab.runtime.host import usable_cores
 
 PEAK_CACHE = "peak.json"
+# Rates no hardware reaches: a measurement above them timed something other than the matmuls and is
+# thrown away. A CPU core peaks near 2 TFLOP/s in bf16 (AMX); an accelerator chip near 2 PFLOP/s (fp8).
+PLAUSIBLE_PER_CPU_CORE = 4e12
+PLAUSIBLE_PER_ACCELERATOR = 5e15
+# A kept best more than this many times this run's own measurement is not believed (and replaced): a
+# busy host measures up to a few times slower, never this much, so such a value was a bad measurement.
+TRUSTED_RATIO = 8.0
 
 # Dense bf16 peak per chip, from vendor datasheets (no sparsity).
 VENDOR_PEAK_BF16: dict[str, float] = {
@@ -34,24 +42,26 @@ VENDOR_PEAK_BF16: dict[str, float] = {
 
 @functools.lru_cache(maxsize=8)
 def measured_matmul_flops(dtype: str = "bfloat16", size: int | None = None, rounds: int = 3) -> float:
-    """Achieved FLOP/s of square matmuls on the first device (fp32 accumulation for bf16 inputs).
+    """Achieved FLOP/s of square matmuls on this process's first device (fp32 accumulation for bf16 inputs).
 
     Without `size`, the best of several sizes: which one a device runs fastest depends on its
     caches and kernels (on a 2-core AMX CPU, 1024 beats 2048 by a third).
     """
-    on_cpu = jax.devices()[0].platform == "cpu"
+    on_cpu = jax.local_devices()[0].platform == "cpu"
     # On a CPU, 4096 was never the fastest and costs 8x a 2048 burst at every run's start-up.
     sizes = [size] if size else [1024, 2048] if on_cpu else [4096, 8192]
     return max(matmul_flops_rate(dtype, 1, n, n, n, rounds) for n in sizes)
 
 
 def matmul_flops_rate(dtype: str, batch: int, m: int, k: int, n: int, rounds: int = 3) -> float:
-    """Achieved FLOP/s of `batch` (m, k) x (k, n) matmuls on the first device, fp32 accumulation.
+    """Achieved FLOP/s of `batch` (m, k) x (k, n) matmuls on this process's first device, fp32 accumulation.
 
     The best of `rounds` timed bursts of about 0.1 s: other work on a shared host only ever
     slows a burst down, so the fastest one is closest to what the device can do.
     """
-    device = jax.devices()[0]
+    # A device of this process: in a multi-process job jax.devices()[0] may belong to another
+    # process, and timing work this process cannot run gave rates a thousand times the hardware's.
+    device = jax.local_devices()[0]
     a = jax.device_put(jnp.ones((batch, m, k), dtype), device)
     b = jax.device_put(jnp.ones((batch, k, n), dtype), device)
     matmul = jax.jit(lambda x, y: jnp.einsum("bmk,bkn->bmn", x, y, preferred_element_type=jnp.float32))
@@ -82,7 +92,7 @@ def peak_flops_per_device(configured: float | None, dtype: str) -> tuple[float, 
     """(peak FLOP/s per device, where it came from)."""
     if configured is not None:
         return configured, "configured"
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     if device.platform != "cpu":
         flops = vendor_peak(device)
         if flops is not None:
@@ -98,6 +108,8 @@ def remembered_matmul_flops(dtype: str) -> tuple[float, Path]:
     Measured afresh at each start, the rate moved by 2x between runs on a busy host, so the MFU
     of two runs could not be compared. Other work only ever slows a measurement down, so the
     best one kept in the cache is the closest to the hardware, and a busy moment cannot lower it.
+    A measurement no hardware could reach is never kept, and a kept best that this run's own
+    measurement does not come near (TRUSTED_RATIO) is replaced, so one bad value lasts one run at most.
     """
     from scalelab.files import cache_dir, write_atomic
 
@@ -113,6 +125,16 @@ def remembered_matmul_flops(dtype: str) -> tuple[float, Path]:
     best = entry.get("flops") if isinstance(entry, dict) else None
     best = float(best) if isinstance(best, int | float) and best > 0 else 0.0
     flops = measured_matmul_flops(dtype)
+    limit = plausible_flops()
+    if flops > limit:  # this run's own measurement is impossible: keep nothing of it
+        warnings.warn(
+            f"measured {flops:.3g} FLOP/s, above what this hardware can do ({limit:.3g}); "
+            "MFU uses the kept best or, without one, that limit",
+            stacklevel=2,
+        )
+        return (best if 0 < best <= limit else limit), path
+    if best > limit or best > TRUSTED_RATIO * flops:
+        best = 0.0  # a kept value no measurement supports: replace it rather than divide by it forever
     if flops <= best:
         return best, path
     known[key] = {"flops": flops, "measured": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
@@ -121,9 +143,17 @@ def remembered_matmul_flops(dtype: str) -> tuple[float, Path]:
     return flops, path
 
 
+def plausible_flops() -> float:
+    """The most FLOP/s this process's devices could possibly reach (all usable cores on a CPU)."""
+    device = jax.local_devices()[0]
+    if device.platform == "cpu":
+        return PLAUSIBLE_PER_CPU_CORE * usable_cores()
+    return PLAUSIBLE_PER_ACCELERATOR  # the measurement runs on one device
+
+
 def _host_key(dtype: str) -> str:
     """What decides the matmul rate: processor, cores this process may use, backend and dtype."""
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     return " | ".join(
         (
             _processor_name(),

@@ -45,3 +45,44 @@ def test_each_simulated_device_gets_its_share_and_the_source_names_the_file(tmp_
     assert flops == 1e12 / jax.local_device_count()
     assert str(tmp_path / "peak.json") in source
     assert peak.peak_flops_per_device(5e11, "bfloat16") == (5e11, "configured") and rates == []
+
+
+def test_an_impossible_kept_peak_is_replaced_by_the_next_measurement(tmp_path, rates):
+    # What a two-process run once left behind on a 2-core CPU: 4.37e15 FLOP/s, after which every run
+    # reported an MFU of about 1e-5.
+    key = peak._host_key("bfloat16")
+    (tmp_path / "peak.json").write_text(json.dumps({key: {"flops": 4.37e15}}))
+    rates.extend([4e11, 3e11])
+    assert peak.remembered_matmul_flops("bfloat16")[0] == 4e11
+    assert json.loads((tmp_path / "peak.json").read_text())[key]["flops"] == 4e11
+    assert peak.remembered_matmul_flops("bfloat16")[0] == 4e11  # and then it is the best again
+
+
+def test_a_kept_peak_far_above_this_runs_measurement_is_not_believed(tmp_path, rates):
+    key = peak._host_key("bfloat16")
+    plausible = peak.plausible_flops() / 2  # possible hardware, but 10x what this host measures
+    (tmp_path / "peak.json").write_text(json.dumps({key: {"flops": plausible}}))
+    rates.append(plausible / (2 * peak.TRUSTED_RATIO))
+    assert peak.remembered_matmul_flops("bfloat16")[0] == plausible / (2 * peak.TRUSTED_RATIO)
+
+
+def test_an_impossible_measurement_is_not_kept(tmp_path, rates):
+    limit = peak.plausible_flops()
+    rates.extend([1e12, 1000 * limit])
+    assert peak.remembered_matmul_flops("bfloat16")[0] == 1e12
+    with pytest.warns(UserWarning, match="above what this hardware can do"):
+        assert peak.remembered_matmul_flops("bfloat16")[0] == 1e12  # the kept best, not the bad rate
+    (entry,) = json.loads((tmp_path / "peak.json").read_text()).values()
+    assert entry["flops"] == 1e12
+
+
+def test_the_measurement_runs_on_a_device_of_this_process(monkeypatch):
+    # In a multi-process job the first global device can be another process's.
+    local = jax.local_devices()
+    elsewhere = object()
+    monkeypatch.setattr(peak.jax, "devices", lambda *a: [elsewhere, *local])
+    used = []
+    real_put = jax.device_put
+    monkeypatch.setattr(peak.jax, "device_put", lambda x, device: used.append(device) or real_put(x, device))
+    assert peak.matmul_flops_rate("float32", 1, 64, 64, 64, rounds=1) > 0
+    assert used == [local[0], local[0]]
