@@ -15,13 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import tensorflow_datasets as tfds
-from tqdm import tqdm
 
 from scalelab.data.cleaning import SPLITS, Cleaner, CleaningReport, CleaningRules
 from scalelab.data.corpus import default_corpus_dir, ensure_default_corpus
 from scalelab.data.documents import find_files, read_raw
 from scalelab.data.inputs import describe_changes, fingerprint, name_files
 from scalelab.data.storage import DataError, dataset_version_dir, publish_dir, resolve_data_dir
+from scalelab.runtime.progress import progress_bar
 
 REPORT_FILE = "scalelab_prepare.json"
 
@@ -60,7 +60,9 @@ class LocalText(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _generate_examples(self, split: str) -> Iterator[tuple[str, dict[str, str]]]:
         documents = Cleaner(self.rules, self.report).documents(self.files, split)
-        for key, text in tqdm(documents, desc=f"{self.name} {split}", unit=" docs", disable=not self.progress):
+        for key, text in progress_bar(
+            iterable=documents, desc=f"{self.name} {split}", unit=" docs", disable=not self.progress
+        ):
             yield key, {"text": text}
         if self.report.kept[split] == 0:
             # Say why here: TFDS would only assert that the split got no examples.

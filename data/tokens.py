@@ -36,6 +36,7 @@ from scalelab.data.tokenizer import (
     suggested_vocab_size,
     train_tokenizer,
 )
+from scalelab.runtime.progress import progress_bar
 
 MODEL_FILE = "spm.model"
 ENCODE_CHUNK = 512  # documents encoded per sentencepiece call
@@ -82,7 +83,7 @@ def build_store(data, vocab_size: int, force: bool = False, max_chars: int = 200
         return open_store(final), False
     held_out = eval_split(version_dir)
     train_split = TextSplit(version_dir, "train", data.text_field)
-    with tqdm(total=len(train_split), desc="reading text", unit=" docs", disable=not progress) as bar:
+    with progress_bar(total=len(train_split), desc="reading text", unit=" docs", disable=not progress) as bar:
         texts = _counted(train_split.texts(), bar)
         tokenizer = train_tokenizer(texts, data.tokenizer, vocab_size, data.sentinels, max_chars)
     meta = {
@@ -101,7 +102,7 @@ def build_store(data, vocab_size: int, force: bool = False, max_chars: int = 200
         tokenizer.save(staging / MODEL_FILE)
         for role, split in (("train", "train"), ("eval", held_out)):
             source = TextSplit(version_dir, split, data.text_field)
-            with tqdm(total=len(source), desc=f"encoding {split}", unit=" docs", disable=not progress) as bar:
+            with progress_bar(total=len(source), desc=f"encoding {split}", unit=" docs", disable=not progress) as bar:
                 counts = encode_split(tokenizer, source.texts(), staging / f"{split}.tokens", bar)
             meta["splits"][role] = {"split": split, "file": f"{split}.tokens", **counts}
         # meta.json marks the store complete: it is written last, inside the staging folder.

@@ -19,13 +19,14 @@ from scalelab.data.objectives import model_lengths
 from scalelab.model.counting import count_params, flops_per_token
 from scalelab.parallel.distributed import check_same_config
 from scalelab.runtime.peak import peak_flops_per_device
+from scalelab.runtime.progress import progress_bar
 from scalelab.train.checkpoint_compat import CheckpointError
 from scalelab.train.checkpoint_params import load_params
 from scalelab.train.checkpoint_policy import CheckpointPolicy
 from scalelab.train.checkpoint_store import CheckpointStore, Restored, clear_checkpoints, refuse_unmanaged, warn
 from scalelab.train.config import Config
 from scalelab.train.config_io import save_config
-from scalelab.train.faults import DataSkips, Preempted, PreemptionGuard, RunDirLock, poison_batch
+from scalelab.train.faults import DataSkips, Preempted, PreemptionGuard, RunDirLock, poison_batch, watch_for_lost_peers
 from scalelab.train.faults import NonFiniteLossError as NonFiniteLossError  # callers catch it from here
 from scalelab.train.metrics import clear_metrics, refuse_replacing
 from scalelab.train.session_metrics import RollbackRequested, SessionMetrics
@@ -208,7 +209,7 @@ def train(
     """
     with PreemptionGuard() as guard:
         check_same_config(cfg)  # before the processes first meet in a collective that the difference would hang
-        with RunDirLock(Path(run_dir)):
+        with RunDirLock(Path(run_dir)), watch_for_lost_peers(Path(run_dir)):
             return _train(cfg, Path(run_dir), quiet, init_from, existing, guard)
 
 
@@ -263,13 +264,12 @@ def _train(
         if not quiet:
             print(f"scalelab train: {cfg.name} -> {run_dir}" + (f"; {origin}" if origin else ""))
             print(summary(cfg, trainer, (peak, peak_source), compile_s, memory), flush=True)
-    progress = tqdm(
+    progress = progress_bar(
         total=cfg.train.steps,
         initial=start_step,
         desc=cfg.name,
         unit="step",
         disable=quiet or not cfg.logging.progress or not is_writer,
-        dynamic_ncols=True,
     )
     metrics = SessionMetrics(cfg, run_dir, progress, start_step)
     checkpoints = CheckpointPolicy(trainer, store, lambda: _start_state(trainer, init_from))

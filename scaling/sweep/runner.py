@@ -26,6 +26,7 @@ from tqdm import tqdm
 from scalelab.files import read_yaml
 from scalelab.model.config import ConfigError
 from scalelab.runtime.host import release_freed_memory
+from scalelab.runtime.progress import progress_bar
 from scalelab.scaling.fit.table import describe
 from scalelab.scaling.sweep.plan import Plan, PlannedRun, shard_runs
 from scalelab.scaling.sweep.results import (
@@ -175,14 +176,13 @@ class SweepProgress:
         self.label, self.total_runs = label, len(runs)
         self.left = list(todo)
         self.finished: list[tuple[float, float]] = []  # (FLOPs, seconds) of runs trained by this call
-        self.bar = tqdm(
+        self.bar = progress_bar(
             total=sum(run.flops for run in runs),
             initial=sum(run.flops for run in runs) - sum(run.flops for run in todo),
             unit="FLOP",
             unit_scale=True,
             desc=label,
             disable=not enabled,
-            dynamic_ncols=True,
             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} FLOP [{elapsed}{postfix}]",
         )
         self._show()

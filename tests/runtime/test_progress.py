@@ -1,0 +1,43 @@
+"""Progress bars redraw on a terminal and write plain, occasional lines anywhere else."""
+
+from __future__ import annotations
+
+import io
+
+from scalelab.runtime.progress import progress_bar
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_off_a_terminal_a_bar_writes_whole_lines_and_no_redraws():
+    log = io.StringIO()
+    with progress_bar(file=log, total=1000, desc="run", unit="step") as bar:
+        for _ in range(1000):
+            bar.update(1)
+        bar.write("a message between updates", file=log)
+    text = log.getvalue()
+    assert "\r" not in text and text.endswith("\n")
+    lines = text.splitlines()
+    # The first state, then the close: 1000 updates within the interval print nothing in between.
+    assert len(lines) == 3 and lines[0].startswith("run:   0%") and lines[-1].startswith("run: 100%")
+    assert "a message between updates" in lines
+
+
+def test_off_a_terminal_lines_come_at_the_interval():
+    log = io.StringIO()
+    with progress_bar(file=log, total=5, desc="run", log_interval_s=0) as bar:
+        for _ in range(5):
+            bar.update(1)
+    lines = log.getvalue().splitlines()
+    assert [line.split("|")[0].strip() for line in lines[:6]] == [f"run: {p:3d}%" for p in (0, 20, 40, 60, 80, 100)]
+
+
+def test_on_a_terminal_the_bar_redraws_in_place():
+    screen = Terminal()
+    with progress_bar(file=screen, total=3, desc="run", mininterval=0) as bar:
+        for _ in range(3):
+            bar.update(1)
+    assert screen.getvalue().count("\r") >= 3
