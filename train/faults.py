@@ -5,11 +5,16 @@ Exit status contract (sweep runners rely on it): a run stopped by SIGTERM or SIG
 checkpoint, prints what it did and exits with EXIT_PREEMPTED (75, EX_TEMPFAIL: "try again");
 re-running the same command resumes it. A second signal exits at once with 128 + the signal
 number, without saving. A run whose loss turned non-finite under nan_policy=stop exits with
-EXIT_DIVERGED (3): re-running it as it is would diverge again.
+EXIT_DIVERGED (3): re-running it as it is would diverge again. When a process of a multi-process
+run dies (killed, its host lost), every other process stops within seconds (SCALELAB_PEER_TIMEOUT,
+10 s by default) with one line naming the lost process and its host, and exits with EXIT_PEER_LOST
+(75, the same "try again" as a preemption): requeueing the whole job with the same command resumes
+it from its newest checkpoint, bitwise as if nothing had happened.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -25,9 +30,11 @@ from typing import Any
 import numpy as np
 
 from scalelab.model.config import ConfigError
+from scalelab.parallel.liveness import LostPeer, watch_peers
 
 EXIT_PREEMPTED = 75
 EXIT_DIVERGED = 3
+EXIT_PEER_LOST = EXIT_PREEMPTED  # retryable: the survivors' state is intact on disk, only the job needs restarting
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -161,6 +168,40 @@ class RunDirLock:
         if self._fd is not None:
             os.close(self._fd)  # closing releases the lock
             self._fd = None
+
+
+def lost_peer_message(lost: LostPeer, run_dir: Path) -> str:
+    """The one line a survivor prints when `lost` stopped responding: who, and how to carry on."""
+    from scalelab.train.checkpoint_store import CHECKPOINT_DIR, saved_steps  # JAX and orbax: not at import time
+
+    steps = saved_steps(run_dir / CHECKPOINT_DIR)
+    resume = (
+        f"it resumes from checkpoint {steps[-1]}"
+        if steps
+        else "no checkpoint was saved yet, so add --overwrite to start it over"
+    )
+    return (
+        f"scalelab train: error: process {lost.process} (host {lost.host}) stopped responding; the job cannot "
+        f"continue without it. Requeue the whole job with the same command: {resume}"
+    )
+
+
+def _stop_for_lost_peer(lost: LostPeer, run_dir: Path) -> None:
+    """Print the line and end this process at once: its main thread may wait in a collective forever."""
+    try:
+        line = lost_peer_message(lost, run_dir)
+    except Exception:  # the run directory unreadable: still name the process, never hang instead
+        line = (
+            f"scalelab train: error: process {lost.process} (host {lost.host}) stopped responding; the job cannot "
+            "continue without it. Requeue the whole job with the same command"
+        )
+    os.write(2, f"\n{line}\n".encode())
+    os._exit(EXIT_PEER_LOST)
+
+
+def watch_for_lost_peers(run_dir: Path) -> contextlib.AbstractContextManager[object]:
+    """While a multi-process run trains in `run_dir`, stop this process with EXIT_PEER_LOST if another one dies."""
+    return watch_peers(lambda lost: _stop_for_lost_peer(lost, run_dir))
 
 
 @dataclasses.dataclass

@@ -1,4 +1,5 @@
-"""`scalelab train` as two local processes (jax.distributed over gloo): Ctrl-C, mixed configs, a held run dir."""
+"""`scalelab train` as two local processes (jax.distributed over gloo): Ctrl-C, mixed configs, a held run dir,
+a killed process."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from scalelab.train.faults import EXIT_PREEMPTED, lock_run_dir
+from scalelab.train.faults import EXIT_PEER_LOST, EXIT_PREEMPTED, lock_run_dir
+from scalelab.train.metrics import read_metrics
 from tests.parallel.test_multihost import ROOT, free_port
 
 SCALELAB = Path(sys.executable).parent / "scalelab"
@@ -97,3 +99,42 @@ def test_a_run_dir_in_use_stops_every_process_of_the_second_job(tmp_path):
     assert _error(log1) == (
         f"scalelab train: error: run dir {run} is in use by another trainer (see process 0's error)"
     )
+
+
+def _train_lines(run: Path) -> list[tuple[int, float, float]]:
+    """(step, loss, grad_norm) of every train line of a run's metrics, in file order."""
+    return [(r["step"], r["loss"], r["grad_norm"]) for r in read_metrics(run) if "loss" in r]
+
+
+def test_a_killed_process_stops_the_other_with_one_line_and_a_requeue_resumes_bitwise(tmp_path):
+    job = ["train.steps=40", "checkpoint.every=5"]
+    reference = tmp_path / "reference"
+    assert [status for status, _ in finish(launch(reference, job, job))] == [0, 0]
+
+    run = tmp_path / "run"
+    processes = launch(run, job, job)
+    while not (run / "checkpoints" / "5").is_dir() and processes[0].poll() is None:
+        time.sleep(0.05)
+    processes[1].kill()  # SIGKILL: no handler, no goodbye
+    killed = time.monotonic()
+    (status0, log0), (status1, _) = finish(processes)
+    print(f"process 0 stopped {time.monotonic() - killed:.1f} s after process 1 was killed")  # JAX alone: ~100 s
+    assert status1 == -signal.SIGKILL
+    assert status0 == EXIT_PEER_LOST, log0[-3000:]
+    assert "stack trace" not in log0, log0[-3000:]
+    line = _error(log0)
+    prefix = (
+        "scalelab train: error: process 1 (host ",
+        ") stopped responding; the job cannot continue without it. "
+        "Requeue the whole job with the same command: it resumes from checkpoint ",
+    )
+    assert line.startswith(prefix[0]) and prefix[1] in line, line
+    step = line.rsplit(" ", 1)[1]
+    assert int(step) >= 5 and (run / "checkpoints" / step).is_dir()
+
+    (status0, log0), (status1, log1) = finish(launch(run, job, job))  # the requeue: the same command, both processes
+    assert (status0, status1) == (0, 0), log0[-3000:] + log1[-3000:]
+    assert f"resuming from step {step} " in log0
+    resumed, uninterrupted = _train_lines(run), _train_lines(reference)
+    assert [s for s, _, _ in resumed] == list(range(40))  # every step exactly once
+    assert resumed == uninterrupted  # loss and grad_norm bit for bit
