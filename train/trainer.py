@@ -48,7 +48,7 @@ def _pipeline(cfg: Config, mesh: Mesh, rules: dict[str, MeshAxes]) -> tuple[Pipe
     return plan, make_pipeline_runner(plan, mesh, rules)
 
 
-def _check_batch(cfg: Config, batch_sharding: NamedSharding, pipeline: PipelinePlan | None) -> None:
+def check_batch(cfg: Config, batch_sharding: NamedSharding, pipeline: PipelinePlan | None) -> None:
     """Each gradient-accumulation step, and each pipeline microbatch of it, must split evenly over the batch axes."""
     rows, what = cfg.train.batch_size // cfg.train.grad_accum, "train.batch_size"
     if cfg.train.grad_accum > 1:
@@ -110,7 +110,7 @@ class Trainer:
         )
         state_shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings}
         batch_sharding = NamedSharding(mesh, logical_to_mesh(BATCH_AXES, rules, mesh))
-        _check_batch(cfg, batch_sharding, pipeline)
+        check_batch(cfg, batch_sharding, pipeline)
         resolver = activation_resolver(rules, mesh)
         train_step = jax.jit(
             _with_axis_rules(make_train_step(cfg, model, tx, schedule, runner=runner), resolver),

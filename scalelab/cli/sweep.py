@@ -12,6 +12,7 @@ DEFAULT_PROBE_MAX_FLOPS = 3e11  # per step: a 20-step probe then takes well unde
 
 def register_sweep(subparsers: argparse._SubParsersAction) -> None:
     """Add the `sweep` subcommand with its `plan` and `run` actions."""
+    from scalelab.cli.dry_run import add_dry_run_arguments
     from scalelab.parallel.distributed import add_arguments as add_distributed_arguments
 
     parser = subparsers.add_parser(
@@ -54,6 +55,7 @@ def register_sweep(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--sweep-dir", type=Path, default=None, help="sweep directory (default: sweeps/<spec name>)")
     run.add_argument("--quiet", action="store_true", help="no per-run summary or progress bar; keep the sweep bar")
     add_distributed_arguments(run)  # a shard may span hosts: every run then uses all of them
+    add_dry_run_arguments(run)
     run.set_defaults(func=run_run)
 
 
@@ -119,6 +121,11 @@ def run_run(args: argparse.Namespace) -> int:
     from scalelab.scaling.sweep.results import IncompleteRunError
     from scalelab.scaling.sweep.runner import run_sweep
 
+    if args.dry_run:  # what the shard's launch decides, before jax.distributed starts
+        from scalelab.cli.dry_run import dry_run_sweep
+
+        plan, shard, runs = _plan(args)
+        return dry_run_sweep(args, plan, shard, runs, args.sweep_dir or Path("sweeps") / plan.spec.name)
     initialize(initialize_kwargs(args))  # join the shard's other hosts before anything touches a device
     plan, shard, _ = _plan(args)
     sweep_dir = args.sweep_dir or Path("sweeps") / plan.spec.name

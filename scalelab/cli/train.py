@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jax
 
+from scalelab.cli.dry_run import add_dry_run_arguments
 from scalelab.cli.options import add_overrides
 from scalelab.parallel.distributed import add_arguments as add_distributed_arguments
 from scalelab.parallel.distributed import initialize as initialize_distributed
@@ -45,6 +46,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no summary and no progress bar")
     add_distributed_arguments(parser)
+    add_dry_run_arguments(parser)
     parser.set_defaults(func=run_train)
 
 
@@ -58,6 +60,10 @@ def run_train(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or Path("runs") / cfg.name
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} is a file, not a directory; give another --run-dir")
+    if args.dry_run:
+        from scalelab.cli.dry_run import dry_run_train
+
+        return dry_run_train(args, cfg, run_dir)
     # Multi-host: join the other processes before anything touches a device.
     initialize_distributed(initialize_kwargs(args))
     existing = "overwrite" if args.overwrite else "refuse"
