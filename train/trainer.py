@@ -34,18 +34,22 @@ from scalelab.train.steps import TrainState, make_eval_step, make_train_step
 BATCH_AXES = PartitionSpec("batch", "length")
 
 
-def _pipeline(cfg: Config, mesh: Mesh, rules: dict[str, MeshAxes]) -> tuple[PipelinePlan | None, LayerRunner | None]:
-    """The pipeline plan and its layer runner when the mesh has a pipeline axis, else (None, None)."""
-    stages = mesh.shape["pipeline"]
+def pipeline_plan(cfg: Config, stages: int) -> PipelinePlan | None:
+    """The pipeline plan for `stages` pipeline stages (None for one), checked against the model and microbatches."""
     if stages == 1:
         if cfg.mesh.microbatches > 1:
             raise ConfigError(
                 f"mesh.microbatches ({cfg.mesh.microbatches}) only applies with mesh.pipeline > 1; "
                 "use train.grad_accum to split the batch without a pipeline"
             )
-        return None, None
-    plan = plan_pipeline(cfg.mesh, cfg.model, stages)
-    return plan, make_pipeline_runner(plan, mesh, rules)
+        return None
+    return plan_pipeline(cfg.mesh, cfg.model, stages)
+
+
+def _pipeline(cfg: Config, mesh: Mesh, rules: dict[str, MeshAxes]) -> tuple[PipelinePlan | None, LayerRunner | None]:
+    """The pipeline plan and its layer runner when the mesh has a pipeline axis, else (None, None)."""
+    plan = pipeline_plan(cfg, mesh.shape["pipeline"])
+    return (None, None) if plan is None else (plan, make_pipeline_runner(plan, mesh, rules))
 
 
 def check_batch(cfg: Config, batch_sharding: NamedSharding, pipeline: PipelinePlan | None) -> None:

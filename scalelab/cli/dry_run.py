@@ -68,14 +68,12 @@ class JobDevices:
 
         from scalelab.data import process_rows
         from scalelab.model.functional import describe
-        from scalelab.parallel.pipeline import plan_pipeline
         from scalelab.parallel.rules import make_rules, tree_shardings
-        from scalelab.train.trainer import check_batch
+        from scalelab.train.trainer import check_batch, pipeline_plan
 
         # In the order Trainer.build meets them, so the first problem is the one the real run reports.
         layout = expected_mesh(cfg.mesh, self.count, self.place)
-        stages = layout.sizes["pipeline"]
-        pipeline = plan_pipeline(cfg.mesh, cfg.model, stages) if stages > 1 else None
+        pipeline = pipeline_plan(cfg, layout.sizes["pipeline"])
         model = describe(cfg.model)  # shapes only, traced abstractly
         tree_shardings(model.axes, model.shapes, make_rules(cfg.mesh.rules), layout.mesh)
         check_batch(cfg, NamedSharding(layout.mesh, layout.batch_spec), pipeline)

@@ -273,3 +273,18 @@ def test_the_launch_page_links_every_recipe():
     assert recipes == ["slurm-gpu.sbatch", "slurm-sweep-array.sbatch", "tpu-slice.sh"]
     for name in recipes:
         assert f"](recipes/{name})" in page, f"docs/launch.md does not link docs/recipes/{name}"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        (["mesh.microbatches=4"], "mesh.microbatches (4) only applies with mesh.pipeline > 1; "),
+        (["mesh.pipeline=8"], "model.n_layers (12) is not divisible by mesh.pipeline (8); "),
+    ],
+)
+def test_pipeline_settings_that_do_not_fit_are_the_real_runs_error(monkeypatch, capsys, overrides, error):
+    slurm_env(monkeypatch, tasks=32, procid=0)
+    argv = ["train", "gpt-small", *(arg for value in overrides for arg in ("--set", value)), "--dry-run"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"scalelab train: error: {error}")
