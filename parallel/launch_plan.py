@@ -104,6 +104,10 @@ def devices_per_process(place: ProcessPlace, environ: Mapping[str, str], hint: i
         if hint < 1:
             raise ConfigError(f"--devices-per-process must be positive, got {hint}")
         return hint, "--devices-per-process"
+    if environ.get("JAX_LOCAL_DEVICE_IDS"):  # jax.distributed.initialize reads it first (e.g. one process per node)
+        return len(
+            environ["JAX_LOCAL_DEVICE_IDS"].split(",")
+        ), f"JAX_LOCAL_DEVICE_IDS={environ['JAX_LOCAL_DEVICE_IDS']}"
     if place.cluster in ("slurm", "openmpi"):
         return 1, f"{place.cluster}: JAX gives each task the one GPU its local rank numbers"
     if place.cluster == "tpu-pod":

@@ -71,7 +71,8 @@ def launcher(tmp_path):
         base = {
             key: value
             for key, value in os.environ.items()
-            if not key.startswith(("SLURM_", "TPU_", "MEGASCALE_", "OMPI_")) and key not in ENV_VARS.values()
+            if not key.startswith(("SLURM_", "TPU_", "MEGASCALE_", "OMPI_", "JAX_LOCAL_DEVICE_IDS"))
+            and key not in ENV_VARS.values()
         }
         base.update(
             PATH=f"{bin_dir}{os.pathsep}{base['PATH']}",
@@ -288,3 +289,14 @@ def test_pipeline_settings_that_do_not_fit_are_the_real_runs_error(monkeypatch, 
     assert main(argv) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"scalelab train: error: {error}")
+
+
+def test_one_process_per_node_with_its_gpus_named(monkeypatch, capsys):
+    # docs/parallelism.md's variant: --ntasks-per-node=1, each process given its node's 8 GPUs, data over DCN.
+    slurm_env(monkeypatch, tasks=4, procid=2)
+    monkeypatch.setenv("JAX_LOCAL_DEVICE_IDS", "0,1,2,3,4,5,6,7")
+    argv = ["train", "gpt-small", "--set", "mesh.data=4", "--set", "mesh.fsdp=8", "--set", "mesh.dcn={data: 4}"]
+    assert main([*argv, "--dry-run"]) == 0
+    lines = report(capsys.readouterr().out)
+    assert lines["devices"] == "32 = 4 process(es) x 8 (JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7)"
+    assert lines["batch"] == "512 rows global, 128 per process; this process feeds rows 256:384 (data shard 2 of 4)"
