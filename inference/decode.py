@@ -3,15 +3,14 @@
 The cache holds every layer's keys and values, (layers, batch, max_len, kv_heads, head_dim) in
 the compute dtype, keys already rotated when the model uses RoPE. Slot i of a row holds
 position i. Prompts of different lengths are right-padded and each row keeps its own length:
-its next token is written at that slot and sees slots `pattern.allowed(position, slot)`, which
-hides the future (and so the padding and stale slots) and, with a sliding window, the slots
-that fell out of it. Relative and ALiBi biases are functions of slot - position, as in training.
+its next token is written at that slot, and the model's attention mask hides the slots after it.
 
-The blocks run in one lax.scan over the stacked block parameters and the cache's layer axis;
-each layer returns only its new keys and values, which are written into the cache once after
-the scan. With int8 weights (inference/quantize.py) each layer's weights are dequantized inside
-the scan, right before its matmuls. The training forward pass is untouched: decoding reuses
-the modules' own projections, norms, feed-forward and attention kernel.
+The model decodes through its own training modules: its tower, given the cache as a
+model/cache.py BlockCache, runs its blocks in one lax.scan over the stacked block parameters
+and the cache's layer axis, and returns the cache with the new tokens' keys and values written
+(model/stack.py's cached_scan_runner). This module keeps the cache between steps and the loops
+around it. With int8 weights (inference/quantize.py) each layer's weights are dequantized inside
+that scan, right before its matmuls.
 
 A t5 model decodes with its decoder tower the same way. Its encoder runs once over the
 right-padded sources (`encode`), whose padding gets segment 0 as in training, and each
@@ -33,11 +32,10 @@ import numpy as np
 from flax import nnx
 
 from scalelab.inference.quantize import dequantize
-from scalelab.model.attention import cross_attention_inputs, dot_product_attention
-from scalelab.model.blocks import NORM_PLACEMENTS, Block
+from scalelab.model.cache import BlockCache, KeyValues
 from scalelab.model.config import ConfigError, ModelConfig
 from scalelab.model.encdec import EncoderDecoderLM
-from scalelab.model.layers import AttentionInputs
+from scalelab.model.stack import WeightLoader, cached_scan_runner
 from scalelab.model.tower import Tower, default_positions, embed_tokens, vocab_logits
 
 Params = dict[str, Any]
@@ -49,10 +47,10 @@ class EncoderMemory:
 
     k: jax.Array  # (layers, batch, source_len, kv_heads, head_dim), compute dtype
     v: jax.Array  # same shape as k
-    mask: jax.Array  # (batch, 1, source_len) bool: the source's real tokens, not its padding
+    segments: jax.Array  # (batch, source_len) int32: 1 on the source's real tokens, 0 on its padding
 
 
-jax.tree_util.register_dataclass(EncoderMemory, data_fields=["k", "v", "mask"], meta_fields=[])
+jax.tree_util.register_dataclass(EncoderMemory, data_fields=["k", "v", "segments"], meta_fields=[])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,15 +140,26 @@ def init_cache(
     return KVCache(zeros, zeros, jnp.zeros((batch,), jnp.int32), memory)
 
 
-def _decoder(graphdef: nnx.GraphDef, params: Params, scales: Params | None) -> tuple[Any, Tower, Any, Params, Any]:
-    """The model, its causal tower, the tower's token table, and the tower's stacked block weights and scales."""
-    model = nnx.merge(graphdef, params)
-    tower, table = model, model.embed  # a gpt model is its own tower
+def _decoder(model: Any) -> tuple[Tower, Any]:
+    """A model's causal tower and that tower's token table: a gpt model is its own tower, a t5 model's is its decoder."""
     if isinstance(model, EncoderDecoderLM):
-        tower, table = model.decoder, model.embed if model.decoder_embed is None else model.decoder_embed
-        params, scales = params["decoder"], None if scales is None else scales["decoder"]
-    block_scales = None if scales is None else scales["layers"]["blocks"]
-    return model, tower, table, params["layers"]["blocks"], block_scales
+        return model.decoder, model.embed if model.decoder_embed is None else model.decoder_embed
+    return model, model.embed
+
+
+def _dequantizing_loader(model: Any, scales: Params | None) -> WeightLoader | None:
+    """The weight loader that dequantizes layer i of the causal tower's int8 blocks (None for fp weights)."""
+    if scales is None:
+        return None
+    if isinstance(model, EncoderDecoderLM):
+        scales = scales["decoder"]
+    block_scales = scales["layers"]["blocks"]
+
+    def load(weights: nnx.State, layer: jax.Array) -> Params:
+        layer_scales = jax.tree.map(lambda s: s[layer], block_scales)
+        return dequantize(nnx.to_pure_dict(weights), layer_scales)
+
+    return load
 
 
 @functools.partial(jax.jit, static_argnames="graphdef")
@@ -160,55 +169,15 @@ def encode(
     """A t5 model's encoder memory of right-padded sources (batch, length) with `lengths` real tokens each."""
     if scales is not None:  # the encoder runs once, so its weights are dequantized whole, not layer by layer
         params = {**params, "encoder": dequantize(params["encoder"], scales["encoder"])}
-    model, tower, _, blocks, block_scales = _decoder(graphdef, params, scales)
+    model = nnx.merge(graphdef, params)
+    load = _dequantizing_loader(model, scales)
     # Padding is segment 0 and the real tokens segment 1, as the training objective marks them, so neither
     # the encoder's self-attention nor the decoder's cross-attention sees the padding.
     segments = (jnp.arange(sources.shape[1]) < lengths[:, None]).astype(jnp.int32)
     x = embed_tokens(model.embed, sources, model.dtype)
     encoded = model.encoder.body(x, default_positions(sources, None), segments, None, None)
-    block_def = nnx.graphdef(tower.layers.blocks)
-
-    def project(_: None, layer: tuple) -> tuple[None, tuple[jax.Array, jax.Array]]:
-        weights, layer_scales = layer
-        attn = nnx.merge(block_def, dequantize(weights, layer_scales)).cross_attn
-        # qkv projects queries and keys separately; an empty query side leaves just the keys and values.
-        return None, attn.qkv(encoded[:, :0], encoded, None)[1:]
-
-    _, (k, v) = jax.lax.scan(project, None, (blocks, block_scales))
-    return EncoderMemory(k, v, cross_attention_inputs(None, segments).mask)
-
-
-def _cached_block(
-    block: Block,
-    x: jax.Array,
-    inputs: AttentionInputs,
-    cache: tuple[jax.Array, jax.Array],
-    positions: jax.Array,
-    memory: tuple[jax.Array, jax.Array, jax.Array] | None,
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    """One block over new tokens x, attending to one layer's cache plus themselves, and in a t5 decoder to
-    that layer's encoder keys and values, `memory` (k, v, mask); returns (x, their k and v)."""
-    rows = jnp.arange(x.shape[0])[:, None]
-    new: list[tuple[jax.Array, jax.Array]] = []
-
-    def attend(h: jax.Array) -> jax.Array:
-        q, k, v = block.attn.qkv(h, h, inputs.rotary)
-        keys, values = (
-            c.at[rows, positions].set(n.astype(c.dtype), mode="drop") for c, n in zip(cache, (k, v), strict=True)
-        )
-        new.append((k, v))
-        return block.attn.output(dot_product_attention(q, keys, values, inputs.mask, inputs.bias, block.attn.dtype))
-
-    def cross_attend(h: jax.Array) -> jax.Array:
-        keys, values, mask = memory
-        q = block.cross_attn.qkv(h, h[:, :0], None)[0]  # the keys and values were projected once, by `encode`
-        return block.cross_attn.output(dot_product_attention(q, keys, values, mask, None, block.cross_attn.dtype))
-
-    residual = NORM_PLACEMENTS[block.norm_position].residual
-    x = residual(x, attend, block.attn_norm, 0.0, None)
-    if memory is not None:
-        x = residual(x, cross_attend, block.cross_norm, 0.0, None)
-    return residual(x, block.ffn, block.ffn_norm, 0.0, None), new[0]
+    memory = model.decoder.memory_keys_values(encoded, load)
+    return EncoderMemory(memory.k, memory.v, segments)
 
 
 def _extend(
@@ -216,35 +185,18 @@ def _extend(
 ) -> tuple[jax.Array, KVCache, Callable[[jax.Array], jax.Array]]:
     """Run tokens (batch, length) at each row's next slots; (hidden states, cache with lengths += counts,
     the function that turns hidden states into fp32 logits through the model's own head or tied table)."""
-    model, tower, table, blocks, block_scales = _decoder(graphdef, params, scales)
+    model = nnx.merge(graphdef, params)
+    tower, table = _decoder(model)
+    load = _dequantizing_loader(model, scales)
+    runner = None if load is None else functools.partial(cached_scan_runner, load=load)
     positions = cache.lengths[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)
-    slots = jnp.arange(cache.max_len, dtype=jnp.int32)
-    x = tower.positions.embed(embed_tokens(table, tokens, tower.dtype), positions)
-    if tower.embed_norm is not None:
-        x = tower.embed_norm(x)
-    inputs = AttentionInputs(
-        mask=tower.pattern.allowed(positions[:, :, None], slots),
-        rotary=tower.positions.rotary(positions),
-        bias=tower.positions.attention_bias(slots - positions[:, :, None], bidirectional=False),
-        pattern=tower.pattern,
-    )
-    block_def = nnx.graphdef(tower.layers.blocks)
     memory = cache.memory
-    memory_kv = None if memory is None else (memory.k, memory.v)
-
-    def body(x: jax.Array, layer: tuple) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        weights, layer_scales, k, v, cross = layer
-        block = nnx.merge(block_def, dequantize(weights, layer_scales))
-        return _cached_block(block, x, inputs, (k, v), positions, None if cross is None else (*cross, memory.mask))
-
-    x, (k_new, v_new) = jax.lax.scan(body, x, (blocks, block_scales, cache.k, cache.v, memory_kv))
-    rows = jnp.arange(tokens.shape[0])[:, None]
-    k = cache.k.at[:, rows, positions].set(k_new.astype(cache.k.dtype), mode="drop")
-    v = cache.v.at[:, rows, positions].set(v_new.astype(cache.v.dtype), mode="drop")
-    if tower.final_norm is not None:
-        x = tower.final_norm(x)
+    held = BlockCache(KeyValues(cache.k, cache.v), None if memory is None else KeyValues(memory.k, memory.v))
+    x = embed_tokens(table, tokens, tower.dtype)
+    segments = None if memory is None else memory.segments
+    x, held = tower.body(x, positions, None, None, runner, memory_segments=segments, cache=held)
     logits = functools.partial(vocab_logits, table=table, head=model.head, dtype=model.dtype)
-    return x, KVCache(k, v, cache.lengths + counts, memory), logits
+    return x, KVCache(held.self_attn.k, held.self_attn.v, cache.lengths + counts, memory), logits
 
 
 @functools.partial(jax.jit, static_argnames="graphdef")

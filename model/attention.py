@@ -5,6 +5,9 @@ pass, in the kernel's own layout, and the layer scan closes over them. `attend` 
 the attention of one layer. Full attention scores all (query, key) pairs. Sliding and
 sparse attention reshape queries into blocks and keys into each block's span of nearby
 blocks, so memory and FLOPs grow as O(n·w); their masks equal `pattern.allowed` exactly.
+
+Decoding gives the layer a cache (model/cache.py's KeyValues) of earlier tokens' keys and
+values: new tokens write theirs into it and attend densely over all its slots.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from scalelab.model.axes import constrain
+from scalelab.model.cache import KeyValues
 from scalelab.model.config import ModelConfig
 from scalelab.model.layers import AttentionInputs, matmul, pack_residual, param, unpack_residual, zeros_param
 from scalelab.model.masks import BIDIRECTIONAL, Blocking, FullAttention, LocalGlobal, Pattern, SlidingWindow
@@ -329,7 +333,39 @@ class Attention(nnx.Module):
             y = y + self.bo[...]
         return y.astype(self.dtype)
 
-    def __call__(self, x: jax.Array, inputs: AttentionInputs, memory: jax.Array | None = None) -> jax.Array:
-        """Attend from x to itself, or to `memory` (cross-attention) when it is given."""
+    def keys_values(self, source: jax.Array) -> KeyValues:
+        """Unrotated keys and values of `source` (batch, length, d_model): what a decoder's cross-attention
+        reads of the encoder output, projected once before decoding."""
+        return KeyValues(
+            *(self._project(source, w, b, "kv_heads") for w, b in ((self.wk, self.bk), (self.wv, self.bv)))
+        )
+
+    def __call__(
+        self,
+        x: jax.Array,
+        inputs: AttentionInputs,
+        memory: jax.Array | None = None,
+        cache: KeyValues | None = None,
+    ) -> jax.Array | tuple[jax.Array, KeyValues]:
+        """Attend from x to itself, or to `memory` (cross-attention) when it is given.
+
+        Decoding passes this layer's `cache` and gets (y, the updated cache): see `attend_cached`.
+        """
+        if cache is not None:
+            return self.attend_cached(x, inputs, cache)
         q, k, v = self.qkv(x, x if memory is None else memory, inputs.rotary)
         return self.output(ATTENTION_KERNELS[type(inputs.pattern)].attend(q, k, v, inputs, self.dtype))
+
+    def attend_cached(self, x: jax.Array, inputs: AttentionInputs, cache: KeyValues) -> tuple[jax.Array, KeyValues]:
+        """Decoding: new tokens x attend over every slot of `cache`, as `inputs.mask` allows; (y, cache).
+
+        Self-attention (inputs.slots set) first writes x's own keys and values into the cache at
+        those slots. A cross-attention cache holds the encoder output's (`keys_values`) and is only read.
+        """
+        if inputs.slots is None:
+            q = self._project(x, self.wq, self.bq, "heads")
+        else:
+            q, k, v = self.qkv(x, x, inputs.rotary)
+            cache = cache.write(inputs.slots, k, v)
+        keys, values = cache.read()
+        return self.output(dot_product_attention(q, keys, values, inputs.mask, inputs.bias, self.dtype)), cache

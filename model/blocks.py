@@ -3,6 +3,9 @@
 Where the norm sits is chosen by `model.norm_position` through NORM_PLACEMENTS: before each
 sublayer (pre-norm, GPT-2 onwards) or after each residual sum ("Add & Norm", the original
 Transformer and BERT). The placement also decides which norms surround the whole stack.
+
+Given a BlockCache (decoding), a block's attention reads and updates it, and the block returns
+it beside x; without one, the block is exactly the training block.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from flax import nnx
 
 from scalelab.model.attention import Attention, CrossInputs
 from scalelab.model.axes import constrain
+from scalelab.model.cache import BlockCache, KeyValues
 from scalelab.model.config import ModelConfig
 from scalelab.model.layers import AttentionInputs, FeedForward, dropout, make_norm
 
@@ -66,10 +70,37 @@ class Block(nnx.Module):
         x = NORM_PLACEMENTS[self.norm_position].residual(x, sublayer, norm, self.dropout_rate, key)
         return constrain(x, ("batch", "length", "embed"))
 
-    def __call__(self, x: jax.Array, inputs: AttentionInputs, dropout_key: jax.Array | None) -> jax.Array:
+    def _attention_residual(
+        self,
+        x: jax.Array,
+        attn: Attention,
+        inputs: AttentionInputs,
+        norm: nnx.Module,
+        key: jax.Array | None,
+        cache: KeyValues | None,
+        memory: jax.Array | None = None,
+    ) -> tuple[jax.Array, KeyValues | None]:
+        """The residual around an attention sublayer, and the attention's cache as it left it (None without one)."""
+        if cache is None:
+            return self._residual(x, functools.partial(attn, inputs=inputs, memory=memory), norm, key), None
+        left: list[KeyValues] = []  # the residual form calls the sublayer once, for its output only
+
+        def sublayer(h: jax.Array) -> jax.Array:
+            y, updated = attn(h, inputs, memory, cache)
+            left.append(updated)
+            return y
+
+        return self._residual(x, sublayer, norm, key), left[0]
+
+    def __call__(
+        self, x: jax.Array, inputs: AttentionInputs, dropout_key: jax.Array | None, cache: BlockCache | None = None
+    ) -> jax.Array | tuple[jax.Array, BlockCache]:
+        """x after the block; decoding passes its `cache` and gets (x, the updated cache)."""
         attn_key, ffn_key = _split(dropout_key, 2)
-        x = self._residual(x, functools.partial(self.attn, inputs=inputs), self.attn_norm, attn_key)
-        return self._residual(x, self.ffn, self.ffn_norm, ffn_key)
+        own = None if cache is None else cache.self_attn
+        x, own = self._attention_residual(x, self.attn, inputs, self.attn_norm, attn_key, own)
+        x = self._residual(x, self.ffn, self.ffn_norm, ffn_key)
+        return x if cache is None else (x, BlockCache(own))
 
 
 class CrossBlock(Block):
@@ -80,9 +111,16 @@ class CrossBlock(Block):
         self.cross_norm = make_norm(cfg, rngs)
         self.cross_attn = Attention(cfg, rngs=rngs)
 
-    def __call__(self, x: jax.Array, inputs: CrossInputs, dropout_key: jax.Array | None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, inputs: CrossInputs, dropout_key: jax.Array | None, cache: BlockCache | None = None
+    ) -> jax.Array | tuple[jax.Array, BlockCache]:
+        """x after the block; decoding passes its `cache`, whose cross_attn holds the encoder output's keys and
+        values (inputs.memory is then None), and gets (x, the updated cache)."""
         attn_key, cross_key, ffn_key = _split(dropout_key, 3)
-        x = self._residual(x, functools.partial(self.attn, inputs=inputs.self_attn), self.attn_norm, attn_key)
-        cross = functools.partial(self.cross_attn, inputs=inputs.cross_attn, memory=inputs.memory)
-        x = self._residual(x, cross, self.cross_norm, cross_key)
-        return self._residual(x, self.ffn, self.ffn_norm, ffn_key)
+        own, encoded = (None, None) if cache is None else (cache.self_attn, cache.cross_attn)
+        x, own = self._attention_residual(x, self.attn, inputs.self_attn, self.attn_norm, attn_key, own)
+        x, encoded = self._attention_residual(
+            x, self.cross_attn, inputs.cross_attn, self.cross_norm, cross_key, encoded, inputs.memory
+        )
+        x = self._residual(x, self.ffn, self.ffn_norm, ffn_key)
+        return x if cache is None else (x, BlockCache(own, encoded))

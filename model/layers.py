@@ -239,12 +239,17 @@ class AttentionInputs:
     rotary: (cos, sin) tables of shape (batch, length, head_dim // 2) for RoPE, or None.
     bias: additive fp32 logits bias with a heads axis before the (query, key) axes, or None.
     pattern: which keys each query sees (static).
+    slots: decoding only: the cache slot (batch, length) each new token's keys and values are written
+      to. None in training, and for a decoder's cross-attention, whose cache is only read.
     """
 
     mask: Any = None
     rotary: tuple[jax.Array, jax.Array] | None = None
     bias: Any = None
     pattern: Pattern = BIDIRECTIONAL
+    slots: jax.Array | None = None
 
 
-jax.tree_util.register_dataclass(AttentionInputs, data_fields=["mask", "rotary", "bias"], meta_fields=["pattern"])
+jax.tree_util.register_dataclass(
+    AttentionInputs, data_fields=["mask", "rotary", "bias", "slots"], meta_fields=["pattern"]
+)

@@ -2,6 +2,7 @@
 
 Scanning keeps compile time flat in depth. The runner that executes the stack is a plain
 function of (graphdef, stacked state, x, ...), so parallel/ can swap in a pipelined one.
+Decoding runs the stack with a cache stacked like the blocks (`cached_scan_runner`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
+from scalelab.model.cache import BlockCache, KeyValues
 from scalelab.model.config import ModelConfig
 
 # What every block receives besides x, computed once per forward pass: AttentionInputs, or
@@ -42,6 +45,19 @@ class LayerRunner(Protocol):
         keys: jax.Array | None,
         remat: str,
     ) -> jax.Array: ...
+
+
+class CachedRunner(Protocol):
+    """Runs stacked blocks while decoding: (graphdef, stacked state, x, inputs, stacked cache) -> (x, cache)."""
+
+    def __call__(
+        self, graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, inputs: BlockInputs, cache: BlockCache
+    ) -> tuple[jax.Array, BlockCache]: ...
+
+
+# Decoding: (a layer's stored weights, its index) -> the weights its block runs with, e.g. int8 ones
+# dequantized (inference/quantize.py) inside the scan, so only one layer is ever widened at a time.
+WeightLoader = Callable[[nnx.State, jax.Array], Any]
 
 
 def block_fn(graphdef: nnx.GraphDef, remat: str) -> Callable:
@@ -98,6 +114,23 @@ def unrolled_runner(graphdef, state, x, inputs, keys, remat):
     return x
 
 
+def cached_scan_runner(graphdef, state, x, inputs, cache, load: WeightLoader | None = None):
+    """Decoding: the layers in order over new tokens x with lax.scan, layer i reading and writing its slice of
+    the stacked `cache` (see KeyValues); its weights come through `load` when given. Returns (x, the cache)."""
+    n_layers = jax.tree.leaves(state)[0].shape[0]
+
+    def body(carry, layer):
+        x, cache = carry
+        weights, index = layer
+        block = nnx.merge(graphdef, weights if load is None else load(weights, index))
+        x, cache = block(x, inputs, None, cache=cache.map(lambda kv: kv.at(index)))
+        return (x, cache.map(lambda kv: kv.at(None))), None
+
+    held = cache.map(KeyValues.as_bits)
+    (x, held), _ = jax.lax.scan(body, (x, held), (state, jnp.arange(n_layers)))
+    return x, held.map(KeyValues.as_values)
+
+
 def prepend_axis(module: nnx.Module, name: str) -> None:
     """Record a new leading logical axis on every parameter of `module`."""
     for _, node in nnx.iter_graph(module):
@@ -128,9 +161,16 @@ class LayerStack(nnx.Module):
         x: jax.Array,
         inputs: BlockInputs,
         dropout_key: jax.Array | None,
-        runner: LayerRunner | None = None,
-    ) -> jax.Array:
-        """Apply every block in order; `runner` overrides how (e.g. a pipeline schedule)."""
+        runner: LayerRunner | CachedRunner | None = None,
+        cache: BlockCache | None = None,
+    ) -> jax.Array | tuple[jax.Array, BlockCache]:
+        """Apply every block in order; `runner` overrides how (e.g. a pipeline schedule).
+
+        Decoding passes the stacked `cache` and gets (x, the updated cache); `runner` is then a
+        CachedRunner (default: cached_scan_runner).
+        """
         graphdef, state = nnx.split(self.blocks)
+        if cache is not None:
+            return (runner or cached_scan_runner)(graphdef, state, x, inputs, cache)
         keys = None if dropout_key is None else jax.random.split(dropout_key, self.n_layers)
         return (runner or self.runner)(graphdef, state, x, inputs, keys, self.remat)

@@ -2,7 +2,8 @@
 
 A Tower maps embedded tokens to hidden states. GPT and BERT are towers with token
 embeddings and an output head; T5 holds two (a bidirectional encoder and a causal
-decoder whose blocks also attend to the encoder output).
+decoder whose blocks also attend to the encoder output). Given a cache, a causal tower
+decodes: new tokens attend to the earlier ones' keys and values (model/cache.py).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from flax import nnx
 from scalelab.model.attention import CrossInputs, cross_attention_inputs, self_attention_inputs
 from scalelab.model.axes import constrain
 from scalelab.model.blocks import NORM_PLACEMENTS, Block, CrossBlock
+from scalelab.model.cache import BlockCache, KeyValues, cached_self_attention_inputs
 from scalelab.model.config import ModelConfig
 from scalelab.model.layers import dropout, make_norm, matmul, param
 from scalelab.model.masks import make_pattern
 from scalelab.model.positions import POSITION_ENCODINGS
-from scalelab.model.stack import LayerRunner, LayerStack
+from scalelab.model.stack import CachedRunner, LayerRunner, LayerStack, WeightLoader
 
 
 def default_positions(tokens: jax.Array, positions: jax.Array | None) -> jax.Array:
@@ -80,11 +82,17 @@ class Tower(nnx.Module):
         positions: jax.Array,
         segment_ids: jax.Array | None,
         dropout_key: jax.Array | None,
-        runner: LayerRunner | None,
+        runner: LayerRunner | CachedRunner | None,
         memory: jax.Array | None = None,
         memory_segments: jax.Array | None = None,
-    ) -> jax.Array:
-        """Hidden states (batch, length, d_model) of embedded tokens x; blocks attend to `memory` if given."""
+        cache: BlockCache | None = None,
+    ) -> jax.Array | tuple[jax.Array, BlockCache]:
+        """Hidden states (batch, length, d_model) of embedded tokens x; blocks attend to `memory` if given.
+
+        Decoding passes the stacked `cache` and x's `positions`, and gets (hidden states, the updated
+        cache). A t5 decoder's cache holds the encoder output's keys and values (`memory_keys_values`)
+        in place of `memory`, and `memory_segments` still marks its padding as 0.
+        """
         embed_key, layers_key = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
         x = self.positions.embed(x, positions)
         if self.embed_norm is not None:
@@ -92,8 +100,27 @@ class Tower(nnx.Module):
         x = constrain(dropout(x, self.cfg.dropout, embed_key), ("batch", "length", "embed"))
         bias_fn = functools.partial(self.positions.attention_bias, bidirectional=not self.causal)
         rotary = self.positions.rotary(positions)
-        inputs = self_attention_inputs(self.pattern, x.shape[1], segment_ids, rotary, bias_fn)
-        if memory is not None:
+        if cache is None:
+            inputs = self_attention_inputs(self.pattern, x.shape[1], segment_ids, rotary, bias_fn)
+        else:
+            inputs = cached_self_attention_inputs(self.pattern, positions, cache.self_attn.slots, rotary, bias_fn)
+        if memory is not None or (cache is not None and cache.cross_attn is not None):
             inputs = CrossInputs(inputs, cross_attention_inputs(segment_ids, memory_segments), memory)
-        x = self.layers(x, inputs, layers_key, runner)
-        return x if self.final_norm is None else self.final_norm(x)
+        if cache is None:
+            x = self.layers(x, inputs, layers_key, runner)
+        else:
+            x, cache = self.layers(x, inputs, layers_key, runner, cache)
+        x = x if self.final_norm is None else self.final_norm(x)
+        return x if cache is None else (x, cache)
+
+    def memory_keys_values(self, memory: jax.Array, load: WeightLoader | None = None) -> KeyValues:
+        """Decoding: each cross-attention layer's keys and values of the encoder output `memory`, stacked over
+        layers, for the cache; layer weights come through `load` when given (see cached_scan_runner)."""
+        graphdef, state = nnx.split(self.layers.blocks)
+
+        def project(_: None, layer: tuple) -> tuple[None, KeyValues]:
+            weights, index = layer
+            block = nnx.merge(graphdef, weights if load is None else load(weights, index))
+            return None, block.cross_attn.keys_values(memory)
+
+        return jax.lax.scan(project, None, (state, jnp.arange(self.layers.n_layers)))[1]
