@@ -10,6 +10,7 @@ import numpy as np
 
 from scalelab.scaling.fit import allocation
 from scalelab.scaling.fit.bootstrap import bootstrap_law, percentile_interval
+from scalelab.scaling.fit.degenerate import degenerate_reason, single_optimum_reason
 from scalelab.scaling.fit.formulas import APPROACH3, HUBER_DELTA, KAPLAN, SINGLE_LAWS, Law
 from scalelab.scaling.fit.isoflop import AllocationFit, approach1, approach2
 from scalelab.scaling.fit.parametric import LawFit, fit_law, law_points
@@ -90,6 +91,24 @@ def _mark_undetermined(out: dict, reason: str) -> dict:
     out["ci"] = {k: None for k in INTERVAL_KEYS if out.get(k) is not None}
     out["ci_undetermined"] = reason
     return out
+
+
+def _settle(out: dict, s: FitSettings, undetermined: str | None, degenerate: str | None) -> dict:
+    """Record whether the fit is degenerate; its intervals (if any were asked for) become null, with the reason."""
+    if out.get("converged"):
+        out["degenerate"] = degenerate
+    if undetermined:
+        return _mark_undetermined(out, undetermined)
+    if degenerate and s.bootstrap:
+        return _mark_undetermined(out, f"degenerate fit: {degenerate}")
+    return out
+
+
+def _fixed(law: Law) -> tuple[str, ...]:
+    """Public parameters the law does not fit (E of the _E0 laws): the same whatever theta is."""
+    p = len(law.params)
+    values = law.to_public(np.stack([np.zeros(p), np.ones(p)]))
+    return tuple(k for k, v in values.items() if v[0] == v[1])
 
 
 def _frontier_grid(table: FitTable, budget: float | None) -> np.ndarray:
@@ -180,7 +199,7 @@ def summarize_law(
         out["loss_pred"] = public["E"] + public["A"] * s.budget ** -public["alpha"]
         if samples:
             out["ci"]["loss_pred"] = _interval(samples["E"] + samples["A"] * s.budget ** -samples["alpha"], s.level)
-    return _mark_undetermined(out, undetermined) if undetermined else out
+    return _settle(out, s, undetermined, degenerate_reason(out, _fixed(law)))
 
 
 def summarize_allocation(fit: AllocationFit, table: FitTable, s: FitSettings) -> dict:
@@ -227,7 +246,7 @@ def summarize_allocation(fit: AllocationFit, table: FitTable, s: FitSettings) ->
     out |= fields
     if out["ci"] is not None:
         out["ci"] |= intervals
-    return _mark_undetermined(out, fit.ci_undetermined) if fit.ci_undetermined else out
+    return _settle(out, s, fit.ci_undetermined, single_optimum_reason(fit.N_opt) or degenerate_reason(out))
 
 
 def _laws(s: FitSettings) -> list[Law]:

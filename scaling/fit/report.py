@@ -29,6 +29,8 @@ def label(name: str) -> str:
 
 def ci_text(obj: dict, name: str, fmt: str = ".4g") -> str:
     """'[low, high]' for one quantity, 'n/a (why)' when its interval is undetermined, '' when none was asked for."""
+    if obj.get("degenerate"):
+        return "no interval (degenerate fit)" if obj.get("ci") else ""
     iv = (obj.get("ci") or {}).get(name)
     if iv:
         return f"[{format(iv[0], fmt)}, {format(iv[1], fmt)}]"
@@ -54,6 +56,8 @@ def _block(name: str, obj: dict, level: float | None) -> list[str]:
     if "starts" in obj:
         info.append(f"{obj['starts_at_best']}/{obj['starts']} starts reached the best optimum")
     lines = [title, "  " + " · ".join(info)]
+    if obj.get("degenerate"):
+        lines.append(f"  DEGENERATE: {obj['degenerate']}; its numbers describe no trend and carry no interval")
     for p in PARAMS.get(name, SINGLE):
         if p in obj:
             lines.append(f"  {p:<8} {_g(obj[p]):>11}   {ci_text(obj, p)}".rstrip())
