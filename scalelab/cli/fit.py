@@ -368,7 +368,9 @@ def run_plot(args: argparse.Namespace) -> int:
         _require_a_fit(fit)
         print(f"wrote {_write_fit(fit, out)}")
     with _report_warnings("plot"):
-        written = draw_all(fit, table, out)
+        written, skipped = draw_all(fit, table, out)
     for p in written:
         print(f"wrote {p}")
+    for name, reason in skipped.items():
+        print(f"{name}.png and .svg skipped: {reason}")
     return 0

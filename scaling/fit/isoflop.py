@@ -15,6 +15,7 @@ from scalelab.scaling.fit.bootstrap import resample_counts
 from scalelab.scaling.fit.table import MIN_SPARE, FitInputError, FitTable, FitWarning, group_by_c, undetermined_reason
 
 ENVELOPE_POINTS = 100  # log-spaced FLOP values at which approach 1 takes the minimum over curves
+PARABOLA_SIZES = 3  # distinct sizes an isoFLOP group needs for a parabola (3 coefficients)
 MIN_COVER = 2  # an envelope point needs at least this many runs reaching its FLOPs (one run is no comparison)
 
 
@@ -247,9 +248,9 @@ def _group(table: FitTable, rows: np.ndarray, c_rtol: float) -> IsoFlopGroup:
     center = float(logn.mean())
     empty = IsoFlopGroup(c, rows, center, None, np.nan, np.nan, np.nan, False)
     n_sizes = np.unique(logn).size
-    if n_sizes < 3:
+    if n_sizes < PARABOLA_SIZES:
         warnings.warn(
-            f"{where} has {n_sizes} model size(s); a parabola needs 3, so approach 2 leaves it out",
+            f"{where} has {n_sizes} model size(s); a parabola needs {PARABOLA_SIZES}, so approach 2 leaves it out",
             FitWarning,
             stacklevel=4,
         )
@@ -290,9 +291,11 @@ def approach2(table: FitTable, n_boot: int, rng: np.random.Generator, c_rtol: fl
     groups = tuple(_group(table, r, c_rtol) for r in rows)
     used = [g for g in groups if g.usable]
     if len(used) < 2:
+        few = sum(g.coef is None for g in groups)
         raise FitInputError(
-            f"approach 2 needs at least 2 isoFLOP groups with an upward parabola over 3+ sizes; {len(used)} of "
-            f"{len(groups)} qualify (see the warnings above); add sizes to the budgets"
+            f"approach 2 needs at least 2 isoFLOP groups with an upward parabola over {PARABOLA_SIZES}+ sizes; "
+            f"{len(used)} of {len(groups)} qualify ({few} have fewer than {PARABOLA_SIZES} sizes, "
+            f"{len(groups) - len(used) - few} open downward); add sizes to the budgets"
         )
     note = _undetermined(used) if n_boot else None
     boot = _bootstrap2(table, used, n_boot, rng) if n_boot and note is None else None
