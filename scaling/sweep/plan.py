@@ -11,9 +11,12 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from scalelab.data.objectives import model_lengths
 from scalelab.model.config import ConfigError, ModelConfig
 from scalelab.model.counting import ParamCounts, count_params, flops_per_token
+from scalelab.scaling.fit.support import fit_support, format_support
 from scalelab.scaling.sweep.spec import GridRuns, SpecError, SweepSpec
 from scalelab.train.config import Config
 from scalelab.train.config_io import config_from_dict, merge_config
@@ -324,7 +327,7 @@ def shard_runs(runs: Sequence[PlannedRun], index: int, count: int) -> list[Plann
 
 
 def format_plan(plan: Plan, runs: Sequence[PlannedRun] | None = None) -> str:
-    """The plan as a table, one run per line, with the total compute."""
+    """The plan as a table, one run per line, with the total compute and the fits the whole plan supports."""
     runs = plan.runs if runs is None else runs
     header = ("run", "N", "N_nonembed", "shape", "D", "D/N", "C", "steps", "batch", "lr")
     rows = [
@@ -351,4 +354,8 @@ def format_plan(plan: Plan, runs: Sequence[PlannedRun] | None = None) -> str:
     ]
     total = sum(run.flops for run in runs)
     lines.append(f"{len(runs)} runs, total compute {total:.3g} FLOPs ({si(sum(r.tokens for r in runs))} tokens)")
+    # Judged on every run of the plan (a shard alone supports nothing): the columns results.csv will hold.
+    columns = (np.array([getattr(r, key) for r in plan.runs], dtype=float) for key in ("n_total", "tokens", "flops"))
+    support = fit_support(*columns, names=[r.name for r in plan.runs])
+    lines.append(format_support(support))
     return "\n".join(lines)

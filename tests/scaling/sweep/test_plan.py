@@ -195,3 +195,16 @@ def test_sweep_plan_cli_prints_the_table_and_total(tmp_path, capsys):
     assert main(["sweep", "plan", str(write_spec(tmp_path, micro(seeds=[0, 0]), "bad.yaml"))]) == 2
     err = capsys.readouterr().err
     assert err.startswith("scalelab sweep: error:") and "bad.yaml" in err and "more than once" in err
+
+
+def test_plan_says_which_fits_it_supports_and_why_not():
+    two_sizes = make_plan(spec_from_dict(micro()))  # 2 budgets x 2 sizes
+    text = format_plan(two_sizes)
+    assert "approach 2: no (approach 2 needs at least 2 isoFLOP groups" in text
+    assert "0 of 2 qualify (2 have fewer than 3 sizes" in text
+    assert "approach 3: no (approach3 has 5 parameters but only 4 rows" in text
+    # a shard's printout judges the whole plan: a shard alone would support even less
+    assert text.split("\n\n")[1] == format_plan(two_sizes, shard_runs(two_sizes.runs, 0, 2)).split("\n\n")[1]
+    three_sizes = format_plan(make_plan(spec_from_dict(auto_spec())))  # 2 budgets x 3 sizes
+    assert "approach 2: no intervals (no points to spare)" in three_sizes
+    assert "approach 1: yes" in three_sizes
