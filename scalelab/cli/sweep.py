@@ -101,19 +101,6 @@ def run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _use_compile_cache(directory: Path) -> None:
-    """Keep compiled programs on disk unless the user chose a cache already.
-
-    Runs of one shape share their init and eval programs, and a resumed run recompiles nothing;
-    on a small CPU sweep compiling is a large share of the wall time. JAX reads this setting once,
-    at its first compile, so it is set here, before anything compiles in this process.
-    """
-    import jax
-
-    if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(directory))
-
-
 def run_run(args: argparse.Namespace) -> int:
     """Run the sweep (or one shard) and report what happened."""
     from scalelab.errors import UserError
@@ -129,9 +116,8 @@ def run_run(args: argparse.Namespace) -> int:
     initialize(initialize_kwargs(args))  # join the shard's other hosts before anything touches a device
     plan, shard, _ = _plan(args)
     sweep_dir = args.sweep_dir or Path("sweeps") / plan.spec.name
-    if sweep_dir.exists() and not sweep_dir.is_dir():  # before the compile cache is pointed inside it
+    if sweep_dir.exists() and not sweep_dir.is_dir():
         raise UserError(f"--sweep-dir {sweep_dir} is a file, not a directory; give a directory for the sweep")
-    _use_compile_cache(sweep_dir / ".jax-cache")
     try:
         report = run_sweep(plan, sweep_dir, shard, quiet=args.quiet)
     except (IncompleteRunError, KeyboardInterrupt) as error:

@@ -12,7 +12,6 @@ import jax
 import pytest
 
 from scalelab.cli import main
-from scalelab.cli import sweep as sweep_cli
 from scalelab.data.objectives import model_lengths
 from scalelab.data.storage import DataError
 from scalelab.model.config import ConfigError
@@ -226,7 +225,6 @@ def test_a_config_error_in_a_run_stops_the_sweep_with_one_line_and_keeps_finishe
     assert [row["run"] for row in read_csv(tmp_path / RESULTS_CSV)] == [first]
     assert sorted(os.listdir(tmp_path / "runs")) == [first]  # the runs after it were not tried
 
-    monkeypatch.setattr(sweep_cli, "_use_compile_cache", lambda directory: None)  # a global JAX setting
     capsys.readouterr()
     assert main(["sweep", "run", str(write_spec(tmp_path, micro())), "--sweep-dir", str(tmp_path), "--quiet"]) == 2
     err = capsys.readouterr().err  # the sweep's progress bar, then the error
