@@ -284,7 +284,7 @@ def run_fits(table: FitTable, s: FitSettings) -> dict:
         attempt(law.name, lambda law=law: _fit_and_summarize(law, table, s, rng))
     for name, obj in result.items():
         boot = obj.get("bootstrap")
-        if boot and boot["failed"] > 0.05 * boot["resamples"]:
+        if boot and not obj.get("degenerate") and boot["failed"] > 0.05 * boot["resamples"]:
             warnings.warn(
                 f"{name}: {boot['failed']} of {boot['resamples']} bootstrap resamples gave no fit; its intervals "
                 "come from the others and may be too narrow",

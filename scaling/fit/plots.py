@@ -51,6 +51,8 @@ def why_not(fit: dict, name: str) -> str:
 
 
 def _ci_text(obj: dict, key: str) -> str:
+    if obj.get("degenerate"):
+        return f"{obj[key]:.3f} (degenerate fit: no interval)"
     return f"{obj[key]:.3f} {ci_text(obj, key, '.3f')}".rstrip()
 
 

@@ -58,8 +58,10 @@ def one_winner(tmp_path_factory):
     loss = np.array([3.0, 3.2, 2.6, 2.8, 2.3, 2.5])
     path = write_csv(tmp_path_factory.mktemp("degenerate") / "t.csv", {"N": n, "C": c, "loss": loss})
     table = load_table(path)
-    with pytest.warns(UserWarning):
+    with pytest.warns(UserWarning) as caught:
         fit = run_fits(table, FitSettings(approaches=("1",), bootstrap=50))
+    # Most resamples fail here, but a fit with no intervals has none that could be "too narrow".
+    assert not any("resamples gave no fit" in str(w.message) for w in caught)
     meta = {"input": str(path), "rows": 6, "columns": {"loss": "loss"}, "flops_per_param_token": 6.0}
     return {"meta": meta | {"bootstrap": 50, "ci_level": 0.95, "budget": None}, **fit}
 
