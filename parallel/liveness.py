@@ -138,7 +138,7 @@ class PeerWatch:
         """Stop beating and tell the others this process left in order."""
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join()
+            self._thread.join(timeout=5)  # a beat stuck on an unreachable store must not hold up the exit
         with contextlib.suppress(Exception):  # the store may be gone with process 0; nobody is left to tell
             self.client.key_value_set(self.prefix + str(self.process), stopped_value(self.host), allow_overwrite=True)
 
