@@ -36,25 +36,6 @@ def choices() -> dict[str, Mapping[str, Any]]:
     }
 
 
-# The names this module exported when it held its own tuples of the choices, now read from the registries.
-_CHOICE_LISTS = {
-    "FAMILIES": "family",
-    "ACTIVATIONS": "activation",
-    "NORMS": "norm",
-    "NORM_POSITIONS": "norm_position",
-    "POSITIONS": "position",
-    "ATTENTIONS": "attention",
-    "REMAT_POLICIES": "remat",
-}
-
-
-def __getattr__(name: str) -> tuple[str, ...]:
-    """ACTIVATIONS, POSITIONS and the other choice lists: the names in their registry, in its order."""
-    if name in _CHOICE_LISTS:
-        return tuple(choices()[_CHOICE_LISTS[name]])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @dataclasses.dataclass(frozen=True)
 class SequenceLengths:
     """Tokens one training row puts through the model (the objective decides them).

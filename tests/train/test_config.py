@@ -4,16 +4,9 @@ import pytest
 import yaml
 
 from scalelab.configs import CONFIG_DIR
-from scalelab.model.config import ACTIVATIONS, POSITIONS, ConfigError
-from scalelab.model.layers import ACTIVATIONS as ACTIVATION_LAYERS
-from scalelab.model.positions import POSITION_ENCODINGS
+from scalelab.model.config import ConfigError
 from scalelab.train.config_io import load_config, save_config
 from scalelab.train.lr_schedules import LR_SCHEDULES
-
-
-def test_choice_lists_match_their_registries():
-    assert set(ACTIVATIONS) == set(ACTIVATION_LAYERS)
-    assert set(POSITIONS) == set(POSITION_ENCODINGS)
 
 
 def test_schedule_names_are_the_registry_of_lr_schedules(monkeypatch):
