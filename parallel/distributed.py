@@ -166,6 +166,14 @@ def process_rows(sharding: Sharding, shape: tuple[int, ...]) -> tuple[int, int]:
     for device, index in sharding.devices_indices_map(shape).items():
         start, stop, _ = index[0].indices(rows)
         blocks.setdefault(device.process_index, set()).add((start, stop))
+    return row_shard(blocks, rows, jax.process_index())
+
+
+def row_shard(blocks: dict[int, set[tuple[int, int]]], rows: int, process_index: int) -> tuple[int, int]:
+    """(index, count) of `process_index`'s rows, from the (start, stop) row blocks each process's devices hold.
+
+    A process's blocks must form one contiguous span, and the distinct spans must split the batch evenly.
+    """
     spans = {}
     for process, parts in blocks.items():
         start, stop = min(p[0] for p in parts), max(p[1] for p in parts)
@@ -176,4 +184,4 @@ def process_rows(sharding: Sharding, shape: tuple[int, ...]) -> tuple[int, int]:
     width = distinct[0][1] - distinct[0][0]
     if any(b - a != width for a, b in distinct) or len(distinct) * width != rows:
         raise ConfigError(f"the batch rows do not split evenly over processes: {sorted(spans.items())}")
-    return distinct.index(spans[jax.process_index()]), len(distinct)
+    return distinct.index(spans[process_index]), len(distinct)

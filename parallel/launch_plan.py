@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import AbstractMesh, PartitionSpec
 
 from scalelab.errors import ConfigError
-from scalelab.parallel.distributed import ENV_VARS, detect_cluster, initialize_kwargs
+from scalelab.parallel.distributed import ENV_VARS, detect_cluster, initialize_kwargs, row_shard
 from scalelab.parallel.mesh import MESH_AXES, resolve_axis_sizes, split_dcn
 from scalelab.parallel.rules import logical_to_mesh, make_rules
 
@@ -158,15 +158,8 @@ def data_shard(layout: MeshLayout, place: ProcessPlace, per_process: int, rows: 
     for axis in batch_axes:  # the first axis of the spec is the slowest-varying part of the row index
         block = block * layout.sizes[axis] + coords[MESH_AXES.index(axis)]
     width = rows // math.prod(layout.sizes[axis] for axis in batch_axes)
-    spans = {}
+    blocks = {}
     for process in range(place.process_count):
         held = set(block[process * per_process : (process + 1) * per_process].tolist())
-        start, stop = min(held) * width, (max(held) + 1) * width
-        if len(held) * width < stop - start:
-            raise ConfigError(f"process {process}'s devices hold non-contiguous batch rows; reorder the mesh axes")
-        spans[process] = (start, stop)
-    distinct = sorted(set(spans.values()))
-    span_width = distinct[0][1] - distinct[0][0]
-    if any(b - a != span_width for a, b in distinct) or len(distinct) * span_width != rows:
-        raise ConfigError(f"the batch rows do not split evenly over processes: {sorted(spans.items())}")
-    return distinct.index(spans[place.process_index]), len(distinct)
+        blocks[process] = {(b * width, (b + 1) * width) for b in held}
+    return row_shard(blocks, rows, place.process_index)
