@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scalelab.cli.options import add_overrides
+from scalelab.cli.options import add_group, add_overrides
 from scalelab.data.storage import DEFAULT_CONFIG
 
 
@@ -27,12 +27,12 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def register_data(subparsers: argparse._SubParsersAction) -> None:
     """Add `scalelab data prepare` and `scalelab data fetch`."""
-    parser = subparsers.add_parser(
+    commands = add_group(
+        subparsers,
         "data",
         help="prepare text datasets",
         description="Prepare text corpora as TFDS datasets (array_record) for data.source=tfds.",
     )
-    commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     prepare = commands.add_parser(
         "prepare",
         help="clean a corpus and write it as a TFDS dataset",
@@ -58,12 +58,12 @@ def register_data(subparsers: argparse._SubParsersAction) -> None:
 
 def register_tokenizer(subparsers: argparse._SubParsersAction) -> None:
     """Add `scalelab tokenizer train`."""
-    parser = subparsers.add_parser(
+    commands = add_group(
+        subparsers,
         "tokenizer",
         help="train tokenizers",
         description="Train lossless sentencepiece tokenizers on prepared datasets.",
     )
-    commands = parser.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND", required=True)
     train = commands.add_parser(
         "train",
         help="train a tokenizer on a prepared dataset and encode it",

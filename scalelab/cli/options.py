@@ -15,3 +15,11 @@ def add_overrides(parser: argparse.ArgumentParser, example: str = "model.n_layer
         metavar="KEY=VALUE",
         help=f"override a config key, e.g. {example}; VALUE is parsed as YAML (repeatable)",
     )
+
+
+def add_group(
+    subparsers: argparse._SubParsersAction, name: str, help: str, description: str, metavar: str = "SUBCOMMAND"
+):
+    """A command whose work is split into subcommands (`scalelab data prepare`); returns the group's subparsers."""
+    parser = subparsers.add_parser(name, help=help, description=description)
+    return parser.add_subparsers(dest=f"{name}_command", metavar=metavar, required=True)

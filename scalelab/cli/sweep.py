@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from scalelab.cli.options import add_group
+
 DEFAULT_PROBE_STEPS = 20
 DEFAULT_PROBE_MAX_FLOPS = 3e11  # per step: a 20-step probe then takes well under a minute on a 2-core CPU
 
@@ -15,12 +17,13 @@ def register_sweep(subparsers: argparse._SubParsersAction) -> None:
     from scalelab.cli.dry_run import add_dry_run_arguments
     from scalelab.parallel.distributed import add_arguments as add_distributed_arguments
 
-    parser = subparsers.add_parser(
+    actions = add_group(
+        subparsers,
         "sweep",
         help="plan and run scaling sweeps",
         description="Plan and run a scaling sweep. SPEC is a YAML path or a name under configs/sweeps/ (e.g. demo).",
+        metavar="ACTION",
     )
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     plan = actions.add_parser(
         "plan",
