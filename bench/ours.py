@@ -71,9 +71,10 @@ def compile_only(
     devices: list[jax.Device] | None = None,
     scan_layers: bool = True,
     unroll_max_layers: int | None = None,
+    overrides: tuple[str, ...] = (),
 ) -> tuple[Trainer, float, dict[str, int]]:
     """Build and AOT-compile the train step from abstract inputs: (trainer, seconds, memory by kind)."""
-    trainer = Trainer.build(shape.config(dtype, remat, scan_layers, unroll_max_layers), devices)
+    trainer = Trainer.build(shape.config(dtype, remat, scan_layers, unroll_max_layers, overrides), devices)
     seconds, memory = trainer.compile(trainer.abstract_state(), abstract_batch(trainer, shape))
     return trainer, seconds, memory
 

@@ -40,8 +40,13 @@ class Shape:
         remat: str = "none",
         scan_layers: bool = True,
         unroll_max_layers: int | None = None,
+        overrides: tuple[str, ...] = (),
     ) -> Config:
-        """The scalelab config of this shape: synthetic data, AdamW, no evaluation, quiet logging."""
+        """The scalelab config of this shape: synthetic data, AdamW, no evaluation, quiet logging.
+
+        `overrides` are `--set`-style strings (`model.attention_impl=xla`) applied last, so a benchmark
+        can try a config key without this module naming it.
+        """
         return config_from_dict(
             {
                 "name": self.name,
@@ -71,7 +76,8 @@ class Shape:
                     "eval_every": 0,
                 },
                 "logging": {"tensorboard": False, "progress": False},
-            }
+            },
+            overrides,
         )
 
 
