@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from scalelab.bench import accelerator_check
 from scalelab.bench.accelerator_check import (
     AGREEMENT_TOLERANCE,
     CPU_MFU_REASON,
@@ -102,3 +103,15 @@ def test_an_unknown_part_is_refused_with_the_valid_ones(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "nope" in err and ",".join(PARTS) in err
+
+
+def test_a_part_that_breaks_is_recorded_and_the_others_still_run(tmp_path, monkeypatch):
+    def broken(plan, device, log):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setitem(accelerator_check.CHECKS, "decode", broken)
+    out = tmp_path / "accelerator.json"
+    assert main(["--quick", "--parts", "decode,mfu", "--out", str(out)]) == 1
+    parts = json.loads(out.read_text())["parts"]
+    assert parts["decode"] == {"error": "RuntimeError: out of memory"}
+    assert parts["mfu"] == {"skipped": CPU_MFU_REASON}
