@@ -6,6 +6,9 @@ the attention of one layer. Full attention scores all (query, key) pairs. Slidin
 sparse attention reshape queries into blocks and keys into each block's span of nearby
 blocks, so memory and FLOPs grow as O(n·w); their masks equal `pattern.allowed` exactly.
 
+`model.attention_impl` may hand self-attention to a fused kernel instead (model/attention_impls.py);
+the kernels here are its `einsum` implementation and every fallback.
+
 Decoding gives the layer a cache (model/cache.py's KeyValues) of earlier tokens' keys and
 values: new tokens write theirs into it and attend densely over all its slots.
 """
@@ -22,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from scalelab.model.attention_impls import FUSED_IMPLEMENTATIONS, choose, same_segment
 from scalelab.model.axes import constrain
 from scalelab.model.cache import KeyValues
 from scalelab.model.config import ModelConfig
@@ -128,11 +132,6 @@ def _softmax_attention(dtype: jnp.dtype) -> Callable:
     attention = jax.custom_vjp(lambda q, k, v, mask: forward_with_residuals(q, k, v, mask)[0])
     attention.defvjp(forward_with_residuals, backward)
     return attention
-
-
-def same_segment(q_segments: jax.Array, k_segments: jax.Array) -> jax.Array:
-    """True where query and key belong to one packed document: (..., q) x (..., k) -> (..., q, k)."""
-    return q_segments[..., :, None] == k_segments[..., None, :]
 
 
 def to_blocks(x: jax.Array, blocks: Blocking) -> jax.Array:
@@ -272,9 +271,22 @@ def self_attention_inputs(
     rotary: tuple[jax.Array, jax.Array] | None,
     bias_fn: BiasFn,
 ) -> AttentionInputs:
-    """Self-attention inputs over `length` positions, in the layout of `pattern`'s kernel."""
-    mask, bias = ATTENTION_KERNELS[type(pattern)].prepare(pattern, length, segment_ids, bias_fn)
-    return AttentionInputs(mask=mask, rotary=rotary, bias=bias, pattern=pattern)
+    """Self-attention inputs over `length` positions, in the layout of the kernel that computes `pattern`.
+
+    The returned pattern's kernel names the implementation chosen (`auto` resolved, fallbacks
+    applied), so each layer's `Attention` runs that one.
+    """
+    implementation, mask, bias = choose(pattern, length, segment_ids, bias_fn)
+    if implementation == "einsum":
+        mask, bias = ATTENTION_KERNELS[type(pattern)].prepare(pattern, length, segment_ids, bias_fn)
+    chosen = dataclasses.replace(pattern, kernel=dataclasses.replace(pattern.kernel, name=implementation))
+    return AttentionInputs(mask=mask, rotary=rotary, bias=bias, pattern=chosen)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, inputs: AttentionInputs, dtype: jnp.dtype) -> jax.Array:
+    """One layer's attention, by the implementation `inputs.pattern.kernel` names (einsum: the pattern's kernel)."""
+    kernel = FUSED_IMPLEMENTATIONS.get(inputs.pattern.kernel.name) or ATTENTION_KERNELS[type(inputs.pattern)]
+    return kernel.attend(q, k, v, inputs, dtype)
 
 
 def cross_attention_inputs(q_segments: jax.Array | None, kv_segments: jax.Array | None) -> AttentionInputs:
@@ -354,7 +366,7 @@ class Attention(nnx.Module):
         if cache is not None:
             return self.attend_cached(x, inputs, cache)
         q, k, v = self.qkv(x, x if memory is None else memory, inputs.rotary)
-        return self.output(ATTENTION_KERNELS[type(inputs.pattern)].attend(q, k, v, inputs, self.dtype))
+        return self.output(attend(q, k, v, inputs, self.dtype))
 
     def attend_cached(self, x: jax.Array, inputs: AttentionInputs, cache: KeyValues) -> tuple[jax.Array, KeyValues]:
         """Decoding: new tokens x attend over every slot of `cache`, as `inputs.mask` allows; (y, cache).

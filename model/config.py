@@ -17,6 +17,7 @@ def choices() -> dict[str, Mapping[str, Any]]:
     The registries are the modules' own dicts, read live, so an entry added to one is a valid
     value at once. They are imported here, not at the top: their modules import this one.
     """
+    from scalelab.model.attention_impls import ATTENTION_IMPLEMENTATIONS
     from scalelab.model.blocks import NORM_PLACEMENTS
     from scalelab.model.layers import ACTIVATIONS, NORMS
     from scalelab.model.masks import ATTENTION_PATTERNS
@@ -31,6 +32,7 @@ def choices() -> dict[str, Mapping[str, Any]]:
         "norm_position": NORM_PLACEMENTS,
         "position": POSITION_ENCODINGS,
         "attention": ATTENTION_PATTERNS,
+        "attention_impl": ATTENTION_IMPLEMENTATIONS,
         "dtype": dict.fromkeys(DTYPES),
         "remat": REMAT_POLICIES,
     }
@@ -72,6 +74,7 @@ class ModelConfig:
     attention: str = "full"
     window: int = 128  # sliding/sparse: causal sees itself and the w-1 before; bidirectional sees +-w/2
     global_tokens: int = 1  # sparse: leading positions that see and are seen by every position
+    attention_impl: str = "auto"  # auto: cudnn on a GPU, splash on a TPU, einsum elsewhere (model/attention_impls.py)
     max_seq_len: int = 1024
     tie_embeddings: bool = True
     n_encoder_layers: int | None = None  # t5: None means n_layers

@@ -1,6 +1,7 @@
 """Attention patterns: which keys each query may see, and which query-key pairs get computed.
 
-A pattern is index geometry only, chosen by `model.attention` through ATTENTION_PATTERNS.
+A pattern is index geometry, chosen by `model.attention` through ATTENTION_PATTERNS, plus the
+kernel request (`model.attention_impl`, see model/attention_impls.py) that decides which code computes it.
 `allowed(q, k)` is its dense rule, the reference every kernel must equal. Sliding and sparse
 attention cut the sequence into query blocks and score each block against a span of
 neighbouring key blocks (`blocking`), so their work grows as O(n·w) rather than O(n²).
@@ -44,10 +45,28 @@ class Blocking:
 
 
 @dataclasses.dataclass(frozen=True)
+class KernelRequest:
+    """Which implementation `model.attention_impl` names, and the model facts its support rules read.
+
+    Static and hashable: it rides in a pattern, which jit treats as part of the program. The
+    platform is not known here (asking JAX would start its backend), so `auto` is resolved when
+    the attention inputs are prepared, inside the traced forward pass.
+    """
+
+    name: str = "einsum"
+    dtype: str = "bfloat16"
+    head_dim: int = 0
+
+
+EINSUM = KernelRequest()  # patterns built without a config (cross-attention, tests) use today's kernels
+
+
+@dataclasses.dataclass(frozen=True)
 class FullAttention:
     """Every query sees every key (causal: every key up to its own position)."""
 
     causal: bool
+    kernel: KernelRequest = dataclasses.field(default=EINSUM, kw_only=True)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, causal: bool) -> FullAttention:
@@ -139,5 +158,7 @@ ATTENTION_PATTERNS: dict[str, type[FullAttention]] = {
 
 
 def make_pattern(cfg: ModelConfig, causal: bool) -> Pattern:
-    """The self-attention pattern named by `cfg.attention`, causal or bidirectional."""
-    return ATTENTION_PATTERNS[cfg.attention].from_config(cfg, causal)
+    """The self-attention pattern named by `cfg.attention`, causal or bidirectional, computed by the
+    implementation `cfg.attention_impl` names."""
+    pattern = ATTENTION_PATTERNS[cfg.attention].from_config(cfg, causal)
+    return dataclasses.replace(pattern, kernel=KernelRequest(cfg.attention_impl, cfg.dtype, cfg.dim_per_head))
