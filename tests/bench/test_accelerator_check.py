@@ -5,17 +5,19 @@ import io
 import json
 import math
 
+import jax
 import pytest
 
-from scalelab.bench import accelerator_check
-from scalelab.bench.accelerator_check import (
+from scalelab.bench import accelerator_parts
+from scalelab.bench.accelerator_check import PARTS, main
+from scalelab.bench.accelerator_parts import (
     AGREEMENT_TOLERANCE,
     CPU_MFU_REASON,
     MISSING_ATTENTION_KEY,
-    PARTS,
+    TOY_ATTENTION,
     compare_losses,
     has_attention_impl,
-    main,
+    make_plan,
 )
 
 
@@ -39,6 +41,7 @@ def test_the_json_has_every_field(quick):
         assert key in result, key
     assert result["quick"] is True and result["platform"] == "cpu"
     assert set(result["parts"]) == set(PARTS)
+    assert [line.split(":")[0] for line in result["verdicts"]] == list(PARTS)
     assert set(result["elapsed_s"]) == {*PARTS, "total"}
     assert all(_finite(s) and s >= 0 for s in result["elapsed_s"].values())
     assert result["elapsed_s"]["total"] >= sum(result["elapsed_s"][p] for p in PARTS)
@@ -109,9 +112,18 @@ def test_a_part_that_breaks_is_recorded_and_the_others_still_run(tmp_path, monke
     def broken(plan, device, log):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setitem(accelerator_check.CHECKS, "decode", broken)
+    monkeypatch.setitem(accelerator_parts.CHECKS, "decode", broken)
     out = tmp_path / "accelerator.json"
     assert main(["--quick", "--parts", "decode,mfu", "--out", str(out)]) == 1
     parts = json.loads(out.read_text())["parts"]
     assert parts["decode"] == {"error": "RuntimeError: out of memory"}
     assert parts["mfu"] == {"skipped": CPU_MFU_REASON}
+
+
+def test_the_compiled_step_is_searched_for_the_fused_kernel():
+    plan = make_plan(True, "cpu")
+    device = jax.devices()[0]
+    shape = TOY_ATTENTION
+    assert accelerator_parts._timed_train("t", shape, device, plan, marker="ENTRY")["fused_kernel_in_program"]
+    absent = accelerator_parts._timed_train("t", shape, device, plan, marker="__cudnn$fmha")
+    assert absent["fused_kernel_in_program"] is False and _finite(absent["step_s"])
