@@ -75,22 +75,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log(f"{device.device_kind} ({device.platform}), jax {jax.__version__}; parts {','.join(args.parts)}")
     parts: dict[str, Any] = {}
     elapsed: dict[str, float] = {}
-    for name in args.parts:
-        start = time.perf_counter()
-        try:
-            parts[name] = CHECKS[name](plan, device, log)
-        except Exception as error:  # a lent accelerator's minutes are few: one broken part must not lose the rest
-            traceback.print_exc()
-            parts[name] = {"error": f"{type(error).__name__}: {error}"}
-            log(f"{name}: FAILED ({type(error).__name__}); the traceback is above")
-        elapsed[name] = time.perf_counter() - start
-        log(f"{name}: {elapsed[name]:.1f} s")
-    elapsed["total"] = time.perf_counter() - began
-    within = elapsed["total"] <= BUDGET_S
-    log(f"total {elapsed['total']:.1f} s, {'within' if within else 'OVER'} the {BUDGET_S // 60}-minute budget")
-    verdicts = summary(parts)
-    for line in verdicts:
-        log(f"verdict: {line}")
     out = args.out or RESULTS_DIR / ("quick" if args.quick else "") / "accelerator.json"
     result = {
         "command": " ".join(["python -m scalelab.bench.accelerator_check", *_argv(args)]),
@@ -101,11 +85,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "quick": args.quick,
         "host": host(),
         "budget_s": BUDGET_S,
-        "within_budget": within,
         "elapsed_s": elapsed,
-        "verdicts": verdicts,
         "parts": parts,
     }
+    for name in args.parts:
+        start = time.perf_counter()
+        try:
+            parts[name] = CHECKS[name](plan, device, log)
+        except Exception as error:  # a lent accelerator's minutes are few: one broken part must not lose the rest
+            traceback.print_exc()
+            parts[name] = {"error": f"{type(error).__name__}: {error}"}
+            log(f"{name}: FAILED ({type(error).__name__}); the traceback is above")
+        elapsed[name] = time.perf_counter() - start
+        log(f"{name}: {elapsed[name]:.1f} s")
+        write_json(out, result)  # after every part, so a run stopped at its time limit keeps what it measured
+    elapsed["total"] = time.perf_counter() - began
+    result["within_budget"] = elapsed["total"] <= BUDGET_S
+    log(
+        f"total {elapsed['total']:.1f} s, {'within' if result['within_budget'] else 'OVER'} the {BUDGET_S // 60}-minute budget"
+    )
+    result["verdicts"] = summary(parts)
+    for line in result["verdicts"]:
+        log(f"verdict: {line}")
     write_json(out, result)
     log(f"results in {out}")
     return result

@@ -39,9 +39,10 @@ CPU_MFU_REASON = "skipped on a CPU: the gpt-1b rung cannot train for a few timed
 MISSING_ATTENTION_KEY = (
     "model.attention_impl is not a config key in this checkout, so fused and XLA attention cannot be chosen"
 )
-# What a fused kernel leaves in the compiled program: cuDNN's attention custom calls (`__cudnn$fmha...`);
-# Pallas's TPU kernels (splash) compile to Mosaic custom calls. A transformer step has no other cuDNN call.
-FUSED_MARKERS = {"cudnn": "cudnn", "splash": "tpu_custom_call"}
+# What a fused kernel leaves in the compiled program: JAX emits cuDNN attention as custom calls named
+# `__cudnn$fmha...`, which XLA keeps to the end (its thunks are chosen by that name); Pallas's TPU kernels
+# (splash) compile to `tpu_custom_call`.
+FUSED_MARKERS = {"cudnn": "__cudnn$fmha", "splash": "tpu_custom_call"}
 # Toy shapes of --quick, small enough that every part compiles and runs in seconds on 2 cores.
 TOY_ATTENTION = Shape("attn-toy", d_model=32, n_layers=1, n_heads=2, seq_len=64, batch_size=2, vocab_size=64)
 

@@ -127,3 +127,14 @@ def test_the_compiled_step_is_searched_for_the_fused_kernel():
     assert accelerator_parts._timed_train("t", shape, device, plan, marker="ENTRY")["fused_kernel_in_program"]
     absent = accelerator_parts._timed_train("t", shape, device, plan, marker="__cudnn$fmha")
     assert absent["fused_kernel_in_program"] is False and _finite(absent["step_s"])
+
+
+def test_each_part_is_written_before_the_next_starts(tmp_path, monkeypatch):
+    out = tmp_path / "accelerator.json"
+
+    def reads_the_file(plan, device, log):  # stands in for a part the time limit would stop
+        return {"tokens_per_s": 1.0, "written_before": sorted(json.loads(out.read_text())["parts"])}
+
+    monkeypatch.setitem(accelerator_parts.CHECKS, "decode", reads_the_file)
+    assert main(["--quick", "--parts", "mfu,decode", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["parts"]["decode"]["written_before"] == ["mfu"]
