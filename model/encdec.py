@@ -8,14 +8,12 @@ for the encoder, and `decoder_inputs` (the targets shifted right, with optional
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from scalelab.model.config import ModelConfig
-from scalelab.model.stack import LayerRunner
+from scalelab.model.stack import Batch, LayerRunner
 from scalelab.model.tower import Tower, default_positions, embed_tokens, output_head, token_table, vocab_logits
 
 
@@ -32,7 +30,7 @@ class EncoderDecoderLM(nnx.Module):
 
     def forward(
         self,
-        batch: Mapping[str, jax.Array],
+        batch: Batch,
         *,
         dropout_key: jax.Array | None = None,
         runner: LayerRunner | None = None,

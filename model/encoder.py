@@ -7,15 +7,13 @@ first position's hidden state replaces it, as BERT does with its [CLS] token.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import jax
 from flax import nnx
 
 from scalelab.model.axes import constrain
 from scalelab.model.config import ModelConfig
 from scalelab.model.layers import matmul, param, zeros_param
-from scalelab.model.stack import LayerRunner
+from scalelab.model.stack import Batch, LayerRunner
 from scalelab.model.tower import Tower, default_positions, embed_tokens, output_head, token_table, vocab_logits
 
 
@@ -35,7 +33,7 @@ class EncoderLM(Tower):
 
     def forward(
         self,
-        batch: Mapping[str, jax.Array],
+        batch: Batch,
         *,
         dropout_key: jax.Array | None = None,
         runner: LayerRunner | None = None,

@@ -7,7 +7,6 @@ pure dict and rebuilds the NNX module inside each traced function with `nnx.merg
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -15,7 +14,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec
 
 from scalelab.model.config import ModelConfig
-from scalelab.model.stack import LayerRunner
+from scalelab.model.stack import Batch, LayerRunner
 from scalelab.model.transformer import build_model
 
 Params = dict[str, Any]
@@ -41,7 +40,7 @@ class ModelDef:
     def apply(
         self,
         params: Params,
-        batch: Mapping[str, jax.Array],
+        batch: Batch,
         *,
         dropout_key: jax.Array | None = None,
         runner: LayerRunner | None = None,

@@ -8,7 +8,7 @@ Decoding runs the stack with a cache stacked like the blocks (`cached_scan_runne
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import jax
@@ -31,6 +31,10 @@ REMAT_POLICIES: dict[str, Callable | None] = {
     # memory of full remat for less recompute, paid in transfers (on a CPU both are the same RAM).
     "offload_dots": jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
 }
+
+
+# A batch as the models read it: `inputs`, and optionally `positions`, `segment_ids` and t5's decoder inputs.
+Batch = Mapping[str, jax.Array]
 
 
 class LayerRunner(Protocol):

@@ -6,15 +6,13 @@ the train step and the sweeps treat every family alike.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import jax
 from flax import nnx
 
 from scalelab.model.config import ModelConfig
 from scalelab.model.encdec import EncoderDecoderLM
 from scalelab.model.encoder import EncoderLM
-from scalelab.model.stack import LayerRunner
+from scalelab.model.stack import Batch, LayerRunner
 from scalelab.model.tower import Tower, default_positions, embed_tokens, output_head, token_table, vocab_logits
 
 
@@ -42,7 +40,7 @@ class DecoderLM(Tower):
 
     def forward(
         self,
-        batch: Mapping[str, jax.Array],
+        batch: Batch,
         *,
         dropout_key: jax.Array | None = None,
         runner: LayerRunner | None = None,

@@ -30,8 +30,8 @@ def register_data(subparsers: argparse._SubParsersAction) -> None:
     commands = add_group(
         subparsers,
         "data",
-        help="prepare text datasets",
-        description="Prepare text corpora as TFDS datasets (array_record) for data.source=tfds.",
+        "prepare text datasets",
+        "Prepare text corpora as TFDS datasets (array_record) for data.source=tfds.",
     )
     prepare = commands.add_parser(
         "prepare",
@@ -59,10 +59,7 @@ def register_data(subparsers: argparse._SubParsersAction) -> None:
 def register_tokenizer(subparsers: argparse._SubParsersAction) -> None:
     """Add `scalelab tokenizer train`."""
     commands = add_group(
-        subparsers,
-        "tokenizer",
-        help="train tokenizers",
-        description="Train lossless sentencepiece tokenizers on prepared datasets.",
+        subparsers, "tokenizer", "train tokenizers", "Train lossless sentencepiece tokenizers on prepared datasets."
     )
     train = commands.add_parser(
         "train",

@@ -20,8 +20,8 @@ def register_sweep(subparsers: argparse._SubParsersAction) -> None:
     actions = add_group(
         subparsers,
         "sweep",
-        help="plan and run scaling sweeps",
-        description="Plan and run a scaling sweep. SPEC is a YAML path or a name under configs/sweeps/ (e.g. demo).",
+        "plan and run scaling sweeps",
+        "Plan and run a scaling sweep. SPEC is a YAML path or a name under configs/sweeps/ (e.g. demo).",
         metavar="ACTION",
     )
 

@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from scalelab.model import ModelConfig
 from scalelab.model import attention_impls as impls
@@ -14,7 +13,7 @@ from scalelab.model.attention import attend, self_attention_inputs
 from scalelab.model.config import ConfigError, choices
 from scalelab.model.functional import describe
 from scalelab.model.masks import FullAttention, KernelRequest, LocalGlobal, SlidingWindow
-from scalelab.model.positions import POSITION_ENCODINGS
+from tests.model.test_attention import _bias_fn
 
 HEADS, KV_HEADS, HEAD_DIM = 4, 2, 8
 PATTERNS = {
@@ -40,16 +39,6 @@ def _segments(length: int, packed: bool) -> np.ndarray | None:
         return None
     cuts = np.searchsorted([3, length - 5], np.arange(length), side="right")
     return np.stack([np.ones(length, np.int32), (cuts + 1).astype(np.int32)])
-
-
-def _bias_fn(kind: str, causal: bool):
-    if kind == "none":
-        return lambda rel: None
-    cfg = ModelConfig(n_heads=HEADS, d_model=HEADS * HEAD_DIM, position=kind, relative_buckets=8)
-    encoding = POSITION_ENCODINGS[kind](cfg, rngs=nnx.Rngs(params=3))
-    if kind == "relative":  # a table large enough to matter
-        encoding.table[...] = np.random.default_rng(4).standard_normal(encoding.table.shape).astype(np.float32)
-    return lambda rel: encoding.attention_bias(rel, bidirectional=not causal)
 
 
 def _qkv(length: int, kv_heads: int = KV_HEADS, seed: int = 0):
