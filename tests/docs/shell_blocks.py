@@ -53,6 +53,8 @@ def shell_blocks(path: Path, root: Path) -> list[Block]:
         index += 1  # the closing fence
         if language in SHELL_LANGUAGES:
             text = "\n".join(body) + "\n"
+            if body and body[0].startswith("# not run here") and not body[0].startswith(NOT_RUN):
+                raise ValueError(f"{path}:{start + 1}: write the marker as '{NOT_RUN} <reason>', got {body[0]!r}")
             runs = not (body and body[0].startswith(NOT_RUN))
             blocks.append(Block(str(path.relative_to(root)), start + 1, text, runs))
     return blocks

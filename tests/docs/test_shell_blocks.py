@@ -44,6 +44,12 @@ def test_blocks_commands_and_the_not_run_marker(tmp_path):
     assert ("scalelab", ["train", "gpt-small", "--distributed"]) in found  # the one quoted inside gcloud's
 
 
+def test_a_misspelt_not_run_marker_is_an_error_not_a_block_that_runs(tmp_path):
+    (tmp_path / "page.md").write_text("```bash\n# not run here (needs a GPU): bash check.sh\nbash check.sh\n```\n")
+    with pytest.raises(ValueError, match=r"page\.md:1: write the marker as '# not run here: <reason>'"):
+        shell_blocks(tmp_path / "page.md", tmp_path)
+
+
 @pytest.mark.parametrize(
     ("program", "args", "problem"),
     [
