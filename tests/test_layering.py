@@ -25,6 +25,7 @@ LAYERS = (
     "scalelab.data",
     "scalelab.train",
     "scalelab.inference",
+    "scalelab.posttrain",
     "scalelab.scaling",
     "scalelab.bench",
     "scalelab.cli",
