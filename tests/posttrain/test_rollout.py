@@ -1,0 +1,59 @@
+"""Rollouts: sampled tokens, their log-probabilities under the policy, and where responses end."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scalelab.model import ConfigError, ModelConfig
+from scalelab.model.functional import describe
+from scalelab.posttrain.ppo_policy import hidden_and_logits, token_logprobs
+from scalelab.posttrain.rollout import join, sample
+
+CFG = ModelConfig(vocab_size=23, d_model=32, n_layers=2, n_heads=4, max_seq_len=24, dtype="float32", init_std=0.3)
+
+
+@pytest.fixture(scope="module")
+def policy():
+    model = describe(CFG)
+    return model, model.init(0)
+
+
+def test_rollout_logprobs_equal_the_full_forward_on_the_joined_sequence(policy):
+    model, params = policy
+    prompts = jnp.array([[5, 6, 7, 8], [9, 10, 0, 0]])  # right-padded: the second prompt has 2 tokens
+    lengths = jnp.array([4, 2])
+    out = sample(CFG, model.graphdef, params, prompts, lengths, new_tokens=6, key=jax.random.key(3))
+    assert out.tokens.shape == out.logprobs.shape == out.mask.shape == (2, 6)
+    tokens, response_mask = join(prompts, lengths, out.tokens, out.mask)
+    np.testing.assert_array_equal(tokens[1, :8], [9, 10, *np.asarray(out.tokens[1])])
+    # The decoder's log-probability of each sampled token is what a plain forward pass gives it.
+    full = token_logprobs(hidden_and_logits(model, params, tokens)[1], tokens)
+    for row, length in enumerate([4, 2]):
+        np.testing.assert_allclose(out.logprobs[row], full[row, length - 1 : length + 5], atol=2e-5)
+        np.testing.assert_array_equal(response_mask[row, length : length + 6], 1.0)
+    assert float(response_mask.sum()) == 12.0
+
+
+def test_a_response_ends_at_its_first_eos_and_keeps_it(policy):
+    model, params = policy
+    prompts, lengths = jnp.array([[1, 2, 3]] * 8), jnp.full((8,), 3)
+    free = sample(CFG, model.graphdef, params, prompts, lengths, new_tokens=10, key=jax.random.key(0))
+    eos = int(free.tokens[0, 2])  # a token the first row samples third: it ends there when it is the EOS
+    out = sample(CFG, model.graphdef, params, prompts, lengths, new_tokens=10, key=jax.random.key(0), eos_id=eos)
+    tokens, mask = np.asarray(out.tokens), np.asarray(out.mask)
+    assert mask[0].tolist() == [1, 1, 1] + [0] * 7
+    for row in range(8):
+        stop = np.flatnonzero(tokens[row] == eos)
+        end = stop[0] + 1 if stop.size else 10
+        assert mask[row].tolist() == [1] * end + [0] * (10 - end)
+        assert (tokens[row, end:] == 0).all() and (np.asarray(out.logprobs)[row, end:] == 0).all()
+        np.testing.assert_array_equal(tokens[row, :end], np.asarray(free.tokens)[row, :end])
+    np.testing.assert_array_equal(out.lengths, mask.sum(1))
+
+
+def test_rollouts_refuse_a_zero_temperature(policy):
+    model, params = policy
+    with pytest.raises(ConfigError, match="temperature must be > 0"):
+        sample(CFG, model.graphdef, params, jnp.ones((1, 2), int), jnp.array([2]), new_tokens=2,
+               key=jax.random.key(0), temperature=0.0)  # fmt: skip
