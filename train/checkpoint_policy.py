@@ -50,6 +50,8 @@ class CheckpointPolicy:
             return None
         if last:
             return "final"
+        if step in ckpt.at_steps:
+            return "requested"
         if ckpt.every and step % ckpt.every == 0:
             return "interval"
         if evaluated and ckpt.keep_best:

@@ -132,10 +132,12 @@ class CheckpointStore:
 
     @property
     def manager(self) -> ocp.CheckpointManager:
-        """The orbax manager: keeps the newest `keep` (and the `keep_best` lowest eval loss) checkpoints."""
+        """The orbax manager: keeps the newest `keep`, the `keep_best` lowest eval loss and the `at_steps` checkpoints."""
         if self._manager is None:
             ckpt = self.cfg.checkpoint
             policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=ckpt.keep)]
+            if ckpt.at_steps:
+                policies.append(ocp.checkpoint_managers.CustomSteps(steps=ckpt.at_steps))
             if ckpt.keep_best:
                 policies.append(
                     ocp.checkpoint_managers.BestN(

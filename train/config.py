@@ -14,6 +14,7 @@ from scalelab.errors import ConfigError
 from scalelab.model.config import ModelConfig
 from scalelab.parallel.config import MeshConfig
 from scalelab.train.lr_schedules import LR_SCHEDULES
+from scalelab.train.stage import PostTrainConfig
 
 NAN_POLICIES = ("stop", "skip", "rollback")
 
@@ -105,15 +106,19 @@ class TrainLoopConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
-    """How often checkpoints are written and how many are kept (every=0 and no every_minutes: off)."""
+    """How often checkpoints are written and how many are kept (every=0, no every_minutes, no at_steps: off)."""
 
     every: int = 0  # save every this many steps, and at the end; 0 with every_minutes null: no checkpoints
     every_minutes: float | None = None  # also save when this many minutes passed since the last save; null: off
     keep: int = 3  # newest checkpoints kept; older ones are deleted after each save
     keep_best: int = 0  # also keep this many checkpoints with the lowest eval loss (each eval then saves one)
     async_save: bool = True  # write in a background thread while training goes on
+    # Also save after each of these steps, and never delete those checkpoints (a sweep's trunk branches from them).
+    at_steps: list[int] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if any(not isinstance(step, int) or isinstance(step, bool) or step <= 0 for step in self.at_steps):
+            raise ConfigError(f"checkpoint.at_steps holds step counts (whole numbers > 0), got {self.at_steps}")
         if self.every < 0:
             raise ConfigError(f"checkpoint.every must be >= 0, got {self.every}")
         if self.every_minutes is not None and self.every_minutes <= 0:
@@ -126,7 +131,7 @@ class CheckpointConfig:
     @property
     def enabled(self) -> bool:
         """Whether this run writes checkpoints at all."""
-        return self.every > 0 or self.every_minutes is not None
+        return self.every > 0 or self.every_minutes is not None or bool(self.at_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +162,7 @@ class Config:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
+    posttrain: PostTrainConfig = dataclasses.field(default_factory=PostTrainConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -189,6 +195,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             "train.nan_policy=rollback needs checkpoints to roll back to; set checkpoint.every "
             "(or checkpoint.every_minutes)"
+        )
+    if any(step > cfg.train.steps for step in cfg.checkpoint.at_steps):
+        raise ConfigError(
+            f"checkpoint.at_steps {cfg.checkpoint.at_steps} asks for a save after step {max(cfg.checkpoint.at_steps)}, "
+            f"past the end of training (train.steps={cfg.train.steps}); drop it or train longer"
         )
     if cfg.checkpoint.keep_best and not (cfg.checkpoint.enabled and cfg.train.eval_every):
         raise ConfigError(

@@ -179,6 +179,18 @@ def test_time_based_saves(tmp_path, minutes, expected):
     assert saved_steps(tmp_path / "checkpoints") == expected
 
 
+def test_requested_steps_are_saved_and_outlive_the_newest_keep(tmp_path):
+    # A sweep trunk's branch points: saved off the every-4 cadence, and kept although keep=1.
+    requested = ["checkpoint.every=4", "checkpoint.keep=1", "checkpoint.at_steps=[3, 6]"]
+    train(load_config("gpt-tiny", [*BASE, *requested]), tmp_path, quiet=True)
+    assert saved_steps(tmp_path / "checkpoints") == [3, 6, 12]
+
+
+def test_requested_steps_alone_turn_checkpointing_on(tmp_path):
+    train(load_config("gpt-tiny", [*BASE, "checkpoint.every=0", "checkpoint.at_steps=[5]"]), tmp_path, quiet=True)
+    assert saved_steps(tmp_path / "checkpoints") == [5, 12]
+
+
 def test_keep_best_keeps_the_lowest_eval_losses_besides_the_newest(tmp_path):
     cfg = load_config("gpt-tiny", [*BASE, "checkpoint.keep=1", "checkpoint.keep_best=2"])
     trainer = Trainer.build(cfg)
@@ -251,6 +263,8 @@ def test_sigterm_saves_and_stops_cleanly(tmp_path, monkeypatch, every):
         (["checkpoint.every_minutes=0"], "checkpoint.every_minutes must be positive"),
         (["checkpoint.keep_best=-1"], "checkpoint.keep_best must be >= 0"),
         (["train.max_rollbacks=-1"], "train.max_rollbacks must be >= 0"),
+        (["checkpoint.at_steps=[0]"], r"checkpoint\.at_steps holds step counts \(whole numbers > 0\), got \[0\]"),
+        (["train.steps=30", "checkpoint.at_steps=[4, 31]"], r"after step 31, past the end of training"),
         (["train.inject_nan_batches=5"], "train.inject_nan_batches: expected a list, got int 5"),
         (["train.inject_nan_batches=[-1]"], "train.inject_nan_batches holds data batch indices"),
         (["train.inject_nan_batches=[x]"], r"train\.inject_nan_batches\[0\]: expected int"),
