@@ -34,9 +34,18 @@ def _constant(peak: float, floor: float, start: int, last: int, decay_fraction: 
     return lambda step: jnp.full_like(step, peak)
 
 
+def wsd_decay_start(steps: int, decay_fraction: float) -> int:
+    """The last step of a `steps`-step wsd run that still uses the peak; the decay follows it.
+
+    A sweep trunk trained at constant lr for this many steps is the wsd run's state at this step,
+    so a branch that resumes it with the wsd schedule trains exactly what the whole run would.
+    """
+    return int(steps * (1.0 - decay_fraction))
+
+
 def _warmup_stable_decay(peak: float, floor: float, start: int, last: int, decay_fraction: float) -> Decay:
     # Hold the peak, then decay linearly over the last decay_fraction of training.
-    decay_start = int((last + 1) * (1.0 - decay_fraction))
+    decay_start = wsd_decay_start(last + 1, decay_fraction)
     return lambda step: peak + (floor - peak) * _progress(step, decay_start, last)
 
 

@@ -73,7 +73,7 @@ def _plan(args: argparse.Namespace):
 
 def run_plan(args: argparse.Namespace) -> int:
     """Print the plan table, then the probe-based wall-time estimate."""
-    from scalelab.scaling.sweep.plan import format_plan
+    from scalelab.scaling.sweep.plan_table import format_plan
 
     plan, shard, runs = _plan(args)
     title = f"sweep {plan.spec.name}: {len(plan.runs)} runs, total compute {plan.total_flops:.3g} FLOPs"

@@ -11,16 +11,14 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
 from scalelab.data.objectives import model_lengths
 from scalelab.model.config import ConfigError, ModelConfig
 from scalelab.model.counting import ParamCounts, count_params, flops_per_token
-from scalelab.scaling.fit.support import fit_support, format_support
+from scalelab.scaling.sweep.branches import Trunk, branch_step, plan_trunks
 from scalelab.scaling.sweep.spec import GridRuns, SpecError, SweepSpec
 from scalelab.train.config import Config
 from scalelab.train.config_io import config_from_dict, merge_config
-from scalelab.units import si
+from scalelab.train.lr_schedules import wsd_decay_start
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +39,18 @@ class PlannedRun:
     lr: float
     seed: int
     config: Config
+    trunk: str | None = None  # with branches: the trunk this run resumes from, at step branch_step
+    branch_step: int | None = None
+
+    @property
+    def flops_per_step(self) -> float:
+        """FLOPs of one optimizer step."""
+        return self.flops_per_token * self.batch_size * self.config.train.seq_len
+
+    @property
+    def trained_flops(self) -> float:
+        """FLOPs this run trains itself: all of C, or only the cooldown of a branch."""
+        return self.flops if self.branch_step is None else (self.steps - self.branch_step) * self.flops_per_step
 
     @property
     def shape(self) -> str:
@@ -54,11 +64,17 @@ class Plan:
 
     spec: SweepSpec
     runs: tuple[PlannedRun, ...]
+    trunks: tuple[Trunk, ...] = ()  # with branches: the shared constant-lr trunks
 
     @property
     def total_flops(self) -> float:
-        """Sum of C over all runs."""
+        """Sum of C over all runs (what independent runs would train)."""
         return sum(run.flops for run in self.runs)
+
+    @property
+    def trained_flops(self) -> float:
+        """FLOPs the plan trains: with branches, each trunk once and each branch's cooldown."""
+        return sum(run.trained_flops for run in self.runs) + sum(trunk.flops for trunk in self.trunks)
 
 
 class Family:
@@ -204,21 +220,39 @@ def _fixed_sizes(family: Family, sizes: Sequence[float]) -> list[tuple[float, in
     return [(target, k) for k, target in chosen.items()]
 
 
-def _run_config(spec: SweepSpec, name: str, model: ModelConfig, steps: int, batch: int, lr: float, seed: int) -> Config:
-    """The training config of one run: the base config with the planned shape, length and rules."""
+def warmup_steps(spec: SweepSpec, size: int, steps: int, tokens_per_step: int) -> int:
+    """A run's warmup: sized to the model (rules.warmup_tokens_per_param) or a share of its steps."""
+    per_param = spec.rules.warmup_tokens_per_param
+    if per_param is None:
+        return round(spec.rules.warmup_fraction * steps)
+    return round(per_param * size / tokens_per_step)
+
+
+def _run_config(
+    spec: SweepSpec, name: str, model: ModelConfig, steps: int, batch: int, size: int, seq_len: int, seed: int
+) -> Config:
+    """The training config of one run: the base config with the planned shape, length and per-size rules."""
     rules = spec.rules
     shape = {
         key: getattr(model, key)
         for key in ("d_model", "n_layers", "n_heads", "head_dim", "n_kv_heads", "d_ff", "ffn_multiplier")
     }
+    warmup = warmup_steps(spec, size, steps, batch * seq_len)
     update: dict[str, Any] = {
         "name": name,
         "model": shape,
         "train": {"steps": steps, "batch_size": batch, "seed": seed, "eval_every": -(-steps // rules.evals_per_run)},
-        "optimizer": {"lr": lr},
-        "schedule": {"warmup_steps": round(rules.warmup_fraction * steps)},
+        "optimizer": {"lr": rules.lr.at(size)},
+        "schedule": {"warmup_steps": warmup},
         "checkpoint": {"every": -(-steps // rules.checkpoints_per_run) if rules.checkpoints_per_run else 0},
     }
+    if rules.b2 is not None:
+        update["optimizer"]["b2"] = rules.b2.at(size)
+    if spec.branches is not None:
+        # A wsd run; its trunk (branches.py) trains the constant part once for every run of this size.
+        fraction = spec.branches.cooldown_fraction
+        update["schedule"] = {"name": "wsd", "decay_fraction": fraction, "warmup_steps": warmup}
+        update["checkpoint"] = {"every": 0, "at_steps": [wsd_decay_start(steps, fraction)]}
     try:
         return config_from_dict(merge_config(spec.base, update))
     except ConfigError as error:
@@ -264,7 +298,7 @@ def _cell(
         batch_size=batch,
         lr=lr,
         seed=seed,
-        config=_run_config(spec, name, model, steps, batch, lr, seed),
+        config=_run_config(spec, name, model, steps, batch, size, seq_len, seed),
     )
 
 
@@ -296,7 +330,12 @@ def make_plan(spec: SweepSpec) -> Plan:
         if run.name in seen:
             raise SpecError(f"run {run.name} is planned twice (duplicate runs); remove the repeated budget or size")
         seen[run.name] = run
-    return Plan(spec, tuple(runs))
+    if spec.branches is None:
+        return Plan(spec, tuple(runs))
+    trunks = plan_trunks(spec, runs, {run.name: run.flops_per_step for run in runs})
+    trunk_of = {name: trunk.name for trunk in trunks for name in trunk.runs}
+    runs = [dataclasses.replace(run, trunk=trunk_of[run.name], branch_step=branch_step(run.config)) for run in runs]
+    return Plan(spec, tuple(runs), tuple(trunks))
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -315,47 +354,17 @@ def shard_runs(runs: Sequence[PlannedRun], index: int, count: int) -> list[Plann
     """Shard `index` of `count`: each run in exactly one shard, compute balanced greedily, plan order kept.
 
     Every shard computes the same assignment (largest C first to the least-loaded shard, ties to the
-    lowest shard), so independent jobs agree without talking to each other.
+    lowest shard), so independent jobs agree without talking to each other. The branches of one trunk
+    go to one shard, which trains the trunk once.
     """
-    loads = [0] * count
+    units: dict[str, float] = {}  # a trunk (with its branches) or an independent run -> its compute
+    for run in runs:
+        key = run.trunk or run.name
+        units[key] = units.get(key, 0.0) + (run.flops if run.trunk is None else run.steps * run.flops_per_step)
+    loads = [0.0] * count
     owner: dict[str, int] = {}
-    for run in sorted(runs, key=lambda r: (-r.flops, r.name)):
+    for key, flops in sorted(units.items(), key=lambda item: (-item[1], item[0])):
         target = min(range(count), key=lambda s: (loads[s], s))
-        owner[run.name] = target
-        loads[target] += run.flops
-    return [run for run in runs if owner[run.name] == index]
-
-
-def format_plan(plan: Plan, runs: Sequence[PlannedRun] | None = None) -> str:
-    """The plan as a table, one run per line, with the total compute and the fits the whole plan supports."""
-    runs = plan.runs if runs is None else runs
-    header = ("run", "N", "N_nonembed", "shape", "D", "D/N", "C", "steps", "batch", "lr")
-    rows = [
-        (
-            run.name,
-            si(run.n_total),
-            si(run.n_nonembed),
-            run.shape,
-            si(run.tokens),
-            f"{run.tokens / run.size:.3g}",
-            f"{run.flops:.3g}",
-            str(run.steps),
-            str(run.batch_size),
-            f"{run.lr:.3g}",
-        )
-        for run in runs
-    ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in [header, *rows]
-    ]
-    total = sum(run.flops for run in runs)
-    lines.append(f"{len(runs)} runs, total compute {total:.3g} FLOPs ({si(sum(r.tokens for r in runs))} tokens)")
-    # Judged on every run of the plan (a shard alone supports nothing): the columns results.csv will hold.
-    columns = (np.array([getattr(r, key) for r in plan.runs], dtype=float) for key in ("n_total", "tokens", "flops"))
-    support = fit_support(*columns, names=[r.name for r in plan.runs])
-    lines.append(format_support(support))
-    return "\n".join(lines)
+        owner[key] = target
+        loads[target] += flops
+    return [run for run in runs if owner[run.trunk or run.name] == index]

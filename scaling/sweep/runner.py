@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 import yaml
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from scalelab.files import read_yaml
@@ -28,6 +29,7 @@ from scalelab.model.config import ConfigError
 from scalelab.runtime.host import release_freed_memory
 from scalelab.runtime.progress import progress_bar
 from scalelab.scaling.fit.table import describe
+from scalelab.scaling.sweep.branches import start_branch, trunk_dir, trunk_finished
 from scalelab.scaling.sweep.plan import Plan, PlannedRun, shard_runs
 from scalelab.scaling.sweep.results import (
     add_wall_time,
@@ -38,6 +40,7 @@ from scalelab.scaling.sweep.results import (
     write_result,
 )
 from scalelab.scaling.sweep.spec import SpecError
+from scalelab.train.config import Config
 from scalelab.train.config_io import to_dict
 from scalelab.train.loop import NonFiniteLossError, train
 from scalelab.units import flatten, si
@@ -85,13 +88,13 @@ class _BarSafeStdout(io.TextIOBase):
             tqdm.write(line, file=self._target)
 
 
-def check_run_dir(run: PlannedRun, run_dir: Path) -> None:
+def check_run_dir(config: Config, run_dir: Path) -> None:
     """Refuse a run directory started from a different config, instead of mixing two experiments."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.exists():
         return
     saved = flatten(read_yaml(saved_path, f"delete {run_dir} to retrain that run") or {})
-    planned = flatten(yaml.safe_load(yaml.safe_dump(to_dict(run.config))))  # the same YAML round trip
+    planned = flatten(yaml.safe_load(yaml.safe_dump(to_dict(config))))  # the same YAML round trip
     changed = [key for key in sorted(saved.keys() & planned.keys()) if saved[key] != planned[key]]
     if changed:
         shown = ", ".join(f"{key}: {saved[key]!r} there, {planned[key]!r} planned" for key in changed[:3])
@@ -121,7 +124,9 @@ def check_sweep_dir(plan: Plan, sweep_dir: Path, mine: list[PlannedRun]) -> None
     for run in plan.runs:
         run_dir = sweep_dir / "runs" / run.name
         if run.name in own or read_result(run_dir) is not None:
-            check_run_dir(run, run_dir)
+            check_run_dir(run.config, run_dir)
+    for trunk in plan.trunks:
+        check_run_dir(trunk.config, trunk_dir(sweep_dir, trunk))
 
 
 def result_row(run: PlannedRun, run_dir: Path, status: str, wall_s: float) -> dict[str, Any]:
@@ -151,17 +156,45 @@ def result_row(run: PlannedRun, run_dir: Path, status: str, wall_s: float) -> di
     }
 
 
-def _train_one(run: PlannedRun, run_dir: Path, quiet: bool) -> str:
-    """Train (or resume) one run; returns its status. Errors other than divergence propagate."""
+def _train_one(name: str, config: Config, run_dir: Path, quiet: bool) -> str:
+    """Train (or resume) one run or trunk; returns its status. Errors other than divergence propagate."""
     try:
         with redirect_stdout(_BarSafeStdout()):
-            train(run.config, run_dir, quiet=quiet)
+            train(config, run_dir, quiet=quiet)
     except NonFiniteLossError as error:
-        tqdm.write(f"{run.name}: diverged: {error}", file=sys.stderr)
+        tqdm.write(f"{name}: diverged: {error}", file=sys.stderr)
         return DIVERGED
     finally:
         release_freed_memory()  # the next run is another size; don't carry this one's heap into it
     return DONE
+
+
+def _train_run(plan: Plan, run: PlannedRun, sweep_dir: Path, quiet: bool, is_writer: bool) -> str:
+    """Train one planned run; a branch first has its trunk trained (once) and starts from its checkpoint."""
+    run_dir = sweep_dir / "runs" / run.name
+    if run.trunk is None:
+        return _train_one(run.name, run.config, run_dir, quiet)
+    trunk = next(t for t in plan.trunks if t.name == run.trunk)
+    path = trunk_dir(sweep_dir, trunk)
+    if not trunk_finished(trunk, path):
+        tqdm.write(
+            f"{trunk.name}: training the shared trunk to step {trunk.steps} ({trunk.flops:.3g} FLOPs) for "
+            f"{len(trunk.runs)} branch(es)",
+            file=sys.stdout,
+        )
+        start = time.perf_counter()
+        try:
+            status = _train_one(trunk.name, trunk.config, path, quiet)
+        finally:
+            if is_writer and path.is_dir():
+                add_wall_time(path, time.perf_counter() - start)
+        if status != DONE:
+            return status  # a diverged trunk: each of its branches diverged with it
+    if is_writer:
+        start_branch(path, run.branch_step, run_dir)
+    if jax.process_count() > 1:  # the other processes resume the branch from the copy process 0 just made
+        multihost_utils.sync_global_devices(f"scalelab_branch_{run.name}")
+    return _train_one(run.name, run.config, run_dir, quiet)
 
 
 class SweepProgress:
@@ -259,7 +292,7 @@ def run_sweep(plan: Plan, sweep_dir: Path, shard: tuple[int, int] = (0, 1), quie
             start = time.perf_counter()
             wall_s = None
             try:
-                status = _train_one(run, run_dir, quiet)
+                status = _train_run(plan, run, sweep_dir, quiet, is_writer)
             except ConfigError as error:
                 # A user error (missing data, a config the trainer rejects) would fail every run alike.
                 raise ConfigError(

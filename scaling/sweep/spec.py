@@ -109,7 +109,10 @@ class RunRules:
 
     lr: PowerRule
     batch_size: PowerRule
+    b2: PowerRule | None = None  # AdamW's second-moment decay per size; None keeps the base config's
     warmup_fraction: float = 0.05  # of each run's steps
+    # Warmup sized to the model (Porian et al. 2024: as many tokens as parameters), instead of warmup_fraction.
+    warmup_tokens_per_param: float | None = None
     evals_per_run: int = 4  # evenly spaced; the last one is at the final step
     checkpoints_per_run: int = 2  # evenly spaced; 0 turns checkpoints off
     min_steps: int = 10  # a run shorter than this is a plan-time error
@@ -134,6 +137,22 @@ class GridRuns:
 
 
 @dataclasses.dataclass(frozen=True)
+class Branches:
+    """WSD cooldown branches (Hägele et al. 2024): the runs of one size share a constant-lr trunk.
+
+    Each token count branches off the trunk's checkpoint and decays its learning rate over its own
+    last cooldown_fraction of steps, which is what an independent wsd run of that length trains.
+    """
+
+    cooldown_fraction: float = 0.2  # each branch's decay, as a share of its whole length
+
+    def __post_init__(self) -> None:
+        _check_finite(self, "branches")
+        if not 0.0 < self.cooldown_fraction < 1.0:
+            raise SpecError(f"branches.cooldown_fraction must be in (0, 1), got {self.cooldown_fraction}")
+
+
+@dataclasses.dataclass(frozen=True)
 class SweepSpec:
     """A whole sweep, as loaded and checked from YAML."""
 
@@ -144,6 +163,7 @@ class SweepSpec:
     runs: IsoFlopRuns | GridRuns
     rules: RunRules
     seeds: tuple[int, ...]
+    branches: Branches | None = None  # None: every run trains on its own
 
 
 def _error(path: Path | None, message: str) -> SpecError:
@@ -214,17 +234,37 @@ def _power_rule(value: Any, key: str) -> dict[str, Any]:
     return value
 
 
-def _rules(data: dict[str, Any]) -> RunRules:
+def _rules(data: dict[str, Any], branches: bool) -> RunRules:
     data = dict(data)
     for key in ("lr", "batch_size"):
         if key not in data:
             raise SpecError(f"rules.{key} is missing; give a number or {{value, ref_params, exponent, min, max}}")
         data[key] = _power_rule(data[key], key)
     data["batch_size"] = {"multiple": 1, **data["batch_size"]}  # batch sizes are whole sequences
+    if "b2" in data:
+        data["b2"] = _power_rule(data["b2"], "b2")
+    if "warmup_fraction" in data and "warmup_tokens_per_param" in data:
+        raise SpecError(
+            "rules: give warmup_fraction (a share of each run) or warmup_tokens_per_param (sized to the model), not both"
+        )
+    if branches and "warmup_tokens_per_param" not in data:
+        raise SpecError(
+            "branches: the runs of one size share their trunk's warmup, so it cannot be a share of each run's "
+            "length; set rules.warmup_tokens_per_param (Porian et al. 2024 use 1: as many tokens as parameters)"
+        )
     rules = from_dict(RunRules, data, "rules")
     _check_finite(rules, "rules")
     rules.lr.check("lr")
     rules.batch_size.check("batch_size")
+    if rules.b2 is not None:
+        rules.b2.check("b2")
+        for bound in (rules.b2.value, rules.b2.min, rules.b2.max):
+            if bound is not None and not 0.0 < bound < 1.0:
+                raise SpecError(f"rules.b2: AdamW's beta2 lies in (0, 1), got {bound:g}; bound it with min and max")
+        if rules.b2.exponent and rules.b2.max is None:
+            raise SpecError("rules.b2 grows or shrinks with size: give it a max below 1 so no size gets beta2 >= 1")
+    if rules.warmup_tokens_per_param is not None and rules.warmup_tokens_per_param < 0:
+        raise SpecError(f"rules.warmup_tokens_per_param must be >= 0, got {rules.warmup_tokens_per_param}")
     if rules.batch_size.value % 1:  # rounding would silently change it (0.3 would become 1)
         raise SpecError(
             f"rules.batch_size.value must be a whole number of sequences, got {rules.batch_size.value:g}; round it"
@@ -299,7 +339,7 @@ def _seeds(value: Any) -> tuple[int, ...]:
 def spec_from_dict(data: dict[str, Any], path: Path | None = None) -> SweepSpec:
     """Check a spec mapping and build the SweepSpec; `path` locates a relative base config."""
     try:
-        known = {"name", "base", "config", "family", "isoflop", "grid", "rules", "seeds"}
+        known = {"name", "base", "config", "family", "isoflop", "grid", "rules", "seeds", "branches"}
         unknown = set(data) - known
         if unknown:
             raise SpecError(f"unknown top-level keys {sorted(unknown)}; a spec has {', '.join(sorted(known))}")
@@ -317,12 +357,15 @@ def spec_from_dict(data: dict[str, Any], path: Path | None = None) -> SweepSpec:
         base = merge_config(load_raw(base_path), overrides)
         family = from_dict(FamilyRule, _mapping(data.get("family"), "family", _fields(FamilyRule)), "family")
         runs = _isoflop(data["isoflop"]) if "isoflop" in data else _grid(data["grid"])
-        rules = _rules(_mapping(data.get("rules"), "rules", _fields(RunRules)))
+        branches = None
+        if "branches" in data:
+            branches = from_dict(Branches, _mapping(data["branches"], "branches", _fields(Branches)), "branches")
+        rules = _rules(_mapping(data.get("rules"), "rules", _fields(RunRules)), branches is not None)
         seeds = _seeds(data.get("seeds", [0]))
     except (ConfigError, FileNotFoundError) as error:
         raise _error(path, str(error)) from None
     name = str(data.get("name") or (path.stem if path else "sweep"))
-    return SweepSpec(name, path, base, family, runs, rules, seeds)
+    return SweepSpec(name, path, base, family, runs, rules, seeds, branches)
 
 
 def resolve_spec_path(name_or_path: str | Path) -> Path:

@@ -9,7 +9,8 @@ import pytest
 from scalelab.cli import main
 from scalelab.data.objectives import model_lengths
 from scalelab.model.counting import count_params, flops_per_token
-from scalelab.scaling.sweep.plan import format_plan, make_plan, parse_shard, shard_runs
+from scalelab.scaling.sweep.plan import make_plan, parse_shard, shard_runs
+from scalelab.scaling.sweep.plan_table import format_plan
 from scalelab.scaling.sweep.probe import ProbePoint, estimate
 from scalelab.scaling.sweep.spec import PowerRule, SpecError, load_spec, spec_from_dict
 from tests.scaling.sweep.specs import micro, write_spec

@@ -1,0 +1,112 @@
+"""WSD cooldown branches: planning trunks, the compute they save, and branches equal to independent wsd runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scalelab.scaling.sweep.branches import TRUNK_DIR
+from scalelab.scaling.sweep.plan import make_plan, shard_runs
+from scalelab.scaling.sweep.plan_table import format_plan
+from scalelab.scaling.sweep.results import RESULTS_CSV, read_csv
+from scalelab.scaling.sweep.runner import run_sweep
+from scalelab.scaling.sweep.spec import SpecError, spec_from_dict
+from scalelab.train.checkpoint_store import saved_steps
+from scalelab.train.loop import train
+from scalelab.train.lr_schedules import wsd_decay_start
+from scalelab.train.metrics import read_metrics
+from tests.scaling.sweep.specs import micro
+
+# One size at three budgets: one trunk and three branches (and a second size for the sharding check).
+BRANCHED = {
+    "isoflop__budgets": [1e8, 2e8, 4e8],
+    "isoflop__sizes": [3e3],
+    "branches": {"cooldown_fraction": 0.25},
+    "rules__warmup_tokens_per_param": 0.5,
+    "rules__checkpoints_per_run": 0,
+}
+
+
+def test_branches_share_one_trunk_per_size_and_report_the_compute_saved():
+    two_sizes = {
+        "isoflop__sizes": [3e3, 1.2e4],
+        "isoflop__budgets": [4e8, 8e8, 1.6e9],
+        "rules__warmup_tokens_per_param": 0.1,
+    }
+    plan = make_plan(spec_from_dict(micro(**{**BRANCHED, **two_sizes})))
+    assert len(plan.trunks) == 2
+    for trunk in plan.trunks:
+        branches = [run for run in plan.runs if run.trunk == trunk.name]
+        assert len(branches) == 3
+        assert trunk.branch_steps == tuple(sorted(wsd_decay_start(run.steps, 0.25) for run in branches))
+        assert trunk.steps == max(trunk.branch_steps) and trunk.config.schedule.name == "constant"
+        assert trunk.config.checkpoint.at_steps == list(trunk.branch_steps)
+        for run in branches:
+            # the same warmup as the trunk, sized to the model: 0.1 tokens per parameter
+            assert run.config.schedule.warmup_steps == trunk.config.schedule.warmup_steps
+            assert run.config.schedule.warmup_steps == round(0.1 * run.size / (run.batch_size * 16)) > 0
+            assert run.config.schedule.name == "wsd" and run.config.checkpoint.at_steps == [run.branch_step]
+            assert run.trained_flops == (run.steps - run.branch_step) * run.flops_per_step
+    independent = plan.total_flops
+    trained = sum(t.flops for t in plan.trunks) + sum(r.trained_flops for r in plan.runs)
+    # budgets doubling: the trunk is 3/4 of the longest run, and each run pays a quarter: about 0.68 of independent
+    assert plan.trained_flops == pytest.approx(trained) and trained < 0.7 * independent
+    assert f"against {independent:.3g} for independent runs: {1 - trained / independent:.0%} saved" in format_plan(plan)
+    # the branches of one trunk land in one shard, so it is trained once
+    for count in (2, 3):
+        for index in range(count):
+            shard = shard_runs(plan.runs, index, count)
+            for trunk in plan.trunks:
+                mine = [run for run in shard if run.trunk == trunk.name]
+                assert len(mine) in (0, 3)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"branches": {"cooldown_fraction": 1.0}}, r"branches\.cooldown_fraction must be in \(0, 1\), got 1\.0"),
+        ({"branches": {"cooldown_fraction": 0}}, r"branches\.cooldown_fraction must be in \(0, 1\), got 0"),
+        (
+            {"branches": {"cooldown": 0.2}},
+            r"unknown key 'branches\.cooldown'; did you mean 'branches\.cooldown_fraction'",
+        ),
+        ({"branches": [0.2]}, r"branches: expected a mapping of cooldown_fraction"),
+        ({"rules__warmup_tokens_per_param": None}, r"set rules\.warmup_tokens_per_param"),
+        ({"rules__warmup_fraction": 0.1}, r"give warmup_fraction .* or warmup_tokens_per_param .*, not both"),
+        ({"rules__warmup_tokens_per_param": -1}, r"rules\.warmup_tokens_per_param must be >= 0, got -1"),
+        ({"rules__b2": 1.5}, r"rules\.b2: AdamW's beta2 lies in \(0, 1\), got 1\.5"),
+        ({"rules__b2": {"value": 0.95, "exponent": 0.1}}, r"rules\.b2 grows or shrinks with size: give it a max"),
+        ({"rules__b2": {"value": 0.95, "exponent": 0.1, "max": 1.0}}, r"rules\.b2: AdamW's beta2 lies in \(0, 1\)"),
+    ],
+)
+def test_bad_branch_and_rule_values_name_the_key_and_the_fix(changes, message):
+    with pytest.raises(SpecError, match=message):
+        make_plan(spec_from_dict(micro(**{**BRANCHED, **changes})))
+
+
+def test_per_size_beta2_reaches_each_run():
+    plan = make_plan(
+        spec_from_dict(micro(rules__b2={"value": 0.99, "ref_params": 1e4, "exponent": 0.05, "max": 0.999}))
+    )
+    for run in plan.runs:
+        assert run.config.optimizer.b2 == pytest.approx(min(0.999, 0.99 * (run.size / 1e4) ** 0.05))
+
+
+def test_branch_runs_equal_independent_wsd_runs(tmp_path):
+    plan = make_plan(spec_from_dict(micro(**BRANCHED)))
+    report = run_sweep(plan, tmp_path / "sweep", quiet=True)
+    assert sorted(report.ran) == sorted(run.name for run in plan.runs) and not report.failed
+    (trunk,) = plan.trunks
+    assert saved_steps(tmp_path / "sweep" / TRUNK_DIR / trunk.name / "checkpoints") == list(trunk.branch_steps)
+    rows = {row["run"]: row for row in read_csv(tmp_path / "sweep" / RESULTS_CSV)}
+    for run in plan.runs:
+        alone = train(run.config, tmp_path / "alone" / run.name, quiet=True)
+        branch_curve = [r["loss"] for r in read_metrics(tmp_path / "sweep" / "runs" / run.name) if "loss" in r]
+        alone_curve = [r["loss"] for r in read_metrics(tmp_path / "alone" / run.name) if "loss" in r]
+        # the whole curve, trunk part included, is the independent run's; CPU arithmetic repeats exactly,
+        # and seed noise (other seeds) would be ~1e-2 here, so a small tolerance still tells them apart
+        np.testing.assert_allclose(branch_curve, alone_curve, rtol=1e-5)
+        assert float(rows[run.name]["eval_loss"]) == pytest.approx(alone.eval_loss, rel=1e-5)
+    # a second call trains nothing: not the trunk, not a branch
+    again = run_sweep(plan, tmp_path / "sweep", quiet=True)
+    assert again.ran == [] and again.skipped == len(plan.runs)
