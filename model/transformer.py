@@ -34,9 +34,21 @@ class DecoderLM(Tower):
         runner: LayerRunner | None = None,
     ) -> jax.Array:
         """Logits (batch, length, vocab) in fp32 for int tokens (batch, length)."""
-        x = embed_tokens(self.embed, tokens, self.dtype)
-        x = self.body(x, default_positions(tokens, positions), segment_ids, dropout_key, runner)
+        x = self.hidden(tokens, positions=positions, segment_ids=segment_ids, dropout_key=dropout_key, runner=runner)
         return vocab_logits(x, self.embed, self.head, self.dtype)
+
+    def hidden(
+        self,
+        tokens: jax.Array,
+        *,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        dropout_key: jax.Array | None = None,
+        runner: LayerRunner | None = None,
+    ) -> jax.Array:
+        """The final hidden states (batch, length, d_model) under the logits: what a scalar head reads."""
+        x = embed_tokens(self.embed, tokens, self.dtype)
+        return self.body(x, default_positions(tokens, positions), segment_ids, dropout_key, runner)
 
     def forward(
         self,

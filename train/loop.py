@@ -30,6 +30,7 @@ from scalelab.train.faults import DataSkips, Preempted, PreemptionGuard, RunDirL
 from scalelab.train.faults import NonFiniteLossError as NonFiniteLossError  # callers catch it from here
 from scalelab.train.metrics import clear_metrics, refuse_replacing
 from scalelab.train.session_metrics import RollbackRequested, SessionMetrics
+from scalelab.train.stage import stage_of
 from scalelab.train.steps import TrainState
 from scalelab.train.trainer import Trainer, device_bytes
 from scalelab.units import si
@@ -74,19 +75,29 @@ def summary(cfg: Config, trainer: Trainer, peak: tuple[float, str], compile_s: f
 
 def evaluate(trainer: Trainer, params: Any, source: BatchSource) -> float:
     """Mean validation loss over the configured number of fixed eval batches."""
-    loss_sum, weight_sum = 0.0, 0.0
+    return evaluate_all(trainer, params, source)["eval_loss"]
+
+
+def evaluate_all(trainer: Trainer, params: Any, source: BatchSource) -> dict[str, float]:
+    """`eval_loss`, and eval_<name> for each further "<name>_sum" a post-training stage's eval step returns."""
+    totals: dict[str, float] = {}
     for index in range(trainer.cfg.train.eval_batches):
         sums = trainer.eval_step(params, trainer.put_batch(source.eval_batch(index)))
-        loss_sum += float(sums["loss_sum"])
-        weight_sum += float(sums["weight_sum"])
-    return loss_sum / max(weight_sum, 1.0)
+        for key, value in sums.items():
+            totals[key] = totals.get(key, 0.0) + float(value)
+    weight = max(totals.pop("weight_sum"), 1.0)
+    return {f"eval_{key.removesuffix('_sum')}": value / weight for key, value in totals.items()}
 
 
 def _start_state(trainer: Trainer, init_from: Path | None) -> TrainState:
     """Step 0: fresh parameters, or those of another run (`--init-from`) with a fresh optimizer state."""
     if init_from is None:
         return trainer.init_state()
-    params, _ = load_params(init_from, trainer.cfg, trainer)
+    stage = stage_of(trainer.cfg)
+    if stage is None:
+        params, _ = load_params(init_from, trainer.cfg, trainer)
+    else:
+        params = stage.init_params(trainer.cfg, trainer, init_from)
     opt_state = jax.jit(trainer.tx.init, out_shardings=trainer.state_shardings["opt_state"])(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), trainer.state_shardings["step"])
     return {"step": step, "params": params, "opt_state": opt_state}
@@ -140,7 +151,8 @@ class _Session:
         evaluated = bool(cfg.train.eval_every) and (self.step % cfg.train.eval_every == 0 or last)
         if evaluated:
             self.metrics.flush()
-            self.metrics.record_eval(step, evaluate(self.trainer, self.state["params"], self.source))
+            results = evaluate_all(self.trainer, self.state["params"], self.source)
+            self.metrics.record_eval(step, results.pop("eval_loss"), results)
         reason = self.checkpoints.save_reason(self.step, evaluated, last)
         if reason:
             self._checkpoint(reason, wait=last)
@@ -243,7 +255,9 @@ def _train(
     """The body of `train`, under its signal guard."""
     is_writer = jax.process_index() == 0  # one writer for files shared by all processes
     trainer = Trainer.build(cfg)
-    source = make_source(cfg, *trainer.data_shard())  # only the rows this process's devices hold
+    stage = stage_of(cfg)
+    make = make_source if stage is None else stage.source
+    source = make(cfg, *trainer.data_shard())  # only the rows this process's devices hold
     store = CheckpointStore(run_dir, cfg, trainer) if cfg.checkpoint.enabled else None
     restored = _restore(cfg, run_dir, store, existing)
     if restored is not None:

@@ -100,11 +100,11 @@ class SessionMetrics:
                 self.writer.write(record)
         self.progress.set_postfix(loss=f"{self.final_loss:.3f}", refresh=False)
 
-    def record_eval(self, step: int, eval_loss: float) -> None:
-        """Write the eval loss measured after `step` and show it on the progress bar."""
+    def record_eval(self, step: int, eval_loss: float, extra: dict[str, float] | None = None) -> None:
+        """Write the eval loss measured after `step` (and a stage's `extra` eval metrics) and show it."""
         self.evals[step] = eval_loss
         if self.writer is not None:
-            self.writer.write({"step": step, "eval_loss": eval_loss})
+            self.writer.write({"step": step, "eval_loss": eval_loss, **(extra or {})})
             self.writer.flush()
         self.progress.set_postfix(loss=f"{self.final_loss:.3f}", eval=f"{eval_loss:.3f}")
         self.last_flush = time.perf_counter()  # evaluation time is not training step time

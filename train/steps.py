@@ -76,15 +76,25 @@ def make_train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     runner: LayerRunner | None = None,
+    loss: Callable[[Any, Batch, jax.Array | None], tuple[jax.Array, dict[str, jax.Array]]] | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """train_step(state, batch) -> (state, metrics) with gradient accumulation and a NaN policy."""
+    """train_step(state, batch) -> (state, metrics) with gradient accumulation and a NaN policy.
+
+    `loss(params, batch, dropout key or None)` -> (loss, metrics with "loss") replaces the
+    next-token cross-entropy (a post-training stage's, train/stage.py); its metrics are logged.
+    """
     z_loss, accum = cfg.train.z_loss, cfg.train.grad_accum
     use_dropout = cfg.model.dropout > 0.0
 
-    def loss_fn(params, batch, key):
-        logits = model.apply(params, batch, dropout_key=key if use_dropout else None, runner=runner)
+    def cross_entropy_loss(params, batch, key):
+        logits = model.apply(params, batch, dropout_key=key, runner=runner)
         loss, ce = cross_entropy(logits, batch["targets"], batch["weights"], z_loss)
-        return loss, ce
+        return loss, {"loss": ce}
+
+    stage_loss = loss or cross_entropy_loss
+
+    def loss_fn(params, batch, key):
+        return stage_loss(params, batch, key if use_dropout else None)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -103,10 +113,13 @@ def make_train_step(
             (loss, ce), grads = grad_fn(params, mb, jax.random.fold_in(key, index))
             acc_loss, acc_ce, acc_grads = carry
             acc_grads = jax.tree.map(lambda a, g: a + share * g, acc_grads, grads)
-            return (acc_loss + share * loss, acc_ce + share * ce, acc_grads), None
+            acc_ce = jax.tree.map(lambda a, m: a + share * m, acc_ce, ce)
+            return (acc_loss + share * loss, acc_ce, acc_grads), None
 
         zeros = jax.tree.map(jnp.zeros_like, params)
-        (loss, ce, grads), _ = jax.lax.scan(body, (0.0, 0.0, zeros), (micro, jnp.arange(accum)))
+        metric_shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda v: v[0], micro), key)[0][1]
+        zero_metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), metric_shapes)
+        (loss, ce, grads), _ = jax.lax.scan(body, (0.0, zero_metrics, zeros), (micro, jnp.arange(accum)))
         return loss, ce, grads
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -120,14 +133,23 @@ def make_train_step(
             # Drop a non-finite update entirely: parameters and optimizer moments stay as they were.
             keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
             new_params, new_opt_state = keep(new_params, params), keep(new_opt_state, opt_state)
-        metrics = {"loss": ce, "total_loss": loss, "grad_norm": grad_norm, "lr": schedule(step), "finite": finite}
+        metrics = {**ce, "total_loss": loss, "grad_norm": grad_norm, "lr": schedule(step), "finite": finite}
         return {"step": step + 1, "params": new_params, "opt_state": new_opt_state}, metrics
 
     return train_step
 
 
-def make_eval_step(model: ModelDef, runner: LayerRunner | None = None) -> Callable[[Any, Batch], dict[str, jax.Array]]:
-    """eval_step(params, batch) -> {"loss_sum", "weight_sum"}, summed so batches combine exactly."""
+def make_eval_step(
+    model: ModelDef,
+    runner: LayerRunner | None = None,
+    sums: Callable[[Any, Batch], dict[str, jax.Array]] | None = None,
+) -> Callable[[Any, Batch], dict[str, jax.Array]]:
+    """eval_step(params, batch) -> {"loss_sum", "weight_sum"}, summed so batches combine exactly.
+
+    `sums(params, batch)` replaces it with a post-training stage's sums (train/stage.py).
+    """
+    if sums is not None:
+        return sums
 
     def eval_step(params, batch: Batch) -> dict[str, jax.Array]:
         logits = model.apply(params, batch, runner=runner)

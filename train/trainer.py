@@ -29,6 +29,7 @@ from scalelab.parallel.rules import (
 )
 from scalelab.train.config import Config
 from scalelab.train.optim import learning_rate, make_optimizer
+from scalelab.train.stage import stage_of
 from scalelab.train.steps import TrainState, make_eval_step, make_train_step
 
 BATCH_AXES = PartitionSpec("batch", "length")
@@ -98,7 +99,10 @@ class Trainer:
         mesh = build_mesh(cfg.mesh, devices)
         rules = make_rules(cfg.mesh.rules)
         pipeline, runner = _pipeline(cfg, mesh, rules)  # first: its layer-split errors are the most specific
-        model = describe(cfg.model)
+        stage = stage_of(cfg)  # a post-training stage may wrap the model and replace the loss
+        model = describe(cfg.model) if stage is None else stage.model(cfg, describe(cfg.model))
+        loss = None if stage is None else stage.loss(cfg, model, runner)
+        sums = None if stage is None else stage.eval(cfg, model, runner)
         tx = make_optimizer(cfg, model.axes)
         schedule = learning_rate(cfg)
         replicated = NamedSharding(mesh, PartitionSpec())
@@ -117,13 +121,13 @@ class Trainer:
         check_batch(cfg, batch_sharding, pipeline)
         resolver = activation_resolver(rules, mesh)
         train_step = jax.jit(
-            _with_axis_rules(make_train_step(cfg, model, tx, schedule, runner=runner), resolver),
+            _with_axis_rules(make_train_step(cfg, model, tx, schedule, runner=runner, loss=loss), resolver),
             in_shardings=(state_shardings, batch_sharding),
             out_shardings=(state_shardings, replicated),
             donate_argnums=0,
         )
         eval_step = jax.jit(
-            _with_axis_rules(make_eval_step(model, runner=runner), resolver),
+            _with_axis_rules(make_eval_step(model, runner=runner, sums=sums), resolver),
             in_shardings=(param_shardings, batch_sharding),
             out_shardings=replicated,
         )

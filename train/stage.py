@@ -1,0 +1,97 @@
+"""Training stages: pre-training (the default) and the post-training stages that scalelab.posttrain registers.
+
+A stage changes what `train()` trains without a second loop: it may replace the batch source,
+wrap the model (e.g. add a scalar head), replace the loss and the eval sums, and say how a
+new run's parameters come from `--init-from`. Everything else (meshes, checkpoints, resume,
+metrics, TensorBoard, the NaN policy) is the ordinary run's. The stage is named by the config
+key `posttrain.stage`, so a run directory's config.yaml says which stage it trains and a
+re-run resumes it. The stages themselves live in scalelab.posttrain (above train/), which
+fills STAGES when it is imported; the scalelab CLI imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from scalelab.errors import ConfigError
+
+STAGE_NAMES = ("pretrain", "sft", "reward", "dpo", "ppo")
+OVERFLOW_POLICIES = ("refuse", "truncate")
+
+# (params, batch, dropout key or None) -> (loss to optimise, {metric name: scalar}); the metrics
+# must include "loss" (what metrics.jsonl reports as the step's loss).
+LossFn = Callable[[Any, Any, Any], tuple[Any, dict[str, Any]]]
+# (params, batch) -> {"loss_sum", "weight_sum", and any "<name>_sum"}: sums, so eval batches combine exactly;
+# each extra "<name>_sum" is reported as eval_<name> = <name>_sum / weight_sum.
+EvalFn = Callable[[Any, Any], dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class PostTrainConfig:
+    """Post-training: which stage this run trains, its data files and the settings of its loss."""
+
+    stage: str = "pretrain"  # pretrain, sft, reward, dpo (scalelab.posttrain) or ppo
+    train_file: str | None = (
+        None  # sft: {prompt, completion} or {messages} JSONL; reward, dpo: {prompt, chosen, rejected}
+    )
+    eval_file: str | None = None  # held-out examples in the same format; null: hold out eval_fraction of train_file
+    eval_fraction: float = 0.1  # share of train_file's lines (chosen by content hash) held out when eval_file is null
+    overflow: str = "refuse"  # an example longer than train.seq_len: refuse (error naming its line) or truncate
+    reference: str | None = None  # dpo: the frozen reference run directory (usually the SFT run)
+    beta: float = 0.1  # dpo: strength of the implicit KL penalty (scale of the log-probability ratios)
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGE_NAMES:
+            raise ConfigError(f"posttrain.stage: unknown value {self.stage!r}; choose one of {', '.join(STAGE_NAMES)}")
+        if self.overflow not in OVERFLOW_POLICIES:
+            raise ConfigError(
+                f"posttrain.overflow: unknown value {self.overflow!r}; choose one of {', '.join(OVERFLOW_POLICIES)}"
+            )
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ConfigError(f"posttrain.eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        if self.beta <= 0:
+            raise ConfigError(f"posttrain.beta must be positive, got {self.beta}")
+
+
+class Stage(Protocol):
+    """What a post-training stage supplies to the ordinary training run."""
+
+    def model(self, cfg: Any, base: Any) -> Any:
+        """The ModelDef to train: `base` (describe(cfg.model)) or a wrapper with the same interface."""
+        ...
+
+    def source(self, cfg: Any, process_index: int, process_count: int) -> Any:
+        """The step-indexed batch source (data.BatchSource) of this process's rows."""
+        ...
+
+    def loss(self, cfg: Any, model: Any, runner: Any) -> LossFn:
+        """The training loss over one (micro)batch."""
+        ...
+
+    def eval(self, cfg: Any, model: Any, runner: Any) -> EvalFn:
+        """The eval sums of one batch."""
+        ...
+
+    def init_params(self, cfg: Any, trainer: Any, init_from: Path) -> Any:
+        """A new run's parameters (on trainer's shardings) from the run or checkpoint `init_from`."""
+        ...
+
+
+STAGES: dict[str, Stage] = {}
+
+
+def stage_of(cfg: Any) -> Stage | None:
+    """The stage `cfg` trains; None for pre-training."""
+    name = cfg.posttrain.stage
+    if name == "pretrain":
+        return None
+    if name not in STAGES:
+        raise ConfigError(
+            f"posttrain.stage={name} is not available here: it comes with scalelab.posttrain, which registers it when "
+            "imported (the scalelab command does); import scalelab.posttrain first"
+            + (" (ppo is built by scalelab.posttrain.ppo)" if name == "ppo" else "")
+        )
+    return STAGES[name]
