@@ -104,6 +104,20 @@ def run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_utilization(plan, sweep_dir: Path) -> None:
+    """The sweep's compute utilization against the machine's measured peak, from its records."""
+    import jax
+
+    from scalelab.runtime.peak import peak_flops_per_device
+    from scalelab.scaling.sweep.utilization import sweep_utilization
+
+    config = plan.runs[0].config
+    per_device, _ = peak_flops_per_device(config.logging.peak_flops, config.model.dtype)
+    usage = sweep_utilization(plan, sweep_dir, per_device * jax.device_count())
+    if usage is not None:
+        print(usage.describe())
+
+
 def run_run(args: argparse.Namespace) -> int:
     """Run the sweep (or one shard) and report what happened."""
     from scalelab.errors import UserError
@@ -132,6 +146,7 @@ def run_run(args: argparse.Namespace) -> int:
         f"{len(report.diverged)} diverged, {len(report.failed)} failed; "
         f"{report.rows} row(s) in {sweep_dir / 'results.csv'}"
     )
+    _print_utilization(plan, sweep_dir)
     if report.failed:
         print(
             f"scalelab sweep: error: {len(report.failed)} run(s) failed ({', '.join(report.failed)}); see the "

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from scalelab.scaling.sweep.branches import TRUNK_DIR
+from scalelab.scaling.sweep.branches import TRUNK_DIR, trunk_dir
 from scalelab.scaling.sweep.plan import make_plan, shard_runs
 from scalelab.scaling.sweep.plan_table import format_plan
-from scalelab.scaling.sweep.results import RESULTS_CSV, read_csv
-from scalelab.scaling.sweep.runner import run_sweep
+from scalelab.scaling.sweep.results import RESULTS_CSV, WALL_FILE, read_csv, write_result
+from scalelab.scaling.sweep.runner import result_row, run_sweep
 from scalelab.scaling.sweep.spec import SpecError, spec_from_dict
+from scalelab.scaling.sweep.utilization import sweep_utilization
 from scalelab.train.checkpoint_store import saved_steps
 from scalelab.train.loop import train
 from scalelab.train.lr_schedules import wsd_decay_start
 from scalelab.train.metrics import read_metrics
 from tests.scaling.sweep.specs import micro
+
+
+def write_metrics(run_dir, records) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
 
 # One size at three budgets: one trunk and three branches (and a second size for the sharding check).
 BRANCHED = {
@@ -110,3 +119,29 @@ def test_branch_runs_equal_independent_wsd_runs(tmp_path):
     # a second call trains nothing: not the trunk, not a branch
     again = run_sweep(plan, tmp_path / "sweep", quiet=True)
     assert again.ran == [] and again.skipped == len(plan.runs)
+
+
+def test_utilization_is_computed_from_the_sweeps_own_records(tmp_path):
+    plan = make_plan(spec_from_dict(micro(**BRANCHED)))
+    (trunk,) = plan.trunks
+    first, second, _unfinished = plan.runs
+    assert sweep_utilization(plan, tmp_path, peak=1e9) is None  # nothing finished yet
+    # the trunk: 20 s of wall time, its steps 2 s each; a branch's curve begins with the trunk's lines
+    trunk_path = trunk_dir(tmp_path, trunk)
+    trunk_path.mkdir(parents=True)
+    write_metrics(trunk_path, [{"step": s, "loss": 1.0, "step_time_s": 2.0} for s in range(trunk.steps)])
+    (trunk_path / WALL_FILE).write_text("20.0\n")
+    for step in trunk.branch_steps:
+        (trunk_path / "checkpoints" / str(step)).mkdir(parents=True)
+    for run in (first, second):  # the third has not finished, so it does not count
+        run_dir = tmp_path / "runs" / run.name
+        lines = [{"step": s, "loss": 1.0, "step_time_s": 5.0 if s < run.branch_step else 0.5} for s in range(run.steps)]
+        write_metrics(run_dir, lines)
+        write_result(run_dir, result_row(run, run_dir, "done", wall_s=10.0))
+    usage = sweep_utilization(plan, tmp_path, peak=1e9)
+    flops = trunk.flops + first.trained_flops + second.trained_flops
+    step_s = 2.0 * trunk.steps + 0.5 * (first.steps - first.branch_step + second.steps - second.branch_step)
+    assert (usage.flops, usage.wall_s, usage.step_s, usage.units) == (pytest.approx(flops), 40.0, step_s, 3)
+    assert usage.of_peak == pytest.approx(flops / (40.0 * 1e9))
+    assert f"compute utilization {flops / 4e10:.1%} of the measured peak" in usage.describe()
+    assert f"the training steps alone ran at {flops / (step_s * 1e9):.1%} MFU" in usage.describe()

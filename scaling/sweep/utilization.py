@@ -1,0 +1,85 @@
+"""How much of the machine a sweep used, from its own records.
+
+Utilization is the FLOPs the sweep trained divided by (wall time × the measured peak): the wall
+time of every run and trunk, as their records keep it, so it counts start-up, compilation,
+evaluation and checkpoints. Beside it stands the step utilization, the same FLOPs over the
+training steps' own time (metrics.jsonl's step_time_s, what `bench` measures as MFU), so the gap
+between the two is the per-run fixed cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from scalelab.scaling.sweep.branches import trunk_dir, trunk_finished
+from scalelab.scaling.sweep.plan import Plan
+from scalelab.scaling.sweep.results import WALL_FILE, read_result
+from scalelab.train.metrics import read_metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Utilization:
+    """A sweep's trained FLOPs, its wall and step seconds, and the peak they are measured against."""
+
+    flops: float
+    wall_s: float
+    step_s: float
+    peak: float  # FLOP/s of the whole machine the runs used
+    units: int  # finished runs and trunks counted
+
+    @property
+    def of_peak(self) -> float:
+        """FLOPs / (wall time × peak)."""
+        return self.flops / (self.wall_s * self.peak)
+
+    @property
+    def steps_of_peak(self) -> float:
+        """FLOPs / (training-step time × peak): the steps' own MFU."""
+        return self.flops / (self.step_s * self.peak)
+
+    def describe(self) -> str:
+        """One line for the end of `sweep run`."""
+        return (
+            f"compute utilization {self.of_peak:.1%} of the measured peak ({self.flops:.3g} FLOPs in "
+            f"{self.wall_s:.0f} s of wall time over {self.units} runs and trunks, peak {self.peak:.3g} FLOP/s); "
+            f"the training steps alone ran at {self.steps_of_peak:.1%} MFU, the rest went to start-up, "
+            "compilation, evaluation and checkpoints"
+        )
+
+
+def _step_seconds(run_dir: Path, first_step: int) -> float:
+    """Seconds the training steps from `first_step` on took, from the run's metrics.jsonl."""
+    return sum(float(r["step_time_s"]) for r in read_metrics(run_dir) if "step_time_s" in r and r["step"] >= first_step)
+
+
+def _wall_seconds(run_dir: Path) -> float:
+    try:
+        return float((run_dir / WALL_FILE).read_text())
+    except (OSError, ValueError):
+        return 0.0
+
+
+def sweep_utilization(plan: Plan, sweep_dir: Path, peak: float) -> Utilization | None:
+    """The utilization of the finished runs (and finished trunks) of `plan` in `sweep_dir`; None if none finished."""
+    flops = wall = step = 0.0
+    units = 0
+    for run in plan.runs:
+        run_dir = Path(sweep_dir) / "runs" / run.name
+        row = read_result(run_dir)
+        if row is None or row["status"] != "done":
+            continue
+        flops += run.trained_flops
+        wall += float(row["wall_s"])
+        step += _step_seconds(run_dir, run.branch_step or 0)  # a branch's curve starts with its trunk's lines
+        units += 1
+    for trunk in plan.trunks:
+        path = trunk_dir(sweep_dir, trunk)
+        if trunk_finished(trunk, path):
+            flops += trunk.flops
+            wall += _wall_seconds(path)
+            step += _step_seconds(path, 0)
+            units += 1
+    if not units or wall <= 0 or step <= 0:
+        return None
+    return Utilization(flops, wall, step, peak, units)
