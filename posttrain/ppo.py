@@ -25,10 +25,11 @@ import numpy as np
 import optax
 
 from scalelab.errors import ConfigError
-from scalelab.model.functional import ModelDef
 from scalelab.posttrain import ppo_math as pm
-from scalelab.posttrain.ppo_policy import init_value_head, policy_outputs, reference_logprobs
+from scalelab.posttrain.heads import base_params
+from scalelab.posttrain.ppo_policy import policy_outputs, reference_logprobs
 from scalelab.posttrain.rollout import join, sample
+from scalelab.train.faults import NonFiniteLossError
 
 Params = dict[str, Any]
 # (tokens (batch, length), response mask (batch, length)) -> a score per sequence (batch,)
@@ -94,14 +95,59 @@ def make_tx(lr: float, clip_norm: float | None, weight_decay: float = 0.0) -> op
     return optax.chain(*parts, optax.adamw(lr, weight_decay=weight_decay))
 
 
+def ppo_loss(model: Any, settings: PPOSettings, runner: Any = None) -> Callable:
+    """loss(params, minibatch, dropout key) -> (clipped policy loss + vf_coef * clipped value loss, metrics)."""
+    s = settings
+
+    def loss_fn(params, mb, key):
+        del key  # PPO's ratios compare like with like: no dropout in either pass
+        logprobs, values, logits = policy_outputs(model, params, mb["inputs"], mb["targets"], runner)
+        pg_loss, clip_fraction = pm.clipped_policy_loss(logprobs, mb["logprobs"], mb["advantages"], mb["mask"], s.clip)
+        vf_loss, vf_clipped = pm.clipped_value_loss(values, mb["values"], mb["returns"], mb["mask"], s.value_clip)
+        loss = pg_loss + s.vf_coef * vf_loss
+        return loss, {
+            "loss": loss,
+            "policy_loss": pg_loss,
+            "value_loss": vf_loss,
+            "clip_fraction": clip_fraction,
+            "value_clip_fraction": vf_clipped,
+            "entropy": pm.entropy(logits, mb["mask"]),
+            "approx_kl": 0.5 * pm.masked_mean(jnp.square(logprobs - mb["logprobs"]), mb["mask"]),
+        }
+
+    return loss_fn
+
+
+def standalone_update(model: Any, settings: PPOSettings, tx: optax.GradientTransformation) -> Callable:
+    """A jitted update(state, minibatch) -> (state, metrics) on whatever device holds the state: the
+    Trainer's train_step with the PPO loss, for use without a run directory (tests, notebooks)."""
+    loss_fn = ppo_loss(model, settings)
+
+    def update(state, mb):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], mb, None)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        grad_norm = optax.tree.norm(grads)
+        metrics = {**metrics, "grad_norm": grad_norm, "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
+        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+
+    return jax.jit(update, donate_argnums=0)
+
+
 class PPOLearner:
-    """The PPO step for one policy model, its frozen reference and a scorer."""
+    """The PPO step for one policy (a ScalarHeadModel: decoder + value head), its frozen reference and a scorer.
+
+    `update(state, minibatch) -> (state, metrics)` is one optimizer step on the PPO loss: the run's
+    Trainer.train_step (sharded on its mesh), or `standalone_update`. `put_batch` places a host
+    minibatch on the mesh's batch axes. The state's step counts optimizer updates; PPO steps are
+    counted by the caller and passed in, since every draw of a PPO step is keyed by it.
+    """
 
     def __init__(
         self,
-        model: ModelDef,
+        model: Any,
         settings: PPOSettings,
-        tx: optax.GradientTransformation,
+        update: Callable,
         reference: Params,
         scorer: Scorer,
         *,
@@ -109,116 +155,91 @@ class PPOLearner:
         seed: int,
         put_batch: Callable[[Any], Any] | None = None,
     ):
-        self.model, self.settings, self.tx = model, settings, tx
+        self.model, self.settings, self.update = model, settings, update
         self.reference, self.scorer, self.eos_id, self.seed = reference, scorer, eos_id, seed
-        self.put_batch = put_batch or (lambda x: x)  # places a host batch on the mesh's batch axes
+        self.put_batch = put_batch or (lambda batch: batch)
         self.host = HostState(
             pm.AdaptiveKL(settings.beta, settings.target_kl, settings.kl_horizon), pm.RunningMoments()
         )
         self._experience = jax.jit(self._experience_fn)
-        self._update = jax.jit(self._update_fn, donate_argnums=(0,))
-
-    def init_state(self, policy: Params) -> dict[str, Any]:
-        """Step 0: the policy's parameters, a zero value head and a fresh optimizer state."""
-        # A copy: the update donates its state, and the reference may share these buffers.
-        params = {"policy": jax.tree.map(jnp.copy, policy), "value_head": init_value_head(self.model.cfg.d_model)}
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params)}
 
     def _experience_fn(self, params, reference, tokens, response_mask, scores, beta):
         """Old log-probs and values, the reference's log-probs, KL, rewards, advantages and returns."""
         s = self.settings
-        logprobs, values, _ = policy_outputs(self.model, params["policy"], params["value_head"], tokens)
-        ref_logprobs = reference_logprobs(self.model, reference, tokens)
-        mask = response_mask[:, 1:]
+        inputs, targets, mask = tokens[:, :-1], tokens[:, 1:], response_mask[:, 1:]
+        logprobs, values, _ = policy_outputs(self.model, params, inputs, targets)
+        ref_logprobs = reference_logprobs(self.model.graphdef, reference, inputs, targets)
         kl = pm.kl_per_token(logprobs, ref_logprobs, mask)
         rewards = pm.shaped_rewards(scores, kl, mask, beta)
         advantages, returns = pm.gae(rewards, values * mask, mask, s.gamma, s.lam)
         if s.whiten_advantages:
             advantages = pm.whiten(advantages, mask)
-        return {
-            "tokens": tokens,
+        batch = {
+            "inputs": inputs,
+            "targets": targets,
             "mask": mask,
-            "logprobs": logprobs,
+            "logprobs": logprobs * mask,
             "values": values * mask,
             "advantages": advantages,
             "returns": returns,
-        }, {"kl": kl.sum(1).mean(), "non_score_reward": (rewards.sum(1) - scores).mean()}
-
-    def _loss(self, params, mb):
-        s = self.settings
-        logprobs, values, logits = policy_outputs(self.model, params["policy"], params["value_head"], mb["tokens"])
-        pg_loss, clip_fraction = pm.clipped_policy_loss(logprobs, mb["logprobs"], mb["advantages"], mb["mask"], s.clip)
-        vf_loss, vf_clip_fraction = pm.clipped_value_loss(values, mb["values"], mb["returns"], mb["mask"], s.value_clip)
-        approx_kl = 0.5 * pm.masked_mean(jnp.square(logprobs - mb["logprobs"]), mb["mask"])
-        metrics = {
-            "policy_loss": pg_loss,
-            "value_loss": vf_loss,
-            "clip_fraction": clip_fraction,
-            "value_clip_fraction": vf_clip_fraction,
-            "entropy": pm.entropy(logits, mb["mask"]),
-            "approx_kl": approx_kl,
         }
-        return pg_loss + s.vf_coef * vf_loss, metrics
-
-    def _update_fn(self, state, mb):
-        (loss, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(state["params"], mb)
-        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
-        return {"step": state["step"], "params": params, "opt_state": opt_state}, metrics
+        return batch, {"kl": kl.sum(1).mean(), "non_score_reward": (rewards.sum(1) - scores).mean()}
 
     def rollout(self, params: Params, prompts: np.ndarray, lengths: np.ndarray, step: int):
-        """Sampled responses for `step`'s prompts: (joined tokens, response mask, the Rollout)."""
+        """Sampled responses for PPO step `step`'s prompts: (joined tokens, response mask, the Rollout)."""
         key = jax.random.fold_in(jax.random.key(self.seed), step)
+        prompts, lengths = jnp.asarray(prompts, jnp.int32), jnp.asarray(lengths, jnp.int32)
         out = sample(
             self.model.cfg,
             self.model.graphdef,
-            params["policy"],
-            jnp.asarray(prompts),
-            jnp.asarray(lengths),
+            base_params(params),
+            prompts,
+            lengths,
             new_tokens=self.settings.new_tokens,
             key=key,
             eos_id=self.eos_id,
             temperature=self.settings.temperature,
         )
-        tokens, response_mask = join(jnp.asarray(prompts), jnp.asarray(lengths), out.tokens, out.mask)
+        tokens, response_mask = join(prompts, lengths, out.tokens, out.mask)
         return tokens, response_mask, out
 
-    def step(self, state: dict[str, Any], prompts: np.ndarray, lengths: np.ndarray) -> tuple[dict, dict[str, float]]:
-        """One PPO step on a batch of right-padded prompts; returns the new state and the step's metrics."""
-        s, step = self.settings, int(state["step"])
+    def step(self, state: dict[str, Any], prompts: np.ndarray, lengths: np.ndarray, step: int) -> tuple[dict, dict]:
+        """PPO step `step` on a batch of right-padded prompts: the new state and the step's metrics."""
+        s = self.settings
         start = time.perf_counter()
         tokens, response_mask, out = self.rollout(state["params"], prompts, lengths, step)
-        response_tokens = float(out.mask.sum())
         jax.block_until_ready(tokens)
         rollout_s = time.perf_counter() - start
+        response_tokens = float(out.mask.sum())
         raw = np.asarray(jax.device_get(self.scorer(tokens, response_mask)), np.float64)
         scores = raw
         if s.normalize_rewards:
             self.host.moments.update(raw)
             scores = self.host.moments.normalize(raw)
         beta = self.host.kl.beta
-        batch, stats = self._experience(
-            state["params"], self.reference, tokens, response_mask, jnp.asarray(scores, jnp.float32), beta
-        )
+        scores = jnp.asarray(scores, jnp.float32)
+        batch, stats = self._experience(state["params"], self.reference, tokens, response_mask, scores, beta)
+        batch = jax.device_get(batch)
         rows = prompts.shape[0]
-        per_mb = rows // s.minibatches
-        order_key = jax.random.fold_in(jax.random.key(self.seed + 1), step)
+        per_update = rows // s.minibatches
+        order_key = jax.random.fold_in(jax.random.key(self.seed ^ 0x9907), step)
         sums: dict[str, float] = {}
         for epoch in range(s.epochs):
             order = np.asarray(jax.random.permutation(jax.random.fold_in(order_key, epoch), rows))
             for i in range(s.minibatches):
-                idx = np.sort(order[i * per_mb : (i + 1) * per_mb])
-                mb = self.put_batch({k: v[idx] for k, v in batch.items()})
-                state, metrics = self._update(state, mb)
-                for name, value in metrics.items():
+                rows_i = np.sort(order[i * per_update : (i + 1) * per_update])
+                state, metrics = self.update(state, self.put_batch({k: v[rows_i] for k, v in batch.items()}))
+                for name, value in jax.device_get(metrics).items():
                     sums[name] = sums.get(name, 0.0) + float(value)
         updates = s.epochs * s.minibatches
+        if sums.get("finite", updates) < updates:
+            raise NonFiniteLossError(
+                f"PPO step {step}: a non-finite loss or gradient; lower optimizer.lr or set optimizer.clip_norm"
+            )
         kl = float(stats["kl"])
         self.host.kl.update(kl, rows)
-        state = {**state, "step": state["step"] + 1}
         seconds = time.perf_counter() - start
-        metrics = {name: value / updates for name, value in sums.items()}
+        metrics = {name: value / updates for name, value in sums.items() if name not in ("finite", "total_loss")}
         metrics.update(
             reward=float(raw.mean()),
             reward_std=float(raw.std()),

@@ -1,29 +1,34 @@
 """PPO end to end on a toy reward: the policy learns to say one token more often, paying KL for it."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from scalelab.errors import ConfigError
 from scalelab.model import ModelConfig
 from scalelab.model.functional import describe
-from scalelab.posttrain.ppo import PPOLearner, PPOSettings, count_token_scorer, make_tx
+from scalelab.posttrain.heads import ScalarHeadModel, base_params
+from scalelab.posttrain.ppo import PPOLearner, PPOSettings, count_token_scorer, make_tx, standalone_update
+from scalelab.posttrain.ppo_policy import zero_head
 
 TOY = ModelConfig(vocab_size=16, d_model=32, n_layers=1, n_heads=2, max_seq_len=16, dtype="float32")
 REWARDED = 3
 
 
 def test_ppo_raises_the_mean_reward_of_a_toy_scorer_within_a_few_steps():
-    model = describe(TOY)
-    params = model.init(0)
+    model = ScalarHeadModel.wrap(describe(TOY))
+    params = zero_head(model.init(0))
     settings = PPOSettings(new_tokens=8, epochs=2, minibatches=2, beta=0.01)
-    learner = PPOLearner(model, settings, make_tx(3e-3, 1.0), params, count_token_scorer(REWARDED), eos_id=None, seed=0)
-    state = learner.init_state(params)
+    update = standalone_update(model, settings, make_tx(3e-3, 1.0))
+    reference = base_params(model.init(0))
+    learner = PPOLearner(model, settings, update, reference, count_token_scorer(REWARDED), eos_id=None, seed=0)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": make_tx(3e-3, 1.0).init(params)}
     prompts, lengths = np.tile(np.arange(1, 5, dtype=np.int32), (16, 1)), np.full(16, 4, np.int32)
     history = []
-    for _ in range(8):
-        state, metrics = learner.step(state, prompts, lengths)
+    for step in range(8):
+        state, metrics = learner.step(state, prompts, lengths, step)
         history.append(metrics)
-    assert int(state["step"]) == 8
+    assert int(state["step"]) == 8 * 2 * 2  # optimizer updates: steps x epochs x minibatches
     first, last = history[0], history[-1]
     # A uniform-ish start says token 3 about 8/16 times per response; PPO makes it several times likelier.
     assert last["reward"] > first["reward"] + 1.5

@@ -7,7 +7,8 @@ import pytest
 
 from scalelab.model import ConfigError, ModelConfig
 from scalelab.model.functional import describe
-from scalelab.posttrain.ppo_policy import hidden_and_logits, token_logprobs
+from scalelab.posttrain.losses import token_logprobs
+from scalelab.posttrain.ppo_policy import hidden_and_logits
 from scalelab.posttrain.rollout import join, sample
 
 CFG = ModelConfig(vocab_size=23, d_model=32, n_layers=2, n_heads=4, max_seq_len=24, dtype="float32", init_std=0.3)
@@ -28,7 +29,7 @@ def test_rollout_logprobs_equal_the_full_forward_on_the_joined_sequence(policy):
     tokens, response_mask = join(prompts, lengths, out.tokens, out.mask)
     np.testing.assert_array_equal(tokens[1, :8], [9, 10, *np.asarray(out.tokens[1])])
     # The decoder's log-probability of each sampled token is what a plain forward pass gives it.
-    full = token_logprobs(hidden_and_logits(model, params, tokens)[1], tokens)
+    full = token_logprobs(hidden_and_logits(model.graphdef, params, tokens[:, :-1])[1], tokens[:, 1:])
     for row, length in enumerate([4, 2]):
         np.testing.assert_allclose(out.logprobs[row], full[row, length - 1 : length + 5], atol=2e-5)
         np.testing.assert_array_equal(response_mask[row, length : length + 6], 1.0)
