@@ -79,7 +79,7 @@ def test_reward_model_learns_a_separable_preference(text_base, files, tmp_path):
 
 
 def test_dpo_raises_the_chosen_margin_and_refuses_a_mismatched_reference(sft_run, text_base, files, tmp_path):
-    base, pretrained = text_base
+    base, _ = text_base
     _, _, sft_dir = sft_run
     sets = [f"posttrain.train_file={files[1]}", "posttrain.stage=dpo", "train.steps=8", "train.eval_every=8"]
     sets += ["train.batch_size=8", "optimizer.lr=3e-3", "schedule.warmup_steps=1", f"posttrain.reference={sft_dir}"]
