@@ -74,14 +74,14 @@ def main(argv: list[str] | None = None) -> None:
     cfg = dataclasses.replace(MODEL, dtype=args.dtype)
     model = describe(cfg)
     params = model.init(0)
-    values, scales = quantize(params, model.axes)
+    quantized = quantize(params, model.axes, "int8")
     prompt = jax.random.randint(jax.random.key(0), (args.batch, prompt_len), 0, cfg.vocab_size)
 
     cached = generate(cfg, model.graphdef, params, prompt, new_tokens=new)
     same = bool(jnp.all(cached == uncached_greedy(model, params, prompt, new)))
     contenders = [
         Contender("cached", lambda: generate(cfg, model.graphdef, params, prompt, new_tokens=new)),
-        Contender("cached-int8", lambda: generate(cfg, model.graphdef, values, prompt, new_tokens=new, scales=scales)),
+        Contender("cached-int8", lambda: generate(cfg, model.graphdef, quantized, prompt, new_tokens=new)),
         Contender("uncached", lambda: uncached_greedy(model, params, prompt, new)),
     ]
     timings = interleave(contenders, rounds=rounds, window_s=2.0)
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         "prompt": prompt_len,
         "new_tokens": new,
         "greedy_tokens_equal": same,
-        "int8": dataclasses.asdict(report(params, values, scales)),
+        "int8": dataclasses.asdict(report(params, quantized)),
         "load_average": load_average(),
         "tokens_per_s": {name: tokens / t.step_s for name, t in timings.items()},
         "best_tokens_per_s": {name: tokens / t.best_step_s for name, t in timings.items()},

@@ -9,8 +9,8 @@ The model decodes through its own training modules: its tower, given the cache a
 model/cache.py BlockCache, runs its blocks in one lax.scan over the stacked block parameters
 and the cache's layer axis, and returns the cache with the new tokens' keys and values written
 (model/stack.py's cached_scan_runner). This module keeps the cache between steps and the loops
-around it. With int8 weights (inference/quantize.py) each layer's weights are dequantized inside
-that scan, right before its matmuls.
+around it. Quantized weights (inference/quantize.py) travel in the parameter tree: the scan slices
+their values and scales one layer at a time, and each runs its own matmul.
 
 A t5 model decodes with its decoder tower the same way. Its encoder runs once over the
 right-padded sources (`encode`), whose padding gets segment 0 as in training, and each
@@ -31,11 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from scalelab.inference.quantize import dequantize
+from scalelab.inference.quant_modes import KV_CACHE_DTYPES
 from scalelab.model.cache import BlockCache, KeyValues
 from scalelab.model.config import ConfigError, ModelConfig
 from scalelab.model.encdec import EncoderDecoderLM
-from scalelab.model.stack import WeightLoader, cached_scan_runner
 from scalelab.model.tower import Tower, default_positions, embed_tokens, vocab_logits
 
 Params = dict[str, Any]
@@ -61,6 +60,8 @@ class KVCache:
     v: jax.Array  # same shape as k
     lengths: jax.Array  # (batch,) int32: tokens held per row; the next one goes to this slot
     memory: EncoderMemory | None = None  # t5 only: what the decoder cross-attends to
+    k_scale: jax.Array | None = None  # int8 cache only: bf16 (layers, batch, max_len, kv_heads) scales of k
+    v_scale: jax.Array | None = None  # same for v
 
     @property
     def max_len(self) -> int:
@@ -68,7 +69,9 @@ class KVCache:
         return self.k.shape[2]
 
 
-jax.tree_util.register_dataclass(KVCache, data_fields=["k", "v", "lengths", "memory"], meta_fields=[])
+jax.tree_util.register_dataclass(
+    KVCache, data_fields=["k", "v", "lengths", "memory", "k_scale", "v_scale"], meta_fields=[]
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,10 +127,15 @@ def check_length(cfg: ModelConfig, prompt_len: int, new_tokens: int, start: str 
 
 
 def init_cache(
-    cfg: ModelConfig, batch: int, max_len: int | None = None, memory: EncoderMemory | None = None
+    cfg: ModelConfig,
+    batch: int,
+    max_len: int | None = None,
+    memory: EncoderMemory | None = None,
+    kv_dtype: str = "model",
 ) -> KVCache:
     """An empty cache for `batch` rows of up to `max_len` (default model.max_seq_len) positions; a t5 model's
-    also holds the `memory` that `encode` made of its sources."""
+    also holds the `memory` that `encode` made of its sources. kv_dtype int8 keeps keys and values as int8
+    with a bf16 scale per token and head (model/cache.py)."""
     check_decoder(cfg)
     if (memory is None) != (cfg.family == "gpt"):
         raise ConfigError("a t5 cache needs memory=encode(...) of its sources, and a gpt cache takes none")
@@ -136,8 +144,14 @@ def init_cache(
         raise ConfigError(f"a cache of {max_len} positions exceeds model.max_seq_len={cfg.max_seq_len}")
     layers = cfg.decoder_layers if cfg.family == "t5" else cfg.n_layers
     shape = (layers, batch, max_len, cfg.kv_heads, cfg.dim_per_head)
+    if kv_dtype not in KV_CACHE_DTYPES:
+        raise ConfigError(f"kv cache dtype {kv_dtype!r} is not one of {', '.join(KV_CACHE_DTYPES)}")
+    lengths = jnp.zeros((batch,), jnp.int32)
+    if kv_dtype == "int8":
+        zeros, scales = jnp.zeros(shape, jnp.int8), jnp.ones(shape[:-1], jnp.bfloat16)
+        return KVCache(zeros, zeros, lengths, memory, scales, scales)
     zeros = jnp.zeros(shape, jnp.dtype(cfg.dtype))
-    return KVCache(zeros, zeros, jnp.zeros((batch,), jnp.int32), memory)
+    return KVCache(zeros, zeros, lengths, memory)
 
 
 def _decoder(model: Any) -> tuple[Tower, Any]:
@@ -147,65 +161,45 @@ def _decoder(model: Any) -> tuple[Tower, Any]:
     return model, model.embed
 
 
-def _dequantizing_loader(model: Any, scales: Params | None) -> WeightLoader | None:
-    """The weight loader that dequantizes layer i of the causal tower's int8 blocks (None for fp weights)."""
-    if scales is None:
-        return None
-    if isinstance(model, EncoderDecoderLM):
-        scales = scales["decoder"]
-    block_scales = scales["layers"]["blocks"]
-
-    def load(weights: nnx.State, layer: jax.Array) -> Params:
-        layer_scales = jax.tree.map(lambda s: s[layer], block_scales)
-        return dequantize(nnx.to_pure_dict(weights), layer_scales)
-
-    return load
-
-
 @functools.partial(jax.jit, static_argnames="graphdef")
-def encode(
-    graphdef: nnx.GraphDef, params: Params, sources: jax.Array, lengths: jax.Array, scales: Params | None = None
-) -> EncoderMemory:
+def encode(graphdef: nnx.GraphDef, params: Params, sources: jax.Array, lengths: jax.Array) -> EncoderMemory:
     """A t5 model's encoder memory of right-padded sources (batch, length) with `lengths` real tokens each."""
-    if scales is not None:  # the encoder runs once, so its weights are dequantized whole, not layer by layer
-        params = {**params, "encoder": dequantize(params["encoder"], scales["encoder"])}
     model = nnx.merge(graphdef, params)
-    load = _dequantizing_loader(model, scales)
     # Padding is segment 0 and the real tokens segment 1, as the training objective marks them, so neither
     # the encoder's self-attention nor the decoder's cross-attention sees the padding.
     segments = (jnp.arange(sources.shape[1]) < lengths[:, None]).astype(jnp.int32)
     x = embed_tokens(model.embed, sources, model.dtype)
     encoded = model.encoder.body(x, default_positions(sources, None), segments, None, None)
-    memory = model.decoder.memory_keys_values(encoded, load)
+    memory = model.decoder.memory_keys_values(encoded)
     return EncoderMemory(memory.k, memory.v, segments)
 
 
 def _extend(
-    graphdef: nnx.GraphDef, params: Params, scales: Params | None, cache: KVCache, tokens: jax.Array, counts: jax.Array
+    graphdef: nnx.GraphDef, params: Params, cache: KVCache, tokens: jax.Array, counts: jax.Array
 ) -> tuple[jax.Array, KVCache, Callable[[jax.Array], jax.Array]]:
     """Run tokens (batch, length) at each row's next slots; (hidden states, cache with lengths += counts,
     the function that turns hidden states into fp32 logits through the model's own head or tied table)."""
     model = nnx.merge(graphdef, params)
     tower, table = _decoder(model)
-    load = _dequantizing_loader(model, scales)
-    runner = None if load is None else functools.partial(cached_scan_runner, load=load)
     positions = cache.lengths[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)
     memory = cache.memory
-    held = BlockCache(KeyValues(cache.k, cache.v), None if memory is None else KeyValues(memory.k, memory.v))
+    held = BlockCache(
+        KeyValues(cache.k, cache.v, k_scale=cache.k_scale, v_scale=cache.v_scale),
+        None if memory is None else KeyValues(memory.k, memory.v),
+    )
     x = embed_tokens(table, tokens, tower.dtype)
     segments = None if memory is None else memory.segments
-    x, held = tower.body(x, positions, None, None, runner, memory_segments=segments, cache=held)
+    x, held = tower.body(x, positions, None, None, None, memory_segments=segments, cache=held)
     logits = functools.partial(vocab_logits, table=table, head=model.head, dtype=model.dtype)
-    return x, KVCache(held.self_attn.k, held.self_attn.v, cache.lengths + counts, memory), logits
+    kv = held.self_attn
+    return x, KVCache(kv.k, kv.v, cache.lengths + counts, memory, kv.k_scale, kv.v_scale), logits
 
 
 @functools.partial(jax.jit, static_argnames="graphdef")
-def extend(
-    graphdef: nnx.GraphDef, params: Params, cache: KVCache, tokens: jax.Array, scales: Params | None = None
-) -> tuple[jax.Array, KVCache]:
+def extend(graphdef: nnx.GraphDef, params: Params, cache: KVCache, tokens: jax.Array) -> tuple[jax.Array, KVCache]:
     """fp32 logits (batch, length, vocab) of tokens appended to every row of the cache, and the grown cache."""
     counts = jnp.full(tokens.shape[:1], tokens.shape[1], jnp.int32)
-    x, cache, logits = _extend(graphdef, params, scales, cache, tokens, counts)
+    x, cache, logits = _extend(graphdef, params, cache, tokens, counts)
     return logits(x), cache
 
 
@@ -216,11 +210,10 @@ def prefill(
     cache: KVCache,
     tokens: jax.Array,
     lengths: jax.Array,
-    scales: Params | None = None,
 ) -> tuple[jax.Array, KVCache]:
     """Right-padded prompts (batch, length) with `lengths` real tokens each: the logits after each prompt's
     last token (batch, vocab) and the cache holding the prompts."""
-    x, cache, logits = _extend(graphdef, params, scales, cache, tokens, lengths.astype(jnp.int32))
+    x, cache, logits = _extend(graphdef, params, cache, tokens, lengths.astype(jnp.int32))
     last = jnp.take_along_axis(x, (lengths - 1)[:, None, None], axis=1)
     return logits(last)[:, 0], cache
 
@@ -236,32 +229,32 @@ def next_token(logits: jax.Array, key: jax.Array, sampler: Sampler) -> jax.Array
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "new_tokens", "sampler", "start_id"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "new_tokens", "sampler", "start_id", "kv_dtype"))
 def _generate(
     graphdef: nnx.GraphDef,
     cfg: ModelConfig,
     params: Params,
-    scales: Params | None,
     prompts: jax.Array,
     lengths: jax.Array,
     key: jax.Array,
     new_tokens: int,
     sampler: Sampler,
     start_id: int | None,
+    kv_dtype: str = "model",
 ) -> jax.Array:
     """The compiled body of `generate`: prefill (a t5 model: encode, then prefill the start id), then a scan
     that samples a token and extends the cache."""
     memory = None
     if cfg.family == "t5":
-        memory = encode(graphdef, params, prompts, lengths, scales)
+        memory = encode(graphdef, params, prompts, lengths)
         prompts, lengths = jnp.full((prompts.shape[0], 1), start_id, jnp.int32), jnp.ones_like(lengths)
-    cache = init_cache(cfg, prompts.shape[0], prompts.shape[1] + new_tokens, memory)
-    logits, cache = prefill(graphdef, params, cache, prompts, lengths, scales)
+    cache = init_cache(cfg, prompts.shape[0], prompts.shape[1] + new_tokens, memory, kv_dtype)
+    logits, cache = prefill(graphdef, params, cache, prompts, lengths)
 
     def step(carry: tuple[jax.Array, KVCache], i: jax.Array) -> tuple[tuple[jax.Array, KVCache], jax.Array]:
         logits, cache = carry
         token = next_token(logits, jax.random.fold_in(key, i), sampler)
-        logits, cache = extend(graphdef, params, cache, token[:, None], scales)
+        logits, cache = extend(graphdef, params, cache, token[:, None])
         return (logits[:, 0], cache), token
 
     _, tokens = jax.lax.scan(step, (logits, cache), jnp.arange(new_tokens))
@@ -278,16 +271,16 @@ def generate(
     new_tokens: int,
     seed: int = 0,
     sampler: Sampler = Sampler(),
-    scales: Params | None = None,
     start_id: int | None = None,
+    kv_dtype: str = "model",
 ) -> jax.Array:
     """`new_tokens` tokens (batch, new_tokens) continuing right-padded prompts (batch, length).
 
     `lengths` gives each prompt's real tokens (default: all of them). Draws are keyed by
-    (seed, step), so a seed reproduces a sampled continuation exactly. `scales` marks `params`
-    as int8-quantized (inference/quantize.py). A t5 model's prompts are its encoder's sources, and
+    (seed, step), so a seed reproduces a sampled continuation exactly. `params` may hold quantized
+    weights (inference/quantize.py). A t5 model's prompts are its encoder's sources, and
     its decoder starts from `start_id`, the id its training objective starts the decoder inputs
-    with (data/objectives.py's START_ID).
+    with (data/objectives.py's START_ID). kv_dtype int8 keeps the cache in int8 (see init_cache).
     """
     check_decoder(cfg)
     if (start_id is None) != (cfg.family == "gpt"):
@@ -310,4 +303,4 @@ def generate(
         raise ConfigError(f"ask for at least one new token, got {new_tokens}")
     key = jax.random.key(seed)
     lengths = jnp.asarray(lengths, jnp.int32)
-    return _generate(graphdef, cfg, params, scales, prompts, lengths, key, new_tokens, sampler, start_id)
+    return _generate(graphdef, cfg, params, prompts, lengths, key, new_tokens, sampler, start_id, kv_dtype)

@@ -19,6 +19,7 @@ from flax import nnx
 from scalelab.model.axes import constrain
 from scalelab.model.config import ModelConfig
 from scalelab.model.masks import BIDIRECTIONAL, Pattern
+from scalelab.model.mup import hidden_init_scale
 
 
 def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], std: float | None) -> nnx.Param:
@@ -54,7 +55,13 @@ def matmul(spec: str, x: jax.Array, w: jax.Array, dtype: jnp.dtype) -> jax.Array
     """einsum with inputs cast to `dtype` and fp32 accumulation; the result is fp32.
 
     Below fp32, the backward matmuls also take `dtype` inputs (see `_low_precision_einsum`).
+    A quantized weight (inference/quantize.py's QuantizedWeight) computes the product itself: it knows its
+    grid, and whether to widen itself or to multiply integers. It is found by that method's name, since
+    model/ imports nothing above it.
     """
+    quantized = getattr(w, "quantized_matmul", None)
+    if quantized is not None:
+        return quantized(spec, x, jnp.dtype(dtype))
     if jnp.dtype(dtype) == jnp.float32:
         return jnp.einsum(spec, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
     return _low_precision_einsum(spec, jnp.dtype(dtype), x.dtype, w.dtype)(x, w)
@@ -207,7 +214,8 @@ class FeedForward(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.activation = ACTIVATIONS[cfg.activation]
         self.dtype = jnp.dtype(cfg.dtype)
-        std, out_std = cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        width = hidden_init_scale(cfg)  # 1.0 under standard; µP's fan-in factor relative to the base width
+        std, out_std = cfg.init_std * width, cfg.init_std / math.sqrt(2 * cfg.n_layers) * width
         self.w_in = param(rngs, (cfg.d_model, cfg.ffn_dim), ("embed", "mlp"), std)
         self.w_gate = param(rngs, (cfg.d_model, cfg.ffn_dim), ("embed", "mlp"), std) if self.activation.gated else None
         self.w_out = param(rngs, (cfg.ffn_dim, cfg.d_model), ("mlp", "embed"), out_std)

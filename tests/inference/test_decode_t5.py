@@ -119,11 +119,9 @@ def test_sampling_is_reproducible_and_int8_decodes_the_dequantized_weights():
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
-    values, scales = quantize(params, model.axes)
-    int8 = generate(BASE, model.graphdef, values, sources, lengths, new_tokens=8, scales=scales, start_id=START_ID)
-    widened = generate(
-        BASE, model.graphdef, dequantize(values, scales), sources, lengths, new_tokens=8, start_id=START_ID
-    )
+    quantized = quantize(params, model.axes, "int8")
+    int8 = generate(BASE, model.graphdef, quantized, sources, lengths, new_tokens=8, start_id=START_ID)
+    widened = generate(BASE, model.graphdef, dequantize(quantized), sources, lengths, new_tokens=8, start_id=START_ID)
     np.testing.assert_array_equal(int8, widened)
 
 
