@@ -30,12 +30,18 @@ class KeyValues:
     updated slices copies every layer's whole cache once more per step. There, bf16 arrays are
     held as their bits (`as_bits`): XLA's CPU backend slices and scatters into a bf16 buffer by
     converting all of it to fp32 and back, while 16-bit integers are plain copies.
+
+    An int8 cache (k and v int8) holds each token's keys and values on a symmetric int8 grid with
+    one bf16 scale per (token, kv head), `k_scale` and `v_scale` shaped like k without head_dim:
+    head_dim + 2 bytes per token and head, against 2 x head_dim in bf16.
     """
 
     k: jax.Array
     v: jax.Array
     layer: jax.Array | None = None  # the layer that reads and writes a stack; None: k and v are one layer's
     bits_of: Any = None  # the float dtype whose bits k and v hold as uint16 (see `as_bits`), or None
+    k_scale: jax.Array | None = None  # int8 cache only: bf16 (..., slots, kv_heads) scales of k
+    v_scale: jax.Array | None = None  # same for v
 
     @property
     def slots(self) -> int:
@@ -51,13 +57,14 @@ class KeyValues:
         if self.bits_of is not None or self.k.dtype != jnp.bfloat16:
             return self
         k, v = (jax.lax.bitcast_convert_type(x, jnp.uint16) for x in (self.k, self.v))
-        return KeyValues(k, v, self.layer, self.k.dtype)
+        return dataclasses.replace(self, k=k, v=v, bits_of=self.k.dtype)
 
     def as_values(self) -> KeyValues:
         """The inverse of `as_bits`."""
         if self.bits_of is None:
             return self
-        return KeyValues(*self._values(self.k, self.v), self.layer)
+        k, v = self._values(self.k, self.v)
+        return dataclasses.replace(self, k=k, v=v, bits_of=None)
 
     def _values(self, *held: jax.Array) -> tuple[jax.Array, ...]:
         if self.bits_of is None:
@@ -66,9 +73,13 @@ class KeyValues:
 
     def read(self) -> tuple[jax.Array, jax.Array]:
         """The keys and values of this layer, (batch, slots, kv_heads, head_dim) each."""
-        if self.layer is None:
-            return self._values(self.k, self.v)
-        return self._values(self.k[self.layer], self.v[self.layer])
+        held = (self.k, self.v) if self.k_scale is None else (self.k, self.v, self.k_scale, self.v_scale)
+        if self.layer is not None:
+            held = tuple(x[self.layer] for x in held)
+        if self.k_scale is None:
+            return self._values(*held)
+        k, v, k_scale, v_scale = held  # int8: widened here, one layer at a time
+        return k.astype(jnp.float32) * k_scale[..., None], v.astype(jnp.float32) * v_scale[..., None]
 
     def write(self, slots: jax.Array, k: jax.Array, v: jax.Array) -> KeyValues:
         """These with new tokens' k and v (batch, length, kv_heads, head_dim) at `slots` (batch, length) of this
@@ -80,10 +91,34 @@ class KeyValues:
         def put(held: jax.Array, new: jax.Array) -> jax.Array:
             return held.at[where].set(jax.lax.bitcast_convert_type(new.astype(dtype), held.dtype), mode="drop")
 
-        return dataclasses.replace(self, k=put(self.k, k), v=put(self.v, v))
+        if self.k_scale is None:
+            return dataclasses.replace(self, k=put(self.k, k), v=put(self.v, v))
+        (k, k_scale), (v, v_scale) = _int8_per_head(k), _int8_per_head(v)
+
+        def put_scale(held: jax.Array, new: jax.Array) -> jax.Array:
+            return held.at[where].set(new, mode="drop")
+
+        return dataclasses.replace(
+            self,
+            k=put(self.k, k),
+            v=put(self.v, v),
+            k_scale=put_scale(self.k_scale, k_scale),
+            v_scale=put_scale(self.v_scale, v_scale),
+        )
 
 
-jax.tree_util.register_dataclass(KeyValues, data_fields=["k", "v", "layer"], meta_fields=["bits_of"])
+def _int8_per_head(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(int8 values, bf16 scales) of x (..., kv_heads, head_dim): one scale per head, max|x| / 127."""
+    xf = x.astype(jnp.float32)
+    amax = jnp.max(jnp.abs(xf), axis=-1)
+    scale = jnp.where(amax > 0, amax / 127, 1.0).astype(jnp.bfloat16)
+    values = jnp.clip(jnp.round(xf / scale.astype(jnp.float32)[..., None]), -127, 127).astype(jnp.int8)
+    return values, scale
+
+
+jax.tree_util.register_dataclass(
+    KeyValues, data_fields=["k", "v", "layer", "k_scale", "v_scale"], meta_fields=["bits_of"]
+)
 
 
 @dataclasses.dataclass(frozen=True)
