@@ -19,11 +19,12 @@ from typing import Any
 
 from scalelab.units import parse_float
 
-APPROACH_CHOICES = ("1", "2", "3", "kaplan", "single", "all")
+APPROACH_CHOICES = ("1", "2", "3", "kaplan", "single", "all", "lr")
 EPILOG_FIT = """examples:
   scalelab fit sweeps/demo                             # all approaches, 1000 bootstrap resamples
   scalelab fit sweeps/demo --approach 3 --budget 1e21  # N_opt, D_opt and loss at 1e21 FLOPs
   scalelab fit table.csv --n-col params --d-col tokens --loss-col val_loss
+  scalelab fit sweeps/lr-grid --approach lr            # best lr per size -> lr rule for a sweep spec
   scalelab fit sweeps/demo --grid alpha=0:2:0.25 --grid kaplan.r=0.5,1,2"""
 EPILOG_PLOT = """examples:
   scalelab plot sweeps/demo/fit                        # the plots of a saved fit, next to its fit.json
@@ -68,7 +69,8 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
         choices=APPROACH_CHOICES,
         default="all",
         help="1: envelope of training curves; 2: isoFLOP parabolas; 3: L = E + A/N^alpha + B/D^beta; "
-        "kaplan: Kaplan et al. L(N, D); single: L(N), L(D), L(C) with and without E; all (default)",
+        "kaplan: Kaplan et al. L(N, D); single: L(N), L(D), L(C) with and without E; all (default: the laws); "
+        "lr: the best learning rate of each size in a learning-rate grid, fit as lr* = a N^b, for a spec's rules.lr",
     )
     fit.add_argument(
         "--bootstrap",
@@ -313,11 +315,33 @@ def _write_fit(fit: dict, out: Path) -> Path:
     return path
 
 
+def run_lr_fit(args: argparse.Namespace, out: Path) -> int:
+    """Fit the learning-rate rule of a learning-rate grid, write lr_rule.json and its plot, print the rule."""
+    from scalelab.errors import UserError
+    from scalelab.scaling.fit.lr_rule import LR_RULE_FILE, fit_lr_rule, format_lr_rule, plot_lr_rule, write_lr_rule
+    from scalelab.scaling.fit.table import Columns, FitInputError, load_table
+
+    with _report_warnings("fit"):
+        try:
+            table = load_table(args.input, Columns(args.n_col, args.d_col, args.c_col, args.loss_col), extra=("lr",))
+            rule = fit_lr_rule(table)
+        except FitInputError as error:
+            raise UserError(str(error)) from error
+    print(format_lr_rule(rule))
+    write_lr_rule(rule, out / LR_RULE_FILE, table.source)
+    plot_lr_rule(rule, out / "lr_rule.png")
+    print(f"wrote {out / LR_RULE_FILE} (a spec uses it as rules.lr: {{from_fit: {out / LR_RULE_FILE}}})")
+    print(f"wrote {out / 'lr_rule.png'}")
+    return 0
+
+
 def run_fit(args: argparse.Namespace) -> int:
     """Fit, write fit.json, print the table."""
     from scalelab.scaling.fit.report import format_report
 
     out = _writable_dir(args.out or _default_out(args.input))
+    if args.approach == "lr":
+        return run_lr_fit(args, out)
     fit, _ = fit_input(args, "fit")
     _require_a_fit(fit)
     path = _write_fit(fit, out)
@@ -351,6 +375,10 @@ def run_plot(args: argparse.Namespace) -> int:
     from scalelab.scaling.fit.plots import draw_all
 
     path: Path = args.input
+    if args.approach == "lr":
+        raise UserError(
+            f"plot draws the scaling-law fits; `scalelab fit {path} --approach lr` draws the learning-rate rule itself"
+        )
     fit_json = path if path.suffix == ".json" else path / "fit.json"
     if fit_json.is_file():
         fit, table = _read_fit(fit_json)

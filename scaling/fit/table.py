@@ -78,6 +78,7 @@ class FitTable:
     columns: dict[str, str]  # role -> column used ("derived" where computed)
     flops_per_param_token: float
     curves: tuple[Curve, ...] = field(default=())
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # other numeric columns asked for, by name
 
     def __len__(self) -> int:
         return len(self.loss)
@@ -197,12 +198,18 @@ def _validate(values: dict[str, np.ndarray], labels: list[str], path: Path, colu
         )
 
 
-def load_table(path: str | Path, columns: Columns | None = None) -> FitTable:
-    """Read and validate a fit input; a sweep's run curves are attached when its runs/ directory has them."""
+def load_table(path: str | Path, columns: Columns | None = None, extra: Sequence[str] = ()) -> FitTable:
+    """Read and validate a fit input; a sweep's run curves are attached when its runs/ directory has them.
+
+    `extra` names more columns that must hold positive numbers (a sweep's `lr`, say); they come back in `extra`.
+    """
     cols = columns or Columns()
     csv_path = _resolve(Path(path))
     header, rows = _read_csv(csv_path)
     picked = _pick_columns(header, cols, csv_path)
+    for name in extra:
+        if name not in header:
+            raise FitInputError(f"{csv_path} has no column {name!r} (found {', '.join(header)}); it is needed here")
     rows = _keep_done(rows, header, csv_path)
     labels = [f"line {n}" + (f" (run {row['run']})" if row.get("run") else "") for n, row in rows]
 
@@ -210,7 +217,13 @@ def load_table(path: str | Path, columns: Columns | None = None) -> FitTable:
         return None if name is None else np.array([parse_float(row.get(name, ""), math.nan) for _, row in rows])
 
     values = {role: column(name) for role, name in picked.items() if name is not None}
-    _validate(values, labels, csv_path, {k: v for k, v in picked.items() if v is not None})
+    extras = {name: column(name) for name in extra}
+    _validate(
+        {**values, **extras},
+        labels,
+        csv_path,
+        {**{k: v for k, v in picked.items() if v is not None}, **{n: n for n in extra}},
+    )
     N, loss = values["N"], values["loss"]
     used = {role: name or "derived" for role, name in picked.items()}
     if "D" in values and "C" in values:
@@ -234,6 +247,7 @@ def load_table(path: str | Path, columns: Columns | None = None) -> FitTable:
         columns=used,
         flops_per_param_token=k,
         curves=curves,
+        extra=extras,
     )
 
 

@@ -80,14 +80,13 @@ def _shared_settings(config: Config) -> dict:
 
 
 def plan_trunks(spec: SweepSpec, runs: Sequence, flops_per_step: dict[str, float]) -> list[Trunk]:
-    """One trunk per (shape, seed) among `runs` (planned wsd runs), named after the shape and seed."""
-    groups: dict[tuple[int, int, int], list] = {}
+    """One trunk per (shape, learning rate, seed) among `runs` (planned wsd runs), named after them."""
+    groups: dict[str, list] = {}
     for run in runs:
-        model = run.config.model
-        groups.setdefault((model.d_model, model.n_layers, run.seed), []).append(run)
+        # a branch run is named <budget>-<shape>[-<lr>]-<seed>: the trunk is named after all but the budget
+        groups.setdefault("trunk-" + run.name.split("-", 2)[2], []).append(run)
     trunks = []
-    for (d_model, n_layers, seed), members in groups.items():
-        name = f"trunk-d{d_model}l{n_layers}-s{seed}"
+    for name, members in groups.items():
         shared = _shared_settings(members[0].config)
         for run in members[1:]:
             if _shared_settings(run.config) != shared:  # a per-size rule that depends on the run's length

@@ -39,6 +39,7 @@ class PlannedRun:
     lr: float
     seed: int
     config: Config
+    lr_multiplier: float = 1.0  # of the lr rule's value (rules.lr_multipliers: a learning-rate grid)
     trunk: str | None = None  # with branches: the trunk this run resumes from, at step branch_step
     branch_step: int | None = None
 
@@ -229,7 +230,15 @@ def warmup_steps(spec: SweepSpec, size: int, steps: int, tokens_per_step: int) -
 
 
 def _run_config(
-    spec: SweepSpec, name: str, model: ModelConfig, steps: int, batch: int, size: int, seq_len: int, seed: int
+    spec: SweepSpec,
+    name: str,
+    model: ModelConfig,
+    steps: int,
+    batch: int,
+    lr: float,
+    size: int,
+    seq_len: int,
+    seed: int,
 ) -> Config:
     """The training config of one run: the base config with the planned shape, length and per-size rules."""
     rules = spec.rules
@@ -242,7 +251,7 @@ def _run_config(
         "name": name,
         "model": shape,
         "train": {"steps": steps, "batch_size": batch, "seed": seed, "eval_every": -(-steps // rules.evals_per_run)},
-        "optimizer": {"lr": rules.lr.at(size)},
+        "optimizer": {"lr": lr},
         "schedule": {"warmup_steps": warmup},
         "checkpoint": {"every": -(-steps // rules.checkpoints_per_run) if rules.checkpoints_per_run else 0},
     }
@@ -259,14 +268,31 @@ def _run_config(
         raise SpecError(f"run {name}: {error}; fix the base config or the rules") from None
 
 
+def _cells(
+    spec: SweepSpec, family: Family, cell: tuple[float, int], tokens: float, budget: float | None
+) -> list[PlannedRun]:
+    """The runs of one (target, rung) cell: one per seed and learning-rate multiplier."""
+    return [
+        _cell(spec, family, cell, tokens, budget, seed, multiplier)
+        for multiplier in spec.rules.lr_multipliers
+        for seed in spec.seeds
+    ]
+
+
 def _cell(
-    spec: SweepSpec, family: Family, cell: tuple[float, int], tokens: float, budget: float | None, seed: int
+    spec: SweepSpec,
+    family: Family,
+    cell: tuple[float, int],
+    tokens: float,
+    budget: float | None,
+    seed: int,
+    multiplier: float,
 ) -> PlannedRun:
     """Plan one run of the (target, rung) `cell` on about `tokens` tokens."""
     target, k = cell
     size = family.size(k)
     batch = int(spec.rules.batch_size.at(size))
-    lr = spec.rules.lr.at(size)
+    lr = spec.rules.lr.at(size) * multiplier
     seq_len = family.seq_len
     steps = round(tokens / (batch * seq_len))
     fpt = family.fpt(k)
@@ -281,7 +307,8 @@ def _cell(
         )
     model = family.model(k)
     kind = f"iso-C{_compact(budget)}" if budget is not None else f"grid-D{_compact(tokens)}"
-    name = f"{kind}-d{model.d_model}l{model.n_layers}-s{seed}"
+    lr_part = f"-lr{_compact(multiplier)}x" if len(spec.rules.lr_multipliers) > 1 else ""
+    name = f"{kind}-d{model.d_model}l{model.n_layers}{lr_part}-s{seed}"
     counts = family.counts(k)
     d = steps * batch * seq_len
     return PlannedRun(
@@ -298,7 +325,8 @@ def _cell(
         batch_size=batch,
         lr=lr,
         seed=seed,
-        config=_run_config(spec, name, model, steps, batch, size, seq_len, seed),
+        config=_run_config(spec, name, model, steps, batch, lr, size, seq_len, seed),
+        lr_multiplier=multiplier,
     )
 
 
@@ -313,7 +341,7 @@ def make_plan(spec: SweepSpec) -> Plan:
     if isinstance(spec.runs, GridRuns):
         for tokens in spec.runs.tokens:
             for cell in _fixed_sizes(family, spec.runs.sizes):
-                runs += [_cell(spec, family, cell, tokens, None, seed) for seed in spec.seeds]
+                runs += _cells(spec, family, cell, tokens, None)
     else:
         iso = spec.runs
         for budget in iso.budgets:
@@ -324,7 +352,7 @@ def make_plan(spec: SweepSpec) -> Plan:
                 cells = [(float(family.size(k)), k) for k in rungs]
             for cell in cells:
                 tokens = budget / family.fpt(cell[1])
-                runs += [_cell(spec, family, cell, tokens, budget, seed) for seed in spec.seeds]
+                runs += _cells(spec, family, cell, tokens, budget)
     seen: dict[str, PlannedRun] = {}
     for run in runs:
         if run.name in seen:

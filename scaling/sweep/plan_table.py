@@ -45,6 +45,11 @@ def format_plan(plan: Plan, runs: Sequence[PlannedRun] | None = None) -> str:
     columns = (np.array([getattr(r, key) for r in plan.runs], dtype=float) for key in ("n_total", "tokens", "flops"))
     support = fit_support(*columns, names=[r.name for r in plan.runs])
     lines.append(format_support(support))
+    multipliers = plan.spec.rules.lr_multipliers
+    if len(multipliers) > 1:
+        sizes = len({run.size for run in plan.runs})
+        verdict = "yes" if len(multipliers) >= 3 and sizes >= 2 else "no (needs 3+ learning rates and 2+ sizes)"
+        lines.append(f"  lr rule (--approach lr): {verdict} ({sizes} sizes x {len(multipliers)} learning rates)")
     return "\n".join(lines)
 
 

@@ -64,7 +64,10 @@ class FamilyRule:
 
 @dataclasses.dataclass(frozen=True)
 class PowerRule:
-    """A per-size value: `value * (N / ref_params) ** exponent`, clamped to [min, max], rounded to `multiple`."""
+    """A per-size value: `value * (N / ref_params) ** exponent`, clamped to [min, max], rounded to `multiple`.
+
+    rules.lr may instead say `{from_fit: PATH}`: the rule `scalelab fit --approach lr` wrote there.
+    """
 
     value: float
     ref_params: float = 1e6
@@ -110,6 +113,8 @@ class RunRules:
     lr: PowerRule
     batch_size: PowerRule
     b2: PowerRule | None = None  # AdamW's second-moment decay per size; None keeps the base config's
+    # Each cell runs once per multiplier of the lr rule: a learning-rate grid, for `scalelab fit --approach lr`.
+    lr_multipliers: tuple[float, ...] = (1.0,)
     warmup_fraction: float = 0.05  # of each run's steps
     # Warmup sized to the model (Porian et al. 2024: as many tokens as parameters), instead of warmup_fraction.
     warmup_tokens_per_param: float | None = None
@@ -234,8 +239,31 @@ def _power_rule(value: Any, key: str) -> dict[str, Any]:
     return value
 
 
-def _rules(data: dict[str, Any], branches: bool) -> RunRules:
+def _fitted_lr(rule: dict[str, Any], relative_to: Path | None) -> dict[str, Any]:
+    """rules.lr: {from_fit: PATH, ...}: the rule `scalelab fit --approach lr` saved, with any other keys over it."""
+    from scalelab.scaling.fit.lr_rule import read_lr_rule
+    from scalelab.scaling.fit.table import FitInputError
+
+    rule = dict(rule)
+    path = Path(str(rule.pop("from_fit")))
+    if not path.is_absolute() and relative_to is not None:
+        path = relative_to / path
+    if not path.is_file():
+        raise SpecError(
+            f"rules.lr.from_fit: {path} does not exist; write it with `scalelab fit LR_SWEEP --approach lr --out DIR` "
+            "and point from_fit at DIR/lr_rule.json (relative to the spec's folder)"
+        )
+    try:
+        fitted = read_lr_rule(path)
+    except FitInputError as error:
+        raise SpecError(f"rules.lr.from_fit: {error}") from None
+    return {**fitted, **rule}
+
+
+def _rules(data: dict[str, Any], branches: bool, relative_to: Path | None = None) -> RunRules:
     data = dict(data)
+    if isinstance(data.get("lr"), dict) and "from_fit" in data["lr"]:
+        data["lr"] = _fitted_lr(data["lr"], relative_to)
     for key in ("lr", "batch_size"):
         if key not in data:
             raise SpecError(f"rules.{key} is missing; give a number or {{value, ref_params, exponent, min, max}}")
@@ -243,6 +271,7 @@ def _rules(data: dict[str, Any], branches: bool) -> RunRules:
     data["batch_size"] = {"multiple": 1, **data["batch_size"]}  # batch sizes are whole sequences
     if "b2" in data:
         data["b2"] = _power_rule(data["b2"], "b2")
+    multipliers = log_values(data.pop("lr_multipliers", [1.0]), "rules.lr_multipliers")
     if "warmup_fraction" in data and "warmup_tokens_per_param" in data:
         raise SpecError(
             "rules: give warmup_fraction (a share of each run) or warmup_tokens_per_param (sized to the model), not both"
@@ -252,7 +281,7 @@ def _rules(data: dict[str, Any], branches: bool) -> RunRules:
             "branches: the runs of one size share their trunk's warmup, so it cannot be a share of each run's "
             "length; set rules.warmup_tokens_per_param (Porian et al. 2024 use 1: as many tokens as parameters)"
         )
-    rules = from_dict(RunRules, data, "rules")
+    rules = dataclasses.replace(from_dict(RunRules, data, "rules"), lr_multipliers=multipliers)
     _check_finite(rules, "rules")
     rules.lr.check("lr")
     rules.batch_size.check("batch_size")
@@ -360,7 +389,9 @@ def spec_from_dict(data: dict[str, Any], path: Path | None = None) -> SweepSpec:
         branches = None
         if "branches" in data:
             branches = from_dict(Branches, _mapping(data["branches"], "branches", _fields(Branches)), "branches")
-        rules = _rules(_mapping(data.get("rules"), "rules", _fields(RunRules)), branches is not None)
+        rules = _rules(
+            _mapping(data.get("rules"), "rules", _fields(RunRules)), branches is not None, path.parent if path else None
+        )
         seeds = _seeds(data.get("seeds", [0]))
     except (ConfigError, FileNotFoundError) as error:
         raise _error(path, str(error)) from None

@@ -145,3 +145,15 @@ def test_utilization_is_computed_from_the_sweeps_own_records(tmp_path):
     assert usage.of_peak == pytest.approx(flops / (40.0 * 1e9))
     assert f"compute utilization {flops / 4e10:.1%} of the measured peak" in usage.describe()
     assert f"the training steps alone ran at {flops / (step_s * 1e9):.1%} MFU" in usage.describe()
+
+
+def test_lr_multipliers_run_each_cell_at_each_learning_rate_with_its_own_trunk():
+    plan = make_plan(spec_from_dict(micro(**BRANCHED, rules__lr_multipliers=[0.5, 1, 2])))
+    assert len(plan.runs) == 9 and len(plan.trunks) == 3
+    for run in plan.runs:
+        assert run.name.split("-")[3] == f"lr{run.lr_multiplier:g}x"
+        assert run.lr == pytest.approx(3e-3 * (run.size / 1e4) ** -0.25 * run.lr_multiplier)
+        (trunk,) = [t for t in plan.trunks if run.name in t.runs]
+        assert trunk.config.optimizer.lr == run.lr
+    with pytest.raises(SpecError, match=r"rules\.lr_multipliers: every value must be positive"):
+        make_plan(spec_from_dict(micro(rules__lr_multipliers=[0, 1])))
