@@ -106,18 +106,18 @@ class QuantizedWeight:
         x_spec, w_spec, out = _parse(spec)
         contracted = tuple(i for i, c in enumerate(x_spec) if c not in out)
         xf = x.astype(jnp.float32)
-        top = INT8_MAX if mode.bits == 8 else FP8_MAX
+        top = FP8_MAX if mode.float8 else INT8_MAX
         if self.act_scale is not None and mode.activations == "calibrated":
             x_scale = jnp.broadcast_to(self.act_scale, [1] * x.ndim)
         else:  # dynamic: one scale per token (per row of x's kept axes)
             amax = jnp.max(jnp.abs(xf), axis=contracted, keepdims=True)
             x_scale = jnp.where(amax > 0, amax / top, 1.0)
-        if mode.bits == 8:
-            xq = jnp.clip(jnp.round(xf / x_scale), -INT8_MAX, INT8_MAX).astype(jnp.int8)
-            product = jnp.einsum(spec, xq, self.values, preferred_element_type=jnp.int32).astype(jnp.float32)
-        else:
+        if mode.float8:
             xq = jnp.clip(xf / x_scale, -top, top).astype(FP8)
             product = jnp.einsum(spec, xq, self.values, preferred_element_type=jnp.float32)
+        else:
+            xq = jnp.clip(jnp.round(xf / x_scale), -INT8_MAX, INT8_MAX).astype(jnp.int8)
+            product = jnp.einsum(spec, xq, self.values, preferred_element_type=jnp.int32).astype(jnp.float32)
         x_kept = "".join(c for c in x_spec if c in out)
         x_scale = _to_output(jnp.squeeze(x_scale, contracted), x_kept, out)
         w_axes = input_axes(self._axes)

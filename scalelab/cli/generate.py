@@ -14,6 +14,7 @@ import numpy as np
 
 from scalelab.errors import UserError
 from scalelab.inference.generate import load_run, parse_ids, right_padded
+from scalelab.inference.quant_modes import KV_CACHE_DTYPES, MODES
 
 DEFAULT_NEW_TOKENS = 64
 
@@ -69,9 +70,18 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed; the same seed gives the same text")
     parser.add_argument(
         "--quantize",
-        choices=("int8",),
+        choices=tuple(MODES),
         default=None,
-        help="int8: per-channel int8 matmul weights, dequantized inside each layer at decode time",
+        help="quantize the weights first (docs/quantization.md): "
+        + "; ".join(f"{m.name}: {m.help}" for m in MODES.values())
+        + " (calibrated on the prompts)",
+    )
+    parser.add_argument(
+        "--kv-cache",
+        choices=KV_CACHE_DTYPES,
+        default="model",
+        help="model: keys and values in the model's compute dtype; int8: int8 with a scale per token and head, "
+        "about half the bytes of bf16 (default model)",
     )
     parser.set_defaults(func=run_generate)
 
@@ -79,8 +89,9 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     """Load the run, decode every prompt as one batch and print the continuations."""
     from scalelab.data.objectives import START_ID
+    from scalelab.inference.calibrate import calibrate
     from scalelab.inference.decode import Sampler, decoder_prefix, generate
-    from scalelab.inference.quantize import quantize, report
+    from scalelab.inference.quantize import check_params, quantize, report
 
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
@@ -109,11 +120,18 @@ def run_generate(args: argparse.Namespace) -> int:
             f"{run.cfg.model.max_seq_len}; shorten it to at most {run.cfg.model.max_seq_len - 1} tokens"
         )
     new_tokens = args.max_new_tokens or min(DEFAULT_NEW_TOKENS, room)
-    params, scales = run.params, None
+    params = run.params
     note = f"step {run.step_dir.name} of {args.run_dir}"
-    if args.quantize == "int8":
-        params, scales = quantize(run.params, run.model.axes)
-        note += f"; {report(run.params, params, scales).describe()}"
+    if args.quantize is not None:
+        check_params(run.params, run.model.shapes, run.cfg.model.family)
+        scales = None
+        if MODES[args.quantize].activations == "calibrated":
+            batch = {"inputs": padded, "segment_ids": (np.arange(padded.shape[1]) < lengths[:, None]).astype(np.int32)}
+            if t5:
+                batch["decoder_inputs"] = np.full((len(padded), 1), START_ID, np.int32)
+            scales = calibrate(run.model, run.params, [batch])
+        params = quantize(run.params, run.model.axes, args.quantize, scales)
+        note += f"; {report(run.params, params).describe()}"
     start = time.perf_counter()
     tokens = generate(
         run.cfg.model,
@@ -124,8 +142,8 @@ def run_generate(args: argparse.Namespace) -> int:
         new_tokens=new_tokens,
         seed=args.seed,
         sampler=sampler,
-        scales=scales,
         start_id=START_ID if t5 else None,
+        kv_dtype=args.kv_cache,
     )
     tokens = np.asarray(jax.device_get(tokens))
     seconds = time.perf_counter() - start

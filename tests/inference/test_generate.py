@@ -92,7 +92,7 @@ def test_sampling_follows_the_seed_and_int8_reports_its_savings(synthetic_run, c
     assert _generate(capsys, *base, "--seed", "2")[1] != a
     code, out, err = _generate(capsys, *base, "--seed", "1", "--quantize", "int8")
     assert code == 0, err
-    assert "int8 weights: matmul weights" in err and "saved" in err
+    assert "int8 weights: quantized weights" in err and "x of fp32" in err and "saved" in err
     assert len(out.split(" | ")[1].split()) == 12
 
     # Without --max-new-tokens: 64, or as many as fit in model.max_seq_len (64 for gpt-tiny).

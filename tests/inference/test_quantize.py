@@ -140,6 +140,21 @@ def test_w8a8_multiplies_int8_by_int8_into_int32_and_rescales():
     assert "i8[2,3,32]" in jaxpr and "preferred_element_type=int32" in jaxpr
 
 
+def test_fp8_multiplies_float8_by_float8():
+    w = jax.random.normal(jax.random.key(0), (32, 48))
+    x = jax.random.normal(jax.random.key(1), (2, 3, 32))
+    q = quantize({"w": w}, {"w": jax.sharding.PartitionSpec("embed", "mlp")}, "fp8")["w"]
+    assert q.values.dtype == jnp.float8_e4m3fn
+    got = q.quantized_matmul("btd,df->btf", x, jnp.float32)
+    x_scale = jnp.max(jnp.abs(x), axis=-1, keepdims=True) / 448
+    x_fp8 = (x / x_scale).astype(jnp.float8_e4m3fn).astype(jnp.float32) * x_scale
+    expected = jnp.einsum("btd,df->btf", x_fp8, q.values.astype(jnp.float32) * q.scale.reshape(1, 48))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert float(jnp.max(jnp.abs(got - jnp.einsum("btd,df->btf", x, w)))) > 1e-3  # it did round
+    jaxpr = str(jax.make_jaxpr(lambda x: q.quantized_matmul("btd,df->btf", x, jnp.float32))(x))
+    assert "f8_e4m3fn[2,3,32]" in jaxpr
+
+
 def test_calibrated_scales_are_each_layers_largest_input(model_params):
     model, params = model_params
     batches = [{"inputs": jax.random.randint(jax.random.key(i), (2, 16), 0, CFG.vocab_size)} for i in range(2)]
