@@ -14,6 +14,7 @@ from scalelab.errors import ConfigError
 from scalelab.model.config import ModelConfig
 from scalelab.parallel.config import MeshConfig
 from scalelab.train.lr_schedules import LR_SCHEDULES
+from scalelab.train.qat import check_qat
 from scalelab.train.stage import PostTrainConfig
 
 NAN_POLICIES = ("stop", "skip", "rollback")
@@ -77,6 +78,8 @@ class TrainLoopConfig:
     eval_batches: int = 4  # validation batches averaged into one eval_loss
     z_loss: float = 0.0  # weight of the log(Z)^2 penalty that keeps the softmax normaliser near 1; 0: off
     seed: int = 0  # parameter initialisation and dropout; every draw is keyed by (seed, step)
+    qat_bits: int = 0  # quantization-aware training: the loss sees weights on a 4- or 8-bit grid (train/qat.py); 0: off
+    qat_group_size: int = 0  # inputs per weight scale for qat_bits; 0: one scale per output channel
     nan_policy: str = "stop"
     max_rollbacks: int = 3  # nan_policy=rollback: stop (as with `stop`) after this many rollbacks in one run
     # Fault injection, to rehearse the NaN policy before a long run: these data batches get NaN loss weights.
@@ -96,6 +99,7 @@ class TrainLoopConfig:
             raise ConfigError(
                 f"train.nan_policy: unknown value {self.nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}"
             )
+        check_qat(self.qat_bits, self.qat_group_size)
         if self.max_rollbacks < 0:
             raise ConfigError(f"train.max_rollbacks must be >= 0, got {self.max_rollbacks}")
         if any(index < 0 for index in self.inject_nan_batches):

@@ -13,6 +13,7 @@ import optax
 from scalelab.model.functional import ModelDef
 from scalelab.model.stack import LayerRunner
 from scalelab.train.config import Config
+from scalelab.train.qat import fake_quantized
 
 TrainState = dict[str, Any]  # {"step": int32 scalar, "params": pytree, "opt_state": pytree}
 Batch = Mapping[str, jax.Array]
@@ -93,7 +94,12 @@ def make_train_step(
 
     stage_loss = loss or cross_entropy_loss
 
+    qat_bits, qat_group = cfg.train.qat_bits, cfg.train.qat_group_size
+
     def loss_fn(params, batch, key):
+        # Quantization-aware training: the forward pass sees the weights on their grid, and the gradient
+        # passes straight through the rounding to the fp32 weights (train/qat.py).
+        params = fake_quantized(params, model.axes, qat_bits, qat_group)
         return stage_loss(params, batch, key if use_dropout else None)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
