@@ -28,6 +28,8 @@ Interfaces for PPO (part 2) — stable:
   `train`'s shape (CONFIG --set --run-dir --overwrite --init-from --quiet).
 """
 
+from scalelab.posttrain.ppo_run import register as _register_ppo
 from scalelab.posttrain.stages import register as _register
 
 _register()
+_register_ppo()

@@ -15,6 +15,7 @@ checkpoint, so a resumed run repeats an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,54 +25,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from scalelab.errors import ConfigError
+from scalelab.model.functional import describe
 from scalelab.posttrain import ppo_math as pm
-from scalelab.posttrain.heads import base_params
-from scalelab.posttrain.ppo_policy import policy_outputs, reference_logprobs
+from scalelab.posttrain.heads import HEAD, base_params, head_values
+from scalelab.posttrain.losses import token_logprobs
+from scalelab.posttrain.ppo_policy import hidden_and_logits, policy_outputs, reference_logprobs
 from scalelab.posttrain.rollout import join, sample
 from scalelab.train.faults import NonFiniteLossError
+from scalelab.train.stage import PPOConfig
 
 Params = dict[str, Any]
 # (tokens (batch, length), response mask (batch, length)) -> a score per sequence (batch,)
 Scorer = Callable[[jax.Array, jax.Array], Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class PPOSettings:
-    """PPO's knobs; the defaults follow TRL's sentiment example, scaled to small batches."""
-
-    new_tokens: int = 24  # longest response, in tokens
-    temperature: float = 1.0  # rollout sampling temperature (1: the policy's own distribution)
-    epochs: int = 4  # passes over each rollout batch
-    minibatches: int = 2  # gradient steps per pass
-    clip: float = 0.2  # policy ratio clip
-    value_clip: float = 0.2  # how far a value may move from the rollout's before its error is clipped
-    vf_coef: float = 0.1  # weight of the value loss against the policy loss (they share the trunk)
-    gamma: float = 1.0  # discount
-    lam: float = 0.95  # GAE lambda
-    beta: float = 0.05  # KL penalty coefficient (the start value when target_kl is set)
-    target_kl: float | None = None  # adaptive beta (Ziegler et al. 2019): the summed KL per response to aim for
-    kl_horizon: int = 10_000  # adaptive beta: samples over which a 20% error moves beta by 20%
-    normalize_rewards: bool = True  # scale scores by running mean and std before adding the KL penalty
-    whiten_advantages: bool = True
-
-    def __post_init__(self) -> None:
-        positive = {"new_tokens": self.new_tokens, "epochs": self.epochs, "minibatches": self.minibatches}
-        for name, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"ppo.{name} must be at least 1, got {value}")
-        if self.temperature <= 0:
-            raise ConfigError(f"ppo.temperature must be > 0 (PPO samples from the policy), got {self.temperature}")
-        if self.beta < 0:
-            raise ConfigError(f"ppo.beta must be >= 0, got {self.beta}")
-        if self.target_kl is not None and self.target_kl <= 0:
-            raise ConfigError(f"ppo.target_kl must be positive (or null for a fixed beta), got {self.target_kl}")
-        for name in ("clip", "value_clip"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"ppo.{name} must be positive, got {getattr(self, name)}")
-        for name in ("gamma", "lam"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ConfigError(f"ppo.{name} must be in (0, 1], got {getattr(self, name)}")
 
 
 @dataclasses.dataclass
@@ -89,13 +54,20 @@ class HostState:
         self.moments = pm.RunningMoments(**data["moments"])
 
 
+@functools.cache
+def shared_graphdef(cfg: Any) -> Any:
+    """One graphdef per model config. jit caches key on the graphdef, and describe() makes a new, unequal one
+    on every call, so without this each run (and each resumed session) would compile its programs again."""
+    return describe(cfg).graphdef
+
+
 def make_tx(lr: float, clip_norm: float | None, weight_decay: float = 0.0) -> optax.GradientTransformation:
     """Adam(W) with optional global-norm clipping: fine-tuning from SFT wants no schedule tricks."""
     parts = [] if clip_norm is None else [optax.clip_by_global_norm(clip_norm)]
     return optax.chain(*parts, optax.adamw(lr, weight_decay=weight_decay))
 
 
-def ppo_loss(model: Any, settings: PPOSettings, runner: Any = None) -> Callable:
+def ppo_loss(model: Any, settings: PPOConfig, runner: Any = None) -> Callable:
     """loss(params, minibatch, dropout key) -> (clipped policy loss + vf_coef * clipped value loss, metrics)."""
     s = settings
 
@@ -118,7 +90,7 @@ def ppo_loss(model: Any, settings: PPOSettings, runner: Any = None) -> Callable:
     return loss_fn
 
 
-def standalone_update(model: Any, settings: PPOSettings, tx: optax.GradientTransformation) -> Callable:
+def standalone_update(model: Any, settings: PPOConfig, tx: optax.GradientTransformation) -> Callable:
     """A jitted update(state, minibatch) -> (state, metrics) on whatever device holds the state: the
     Trainer's train_step with the PPO loss, for use without a run directory (tests, notebooks)."""
     loss_fn = ppo_loss(model, settings)
@@ -134,6 +106,33 @@ def standalone_update(model: Any, settings: PPOSettings, tx: optax.GradientTrans
     return jax.jit(update, donate_argnums=0)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "settings"))
+def experience(graphdef, settings: PPOConfig, params, reference, tokens, response_mask, scores, beta):
+    """A rollout batch as PPO trains on it: the policy's log-probs and values at sampling time, the reference's
+    log-probs, KL-shaped rewards, advantages and returns, as rows of inputs/targets; and the batch's mean
+    summed KL and KL reward."""
+    s = settings
+    inputs, targets, mask = tokens[:, :-1], tokens[:, 1:], response_mask[:, 1:]
+    hidden, logits = hidden_and_logits(graphdef, base_params(params), inputs)
+    logprobs, values = token_logprobs(logits, targets), head_values(hidden, params[HEAD])
+    ref_logprobs = reference_logprobs(graphdef, reference, inputs, targets)
+    kl = pm.kl_per_token(logprobs, ref_logprobs, mask)
+    rewards = pm.shaped_rewards(scores, kl, mask, beta)
+    advantages, returns = pm.gae(rewards, values * mask, mask, s.gamma, s.lam)
+    if s.whiten_advantages:
+        advantages = pm.whiten(advantages, mask)
+    batch = {
+        "inputs": inputs,
+        "targets": targets,
+        "mask": mask,
+        "logprobs": logprobs * mask,
+        "values": values * mask,
+        "advantages": advantages,
+        "returns": returns,
+    }
+    return batch, {"kl": kl.sum(1).mean(), "non_score_reward": (rewards.sum(1) - scores).mean()}
+
+
 class PPOLearner:
     """The PPO step for one policy (a ScalarHeadModel: decoder + value head), its frozen reference and a scorer.
 
@@ -146,11 +145,12 @@ class PPOLearner:
     def __init__(
         self,
         model: Any,
-        settings: PPOSettings,
+        settings: PPOConfig,
         update: Callable,
         reference: Params,
         scorer: Scorer,
         *,
+        beta: float,
         eos_id: int | None,
         seed: int,
         put_batch: Callable[[Any], Any] | None = None,
@@ -158,32 +158,7 @@ class PPOLearner:
         self.model, self.settings, self.update = model, settings, update
         self.reference, self.scorer, self.eos_id, self.seed = reference, scorer, eos_id, seed
         self.put_batch = put_batch or (lambda batch: batch)
-        self.host = HostState(
-            pm.AdaptiveKL(settings.beta, settings.target_kl, settings.kl_horizon), pm.RunningMoments()
-        )
-        self._experience = jax.jit(self._experience_fn)
-
-    def _experience_fn(self, params, reference, tokens, response_mask, scores, beta):
-        """Old log-probs and values, the reference's log-probs, KL, rewards, advantages and returns."""
-        s = self.settings
-        inputs, targets, mask = tokens[:, :-1], tokens[:, 1:], response_mask[:, 1:]
-        logprobs, values, _ = policy_outputs(self.model, params, inputs, targets)
-        ref_logprobs = reference_logprobs(self.model.graphdef, reference, inputs, targets)
-        kl = pm.kl_per_token(logprobs, ref_logprobs, mask)
-        rewards = pm.shaped_rewards(scores, kl, mask, beta)
-        advantages, returns = pm.gae(rewards, values * mask, mask, s.gamma, s.lam)
-        if s.whiten_advantages:
-            advantages = pm.whiten(advantages, mask)
-        batch = {
-            "inputs": inputs,
-            "targets": targets,
-            "mask": mask,
-            "logprobs": logprobs * mask,
-            "values": values * mask,
-            "advantages": advantages,
-            "returns": returns,
-        }
-        return batch, {"kl": kl.sum(1).mean(), "non_score_reward": (rewards.sum(1) - scores).mean()}
+        self.host = HostState(pm.AdaptiveKL(beta, settings.target_kl, settings.kl_horizon), pm.RunningMoments())
 
     def rollout(self, params: Params, prompts: np.ndarray, lengths: np.ndarray, step: int):
         """Sampled responses for PPO step `step`'s prompts: (joined tokens, response mask, the Rollout)."""
@@ -191,7 +166,7 @@ class PPOLearner:
         prompts, lengths = jnp.asarray(prompts, jnp.int32), jnp.asarray(lengths, jnp.int32)
         out = sample(
             self.model.cfg,
-            self.model.graphdef,
+            shared_graphdef(self.model.cfg),
             base_params(params),
             prompts,
             lengths,
@@ -218,7 +193,9 @@ class PPOLearner:
             scores = self.host.moments.normalize(raw)
         beta = self.host.kl.beta
         scores = jnp.asarray(scores, jnp.float32)
-        batch, stats = self._experience(state["params"], self.reference, tokens, response_mask, scores, beta)
+        batch, stats = experience(
+            shared_graphdef(self.model.cfg), s, state["params"], self.reference, tokens, response_mask, scores, beta
+        )
         batch = jax.device_get(batch)
         rows = prompts.shape[0]
         per_update = rows // s.minibatches

@@ -30,6 +30,45 @@ EvalFn = Callable[[Any, Any], dict[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """PPO's settings (section posttrain.ppo; its KL coefficient and reference are posttrain.beta and .reference).
+
+    train.batch_size counts the rows of one minibatch update; a PPO step samples batch_size x minibatches
+    prompts. train.seq_len holds prompt and response: prompts get seq_len + 1 - new_tokens tokens.
+    """
+
+    reward_model: str | None = None  # run directory of a reward-model run (scalelab reward) that scores responses
+    new_tokens: int = 24  # longest response, in tokens
+    temperature: float = 1.0  # rollout sampling temperature (1: the policy's own distribution)
+    epochs: int = 4  # passes over each rollout batch
+    minibatches: int = 2  # optimizer updates per pass
+    clip: float = 0.2  # policy ratio clip
+    value_clip: float = 0.2  # how far a value may move from the rollout's before its error is clipped
+    vf_coef: float = 0.1  # weight of the value loss against the policy loss (they share the trunk)
+    gamma: float = 1.0  # discount
+    lam: float = 0.95  # GAE lambda
+    target_kl: float | None = None  # adaptive beta (Ziegler et al. 2019): the summed KL per response to aim for
+    kl_horizon: int = 10_000  # adaptive beta: samples over which a 20% KL error moves beta by 20%
+    normalize_rewards: bool = True  # centre and scale scores by their running mean and std
+    whiten_advantages: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("new_tokens", "epochs", "minibatches", "kl_horizon"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"posttrain.ppo.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("temperature", "clip", "value_clip"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"posttrain.ppo.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("gamma", "lam"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"posttrain.ppo.{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.target_kl is not None and self.target_kl <= 0:
+            raise ConfigError(
+                f"posttrain.ppo.target_kl must be positive (or null for a fixed beta), got {self.target_kl}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
 class PostTrainConfig:
     """Post-training: which stage this run trains, its data files and the settings of its loss."""
 
@@ -40,8 +79,9 @@ class PostTrainConfig:
     eval_file: str | None = None  # held-out examples in the same format; null: hold out eval_fraction of train_file
     eval_fraction: float = 0.1  # share of train_file's lines (chosen by content hash) held out when eval_file is null
     overflow: str = "refuse"  # an example longer than train.seq_len: refuse (error naming its line) or truncate
-    reference: str | None = None  # dpo: the frozen reference run directory (usually the SFT run)
-    beta: float = 0.1  # dpo: strength of the implicit KL penalty (scale of the log-probability ratios)
+    reference: str | None = None  # dpo, ppo: the frozen reference run directory (usually the SFT run)
+    beta: float = 0.1  # dpo: strength of the implicit KL penalty; ppo: the KL coefficient (start value if adaptive)
+    ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGE_NAMES:

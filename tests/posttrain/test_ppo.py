@@ -8,8 +8,9 @@ from scalelab.errors import ConfigError
 from scalelab.model import ModelConfig
 from scalelab.model.functional import describe
 from scalelab.posttrain.heads import ScalarHeadModel, base_params
-from scalelab.posttrain.ppo import PPOLearner, PPOSettings, count_token_scorer, make_tx, standalone_update
+from scalelab.posttrain.ppo import PPOLearner, count_token_scorer, make_tx, standalone_update
 from scalelab.posttrain.ppo_policy import zero_head
+from scalelab.train.stage import PPOConfig
 
 TOY = ModelConfig(vocab_size=16, d_model=32, n_layers=1, n_heads=2, max_seq_len=16, dtype="float32")
 REWARDED = 3
@@ -18,10 +19,12 @@ REWARDED = 3
 def test_ppo_raises_the_mean_reward_of_a_toy_scorer_within_a_few_steps():
     model = ScalarHeadModel.wrap(describe(TOY))
     params = zero_head(model.init(0))
-    settings = PPOSettings(new_tokens=8, epochs=2, minibatches=2, beta=0.01)
+    settings = PPOConfig(new_tokens=8, epochs=2, minibatches=2)
     update = standalone_update(model, settings, make_tx(3e-3, 1.0))
     reference = base_params(model.init(0))
-    learner = PPOLearner(model, settings, update, reference, count_token_scorer(REWARDED), eos_id=None, seed=0)
+    learner = PPOLearner(
+        model, settings, update, reference, count_token_scorer(REWARDED), beta=0.01, eos_id=None, seed=0
+    )
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": make_tx(3e-3, 1.0).init(params)}
     prompts, lengths = np.tile(np.arange(1, 5, dtype=np.int32), (16, 1)), np.full(16, 4, np.int32)
     history = []
@@ -42,9 +45,9 @@ def test_ppo_raises_the_mean_reward_of_a_toy_scorer_within_a_few_steps():
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("epochs", 0, "ppo.epochs must be at least 1"), ("lam", 1.5, r"ppo.lam must be in \(0, 1\]"),
-     ("target_kl", 0.0, "ppo.target_kl must be positive"), ("temperature", 0.0, "ppo.temperature must be > 0")],
+    [("epochs", 0, "posttrain.ppo.epochs must be at least 1"), ("lam", 1.5, r"posttrain.ppo.lam must be in \(0, 1\]"),
+     ("target_kl", 0.0, "posttrain.ppo.target_kl must be positive"), ("temperature", 0.0, "posttrain.ppo.temperature must be > 0")],
 )  # fmt: skip
 def test_bad_ppo_settings_name_the_key(field, value, message):
     with pytest.raises(ConfigError, match=message):
-        PPOSettings(**{field: value})
+        PPOConfig(**{field: value})
