@@ -13,7 +13,7 @@ import importlib.metadata
 import sys
 from collections.abc import Callable, Sequence
 
-from scalelab.cli import bench, data, fit, generate, posttrain, sweep, train
+from scalelab.cli import bench, data, fit, generate, posttrain, ppo, sweep, train
 from scalelab.errors import UserError
 from scalelab.runtime.compile_cache import use_compile_cache
 from scalelab.runtime.host import keep_freed_memory
@@ -23,6 +23,7 @@ from scalelab.train.faults import EXIT_DIVERGED, EXIT_PREEMPTED, NonFiniteLossEr
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     train.register_train,
     posttrain.register_posttrain,
+    ppo.register_ppo,
     generate.register_generate,
     data.register_data,
     data.register_tokenizer,
