@@ -24,6 +24,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     train.register_train,
     posttrain.register_posttrain,
     ppo.register_ppo,
+    ppo.register_sentiment,
     generate.register_generate,
     data.register_data,
     data.register_tokenizer,

@@ -1,10 +1,12 @@
-"""`scalelab ppo CONFIG`: RLHF with PPO in the shape of the other stage commands (sft, reward, dpo)."""
+"""`scalelab ppo CONFIG`: RLHF with PPO in the shape of the other stage commands (sft, reward, dpo); and
+`scalelab sentiment data|pairs|judge`, the steps of the offline RLHF demonstration (docs/ppo.md)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from scalelab.cli.options import add_group
 from scalelab.cli.posttrain import add_stage_command
 
 HELP = "RLHF with PPO: sample from the SFT policy, score with a reward model run, KL-penalised clipped updates"
@@ -38,4 +40,77 @@ def run_ppo_command(args: argparse.Namespace) -> int:
     last = result.final
     summary = f"reward {last['reward']:.3f}, KL {last['kl']:.3f}, beta {last['beta']:.4f}" if last else "nothing to do"
     print(f"done: ppo {result.steps} steps, {summary}; metrics in {run_dir}/metrics.jsonl")
+    return 0
+
+
+def register_sentiment(subparsers: argparse._SubParsersAction) -> None:
+    """Add `sentiment data`, `sentiment pairs` and `sentiment judge`."""
+    group = add_group(
+        subparsers,
+        "sentiment",
+        help="the offline RLHF demonstration's steps: corpus prompts, VADER-labelled pairs, held-out judgement",
+        description="Positive-sentiment continuation (Ziegler et al. 2019) on the embedded corpus, with the VADER "
+        "lexicon as the human: see docs/ppo.md for the whole chain (make posttrain-demo).",
+    )
+    data = group.add_parser(
+        "data",
+        help="write sft.jsonl, prompts.jsonl (train split) and heldout.jsonl (validation split) into OUT",
+        description="Openings of corpus lines: SFT examples (opening -> what the line says next), prompts for "
+        "pair sampling and PPO, and held-out prompts for judging. Needs `scalelab data prepare`.",
+    )
+    data.add_argument("out", metavar="OUT", type=Path, help="folder for the JSONL files")
+    data.add_argument("--sft", type=int, default=3000, help="SFT examples (default 3000)")
+    data.add_argument("--prompts", type=int, default=3000, help="training prompts (default 3000)")
+    data.add_argument("--heldout", type=int, default=200, help="held-out prompts (default 200)")
+    data.add_argument("--seed", type=int, default=0)
+    data.set_defaults(func=_run_data)
+    pairs = group.add_parser(
+        "pairs",
+        help="sample two continuations per prompt from an SFT run; VADER picks the chosen one",
+        description="Writes OUT/pairs.jsonl and OUT/pairs-heldout.jsonl ({prompt, chosen, rejected}); ties skipped.",
+    )
+    pairs.add_argument("sft_run", metavar="SFT_RUN", type=Path, help="the SFT run directory")
+    pairs.add_argument("prompts", metavar="PROMPTS", type=Path, help='JSONL with a "prompt" per line')
+    pairs.add_argument("out", metavar="OUT", type=Path, help="folder for the pair files")
+    pairs.add_argument("--new-tokens", type=int, default=16, help="longest continuation, in tokens (default 16)")
+    pairs.add_argument("--seed", type=int, default=0)
+    pairs.set_defaults(func=_run_pairs)
+    judge = group.add_parser(
+        "judge",
+        help="mean VADER on held-out prompts against KL to the reference, per run; plot and summary",
+        description="Writes OUT/summary.json, OUT/summary.md and OUT/reward_kl.png/.svg.",
+    )
+    judge.add_argument("runs", metavar="RUN_DIR", type=Path, nargs="+", help="runs to judge (sft, ppo, dpo)")
+    judge.add_argument("--reference", type=Path, required=True, help="the SFT run every KL is measured against")
+    judge.add_argument("--prompts", type=Path, required=True, help="held-out prompts (heldout.jsonl)")
+    judge.add_argument("--out", type=Path, required=True, help="folder for the summary and the plot")
+    judge.add_argument("--new-tokens", type=int, default=16, help="longest continuation, in tokens (default 16)")
+    judge.add_argument("--samples", type=int, default=4, help="continuations per prompt (default 4)")
+    judge.set_defaults(func=_run_judge)
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from scalelab.posttrain.demo import DemoData, write_demo_data
+
+    counts = write_demo_data(
+        args.out, DemoData(sft=args.sft, prompts=args.prompts, heldout=args.heldout, seed=args.seed)
+    )
+    print("wrote " + ", ".join(f"{args.out / name} ({n} lines)" for name, n in counts.items()))
+    return 0
+
+
+def _run_pairs(args: argparse.Namespace) -> int:
+    from scalelab.posttrain.demo import write_pairs
+
+    counts = write_pairs(args.sft_run, args.prompts, args.out, args.new_tokens, seed=args.seed)
+    print(", ".join(f"{name}: {n}" for name, n in counts.items()))
+    return 0
+
+
+def _run_judge(args: argparse.Namespace) -> int:
+    from scalelab.posttrain.demo_judge import judge
+
+    judge(args.runs, args.reference, args.prompts, args.out, args.new_tokens, args.samples)
+    print((args.out / "summary.md").read_text(), end="")
+    print(f"plot: {args.out / 'reward_kl.png'}")
     return 0

@@ -1,0 +1,189 @@
+"""Judging the RLHF demonstration: VADER on held-out prompts against the KL to the SFT reference.
+
+Each judged run continues every held-out prompt `samples` times at temperature 1. Its score is the
+mean VADER compound score of those continuations (the "human" PPO and DPO never saw); its KL is
+the mean over samples of sum_t log pi(y_t) - log pi_ref(y_t) on the response tokens, an unbiased
+estimate of KL(pi || pi_ref) per response. Reward hacking shows in the words: the summary counts
+how often the commonest words recur and how many distinct words the continuations use.
+
+Outputs in OUT: summary.json, summary.md (a table and example continuations) and reward_kl.png/.svg
+(held-out VADER against KL per run, and each PPO run's training curve of reward-model score against KL).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scalelab.posttrain.demo import read_prompt_texts, sample_texts
+from scalelab.posttrain.heads import base_params
+from scalelab.posttrain.losses import token_logprobs
+from scalelab.posttrain.ppo_policy import hidden_and_logits
+from scalelab.posttrain.sentiment import vader
+
+WORD = re.compile(r"[a-z']+")
+
+
+@functools.partial(jax.jit, static_argnames="graphdef")
+def _summed_logprobs(graphdef: Any, params: Any, tokens: jax.Array, response_mask: jax.Array) -> jax.Array:
+    logits = hidden_and_logits(graphdef, params, tokens[:, :-1])[1]
+    return (token_logprobs(logits, tokens[:, 1:]) * response_mask[:, 1:]).sum(axis=1)
+
+
+def response_logprobs(cfg: Any, params: Any, tokens: np.ndarray, mask: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Summed log-probability of each row's response tokens under a gpt model's `params`."""
+    from scalelab.posttrain.ppo import shared_graphdef
+
+    out = []
+    for start in range(0, len(tokens), batch):
+        t, m = tokens[start : start + batch], mask[start : start + batch]
+        pad = batch - len(t)  # one compiled shape for every chunk
+        t, m = np.pad(t, ((0, pad), (0, 0))), np.pad(m, ((0, pad), (0, 0)))
+        out.append(
+            np.asarray(_summed_logprobs(shared_graphdef(cfg), params, jnp.asarray(t), jnp.asarray(m)))[: batch - pad]
+        )
+    return np.concatenate(out)
+
+
+def word_stats(texts: list[str]) -> dict[str, Any]:
+    """Distinct-word share, words per continuation, and the commonest words with their share of all words."""
+    words = [w for text in texts for w in WORD.findall(text.lower())]
+    counts = collections.Counter(words)
+    total = max(len(words), 1)
+    return {
+        "words_per_continuation": len(words) / max(len(texts), 1),
+        "distinct_word_share": len(counts) / total,
+        "top_words": [[w, round(c / total, 4)] for w, c in counts.most_common(8)],
+        "repeated_within_continuation": float(np.mean([_repeats(t) for t in texts])) if texts else 0.0,
+    }
+
+
+def _repeats(text: str) -> float:
+    words = WORD.findall(text.lower())
+    return 0.0 if not words else 1.0 - len(set(words)) / len(words)
+
+
+@dataclasses.dataclass
+class Judged:
+    name: str
+    stage: str
+    beta: float | None
+    vader_mean: float
+    vader_stderr: float
+    positive_share: float
+    kl: float
+    kl_stderr: float
+    words: dict[str, Any]
+    examples: list[list[str]]
+    curve: list[list[float]]  # PPO: [kl, reward-model score] per training step
+
+
+def judge_run(run_dir: Path, reference: Any, prompts: list[str], new_tokens: int, samples: int, seed: int) -> Judged:
+    from scalelab.inference.generate import load_run
+    from scalelab.train.metrics import read_metrics
+
+    run = load_run(run_dir)
+    repeated = [p for p in prompts for _ in range(samples)]
+    drawn = sample_texts(run, repeated, new_tokens, seed)
+    scores = vader(drawn.texts)
+    own = response_logprobs(run.cfg.model, base_params(run.params), drawn.tokens, drawn.response_mask)
+    ref = response_logprobs(reference.cfg.model, base_params(reference.params), drawn.tokens, drawn.response_mask)
+    kl = own - ref
+    stage = run.cfg.posttrain.stage
+    curve = []
+    if stage == "ppo":
+        curve = [[r["kl"], r["reward"]] for r in read_metrics(run_dir) if "kl" in r]
+    return Judged(
+        name=run_dir.name,
+        stage=stage,
+        beta=run.cfg.posttrain.beta if stage in ("ppo", "dpo") else None,
+        vader_mean=float(scores.mean()),
+        vader_stderr=float(scores.std() / np.sqrt(len(scores))),
+        positive_share=float((scores > 0.05).mean()),
+        kl=float(kl.mean()),
+        kl_stderr=float(kl.std() / np.sqrt(len(kl))),
+        words=word_stats(drawn.texts),
+        examples=[[p, t] for p, t in zip(drawn.prompts[::samples][:4], drawn.texts[::samples][:4], strict=True)],
+        curve=curve,
+    )
+
+
+def judge(
+    runs: list[Path], reference: Path, heldout: Path, out: Path, new_tokens: int, samples: int = 4, seed: int = 1234
+) -> list[Judged]:
+    """Judge each run against the reference on the held-out prompts; write the summary and the plot into `out`."""
+    from scalelab.inference.generate import load_run
+
+    prompts = read_prompt_texts(heldout)
+    ref = load_run(Path(reference))
+    judged = [judge_run(Path(r), ref, prompts, new_tokens, samples, seed) for r in runs]
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "heldout_prompts": len(prompts),
+        "samples_per_prompt": samples,
+        "new_tokens": new_tokens,
+        "reference": str(reference),
+        "runs": [dataclasses.asdict(j) for j in judged],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "summary.md").write_text(markdown(judged, summary))
+    plot(judged, out)
+    return judged
+
+
+def markdown(judged: list[Judged], summary: dict[str, Any]) -> str:
+    lines = [
+        f"Held-out judgement: {summary['heldout_prompts']} validation-split prompts x {summary['samples_per_prompt']} "
+        f"samples, up to {summary['new_tokens']} tokens, temperature 1; KL to {summary['reference']}.",
+        "",
+        "| run | stage | beta | mean VADER (± s.e.) | positive share | KL to reference (± s.e.) | distinct words | "
+        "top words |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for j in judged:
+        top = ", ".join(f"{w} {s:.0%}" for w, s in j.words["top_words"][:4])
+        beta = "" if j.beta is None else f"{j.beta:g}"
+        lines.append(
+            f"| {j.name} | {j.stage} | {beta} | {j.vader_mean:+.3f} ± {j.vader_stderr:.3f} | {j.positive_share:.0%} | "
+            f"{j.kl:.2f} ± {j.kl_stderr:.2f} | {j.words['distinct_word_share']:.0%} | {top} |"
+        )
+    lines += ["", "Example continuations (prompt → continuation):", ""]
+    for j in judged:
+        lines.append(f"- **{j.name}**: " + " / ".join(f"*{p}* →{t!r}" for p, t in j.examples[:3]))
+    return "\n".join(lines) + "\n"
+
+
+def plot(judged: list[Judged], out: Path) -> list[Path]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.5))
+    left, right = fig.subplots(1, 2)
+    for j in judged:
+        left.errorbar(j.kl, j.vader_mean, xerr=j.kl_stderr, yerr=j.vader_stderr, fmt="o", capsize=3)
+        label = j.name if j.beta is None else f"{j.name} (β={j.beta:g})"
+        left.annotate(label, (j.kl, j.vader_mean), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        if j.curve:
+            curve = np.asarray(j.curve)
+            right.plot(curve[:, 0], curve[:, 1], "-", marker=".", label=f"β={j.beta:g}")
+    left.set(xlabel="KL(policy || SFT reference) per response (nats)", ylabel="mean VADER compound, held-out prompts")
+    left.set_title("Held-out sentiment against KL")
+    right.set(xlabel="KL per response during PPO (nats)", ylabel="mean reward-model score of the rollouts")
+    right.set_title("PPO training: reward against KL, per β")
+    if any(j.curve for j in judged):
+        right.legend()
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths = [out / "reward_kl.png", out / "reward_kl.svg"]
+    fig.savefig(paths[0], dpi=130)
+    fig.savefig(paths[1])
+    return paths

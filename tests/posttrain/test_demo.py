@@ -1,0 +1,84 @@
+"""The RLHF demonstration's steps: corpus prompts, VADER-labelled pairs part 1's reader accepts, the judge's output."""
+
+import json
+
+import numpy as np
+import pytest
+
+from scalelab.errors import UserError
+from scalelab.posttrain.demo import (
+    HELDOUT_FILE,
+    PAIRS_FILE,
+    PROMPTS_FILE,
+    SFT_FILE,
+    DemoData,
+    prompt_rows,
+    write_demo_data,
+    write_pairs,
+)
+from scalelab.posttrain.demo_judge import Judged, markdown, plot, word_stats
+from scalelab.posttrain.records import read_examples, read_pairs
+from scalelab.posttrain.sentiment import vader
+from scalelab.train.config_io import config_from_dict
+
+
+def test_demo_data_and_vader_pairs_from_a_run(text_base, tmp_path):
+    base, pretrained = text_base
+    spec = DemoData(sft=20, prompts=30, heldout=5, prompt_words=2, completion_words=3, min_words=4)
+    counts = write_demo_data(tmp_path, spec, config_from_dict(base).data)
+    assert counts == {SFT_FILE: 20, PROMPTS_FILE: 30, HELDOUT_FILE: 5}
+    examples = read_examples(tmp_path / SFT_FILE)  # part 1's SFT reader takes them as they are
+    assert all(len(e.prompt.split()) == 2 and 1 <= len(e.completion.split()) <= 3 for e in examples)
+    assert all(json.loads(line)["prompt"] for line in (tmp_path / PROMPTS_FILE).read_text().splitlines())
+
+    # The test corpus's made-up words carry little sentiment, so many pairs tie (VADER 0 and 0) and are skipped.
+    counts = write_pairs(pretrained, tmp_path / PROMPTS_FILE, tmp_path, new_tokens=4)
+    assert counts["ties_skipped"] + counts[PAIRS_FILE] + counts["pairs-heldout.jsonl"] == 30
+    if counts[PAIRS_FILE]:
+        for pair in read_pairs(tmp_path / PAIRS_FILE):  # part 1's preference reader accepts the file
+            assert vader([pair.chosen])[0] > vader([pair.rejected])[0]
+
+
+def test_prompt_rows_start_with_eos_and_refuse_prompts_that_leave_no_room():
+    class Tok:
+        eos_id = 1
+
+        def encode(self, text):
+            return [5] * len(text.split())
+
+    rows, lengths = prompt_rows(Tok(), ["a b", "a b c"], room=4)
+    np.testing.assert_array_equal(rows, [[1, 5, 5, 0], [1, 5, 5, 5]])
+    np.testing.assert_array_equal(lengths, [3, 4])
+    with pytest.raises(UserError, match="a prompt takes 4 tokens, more than the 3"):
+        prompt_rows(Tok(), ["a b c"], room=3)
+
+
+def test_word_stats_expose_a_repeated_positive_word():
+    stats = word_stats(["good good good love", "the good day"])
+    assert stats["top_words"][0] == ["good", pytest.approx(4 / 7, abs=1e-4)]
+    assert stats["distinct_word_share"] == pytest.approx(4 / 7)
+    assert stats["repeated_within_continuation"] == pytest.approx((0.5 + 0.0) / 2)
+
+
+def test_judge_outputs_name_every_run(tmp_path):
+    words = word_stats(["good day"])
+    judged = [
+        Judged("sft", "sft", None, 0.02, 0.01, 0.1, 0.0, 0.0, words, [["To be", " or not"]], []),
+        Judged(
+            "ppo-beta0.05",
+            "ppo",
+            0.05,
+            0.45,
+            0.01,
+            0.7,
+            11.3,
+            0.2,
+            words,
+            [["To be", " good"]],
+            [[0.0, -1.0], [5.0, 2.0]],
+        ),
+    ]
+    text = markdown(judged, {"heldout_prompts": 1, "samples_per_prompt": 1, "new_tokens": 4, "reference": "sft"})
+    assert "| ppo-beta0.05 | ppo | 0.05 | +0.450 ± 0.010 | 70% | 11.30 ± 0.20 |" in text
+    paths = plot(judged, tmp_path)
+    assert all(p.stat().st_size > 1000 for p in paths)
