@@ -34,7 +34,7 @@ class PPOConfig:
     """PPO's settings (section posttrain.ppo; its KL coefficient and reference are posttrain.beta and .reference).
 
     train.batch_size counts the rows of one minibatch update; a PPO step samples batch_size x minibatches
-    prompts. train.seq_len holds prompt and response: prompts get seq_len + 1 - new_tokens tokens.
+    prompts. train.seq_len holds prompt and response: prompts get seq_len - new_tokens tokens.
     """
 
     reward_model: str | None = None  # run directory of a reward-model run (scalelab reward) that scores responses
@@ -50,7 +50,7 @@ class PPOConfig:
     target_kl: float | None = None  # adaptive beta (Ziegler et al. 2019): the summed KL per response to aim for
     kl_horizon: int = 10_000  # adaptive beta: samples over which a 20% KL error moves beta by 20%
     normalize_rewards: bool = True  # centre and scale scores by their running mean and std
-    whiten_advantages: bool = True
+    whiten_advantages: bool = True  # scale advantages to zero mean and unit variance over each batch's response tokens
 
     def __post_init__(self) -> None:
         for name in ("new_tokens", "epochs", "minibatches", "kl_horizon"):
