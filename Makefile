@@ -59,7 +59,8 @@ posttrain-demo: setup
 		--set train.steps=200 --set train.batch_size=32 --set optimizer.lr=3e-4 --set checkpoint.every=200 \
 		--set train.eval_every=100
 	$(BIN)/scalelab sentiment judge $(RLHF)/sft $(foreach beta,$(PPO_BETAS),$(RLHF)/ppo-beta$(beta)) $(RLHF)/dpo \
-		--reference $(RLHF)/sft --prompts $(RLHF)/data/heldout.jsonl --out $(RLHF)/judge
+		--reference $(RLHF)/sft --prompts $(RLHF)/data/heldout.jsonl --out $(RLHF)/judge \
+		--reward-model $(RLHF)/reward $(RLHF)/data/pairs-heldout.jsonl
 
 lint: setup
 	$(BIN)/ruff check .

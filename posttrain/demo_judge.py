@@ -117,10 +117,59 @@ def judge_run(run_dir: Path, reference: Any, prompts: list[str], new_tokens: int
     )
 
 
+MARGINS = (0.0, 0.25, 0.5)  # buckets of the VADER difference between chosen and rejected
+
+
+def reward_accuracy(reward_dir: Path, pairs_file: Path, batch: int = 256) -> dict[str, Any]:
+    """A reward-model run's pairwise agreement with VADER on preference pairs, overall and by VADER margin."""
+    from scalelab.inference.generate import load_run
+    from scalelab.posttrain.ppo import shared_graphdef
+    from scalelab.posttrain.ppo_run import score
+    from scalelab.posttrain.records import read_pairs
+
+    run = load_run(Path(reward_dir))
+    tok, eos = run.tokenizer, run.tokenizer.eos_id
+    pairs = read_pairs(Path(pairs_file))
+    rows = []
+    for pair in pairs:
+        prompt = [eos, *tok.encode(pair.prompt)]
+        rows += [(prompt, tok.encode(pair.chosen)), (prompt, tok.encode(pair.rejected))]
+    width = max(len(p) + len(c) for p, c in rows)
+    tokens, mask = np.zeros((len(rows), width), np.int32), np.zeros((len(rows), width), np.float32)
+    for i, (p, c) in enumerate(rows):
+        tokens[i, : len(p) + len(c)] = p + c
+        mask[i, len(p) : len(p) + len(c)] = 1.0
+    graphdef, scores = shared_graphdef(run.cfg.model), []
+    for start in range(0, len(rows), batch):
+        t, m = tokens[start : start + batch], mask[start : start + batch]
+        pad = batch - len(t)
+        t, m = np.pad(t, ((0, pad), (0, 0))), np.pad(m, ((0, pad), (0, 0)), constant_values=1.0)
+        scores.append(np.asarray(score(graphdef, eos, run.params, jnp.asarray(t), jnp.asarray(m)))[: batch - pad])
+    values = np.concatenate(scores)
+    right = values[0::2] > values[1::2]
+    margin = vader(p.chosen for p in pairs) - vader(p.rejected for p in pairs)
+    buckets = {}
+    for low, high in zip(MARGINS, (*MARGINS[1:], np.inf), strict=True):
+        inside = (margin >= low) & (margin < high)
+        buckets[f"{low}-{high}"] = {
+            "pairs": int(inside.sum()),
+            "accuracy": float(right[inside].mean()) if inside.any() else None,
+        }
+    return {"pairs": len(pairs), "accuracy": float(right.mean()), "by_vader_margin": buckets}
+
+
 def judge(
-    runs: list[Path], reference: Path, heldout: Path, out: Path, new_tokens: int, samples: int = 4, seed: int = 1234
+    runs: list[Path],
+    reference: Path,
+    heldout: Path,
+    out: Path,
+    new_tokens: int,
+    samples: int = 4,
+    seed: int = 1234,
+    reward: tuple[Path, Path] | None = None,
 ) -> list[Judged]:
-    """Judge each run against the reference on the held-out prompts; write the summary and the plot into `out`."""
+    """Judge each run against the reference on the held-out prompts; write the summary and the plot into `out`.
+    `reward` = (reward-model run, held-out pairs) adds that model's agreement with VADER."""
     from scalelab.inference.generate import load_run
 
     prompts = read_prompt_texts(heldout)
@@ -132,6 +181,7 @@ def judge(
         "samples_per_prompt": samples,
         "new_tokens": new_tokens,
         "reference": str(reference),
+        "reward_model": None if reward is None else {"run": str(reward[0]), **reward_accuracy(*reward)},
         "runs": [dataclasses.asdict(j) for j in judged],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -156,6 +206,13 @@ def markdown(judged: list[Judged], summary: dict[str, Any]) -> str:
             f"| {j.name} | {j.stage} | {beta} | {j.vader_mean:+.3f} ± {j.vader_stderr:.3f} | {j.positive_share:.0%} | "
             f"{j.kl:.2f} ± {j.kl_stderr:.2f} | {j.words['distinct_word_share']:.0%} | {top} |"
         )
+    rm = summary.get("reward_model")
+    if rm:
+        parts = ", ".join(
+            f"ΔVADER {k}: {v['accuracy']:.0%} of {v['pairs']}" for k, v in rm["by_vader_margin"].items() if v["pairs"]
+        )
+        lines += ["", f"Reward model {rm['run']}: held-out pairwise accuracy against VADER {rm['accuracy']:.1%} "
+                  f"({rm['pairs']} pairs; by margin {parts})."]  # fmt: skip
     lines += ["", "Example continuations (prompt → continuation):", ""]
     for j in judged:
         lines.append(f"- **{j.name}**: " + " / ".join(f"*{p}* →{t!r}" for p, t in j.examples[:3]))

@@ -86,6 +86,13 @@ def register_sentiment(subparsers: argparse._SubParsersAction) -> None:
     judge.add_argument("--out", type=Path, required=True, help="folder for the summary and the plot")
     judge.add_argument("--new-tokens", type=int, default=16, help="longest continuation, in tokens (default 16)")
     judge.add_argument("--samples", type=int, default=4, help="continuations per prompt (default 4)")
+    judge.add_argument(
+        "--reward-model",
+        nargs=2,
+        type=Path,
+        metavar=("RUN_DIR", "PAIRS"),
+        help="also report this reward-model run's pairwise accuracy against VADER on these held-out pairs",
+    )
     judge.set_defaults(func=_run_judge)
 
 
@@ -110,7 +117,8 @@ def _run_pairs(args: argparse.Namespace) -> int:
 def _run_judge(args: argparse.Namespace) -> int:
     from scalelab.posttrain.demo_judge import judge
 
-    judge(args.runs, args.reference, args.prompts, args.out, args.new_tokens, args.samples)
+    reward = None if args.reward_model is None else tuple(args.reward_model)
+    judge(args.runs, args.reference, args.prompts, args.out, args.new_tokens, args.samples, reward=reward)
     print((args.out / "summary.md").read_text(), end="")
     print(f"plot: {args.out / 'reward_kl.png'}")
     return 0
