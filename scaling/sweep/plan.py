@@ -77,6 +77,14 @@ class Plan:
         """FLOPs the plan trains: with branches, each trunk once and each branch's cooldown."""
         return sum(run.trained_flops for run in self.runs) + sum(trunk.flops for trunk in self.trunks)
 
+    def costs(self, runs: Sequence[PlannedRun]) -> dict[str, float]:
+        """FLOPs each of `runs` trains when they run in this order: the first branch of a trunk trains the trunk too."""
+        trunks = {trunk.name: trunk.flops for trunk in self.trunks}
+        costs = {}
+        for run in runs:
+            costs[run.name] = run.trained_flops + trunks.pop(run.trunk, 0.0) if run.trunk else run.flops
+        return costs
+
 
 class Family:
     """The shapes a family rule builds: width k·head_dim, depth width/aspect_ratio, sorted by size."""
@@ -97,7 +105,7 @@ class Family:
             d_model=d_model,
             n_layers=n_layers,
             n_heads=k,
-            head_dim=None,
+            head_dim=self.rule.head_dim,  # fixed across the ladder (n_heads grows); explicit, as muP needs it
             n_kv_heads=None,
             d_ff=None,
             ffn_multiplier=self.rule.ffn_multiplier or self.base.ffn_multiplier,

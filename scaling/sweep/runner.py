@@ -205,13 +205,16 @@ class SweepProgress:
     so a FLOPs-only rate would overestimate the remaining big-budget runs from the small first ones.
     """
 
-    def __init__(self, label: str, runs: list[PlannedRun], todo: list[PlannedRun], enabled: bool):
+    def __init__(
+        self, label: str, runs: list[PlannedRun], todo: list[PlannedRun], enabled: bool, costs: dict[str, float]
+    ):
         self.label, self.total_runs = label, len(runs)
         self.left = list(todo)
+        self.cost = costs  # FLOPs each run trains (a branch: its cooldown, and the first of a trunk: the trunk)
         self.finished: list[tuple[float, float]] = []  # (FLOPs, seconds) of runs trained by this call
         self.bar = progress_bar(
-            total=sum(run.flops for run in runs),
-            initial=sum(run.flops for run in runs) - sum(run.flops for run in todo),
+            total=sum(costs[run.name] for run in runs),
+            initial=sum(costs[run.name] for run in runs) - sum(costs[run.name] for run in todo),
             unit="FLOP",
             unit_scale=True,
             desc=label,
@@ -226,7 +229,7 @@ class SweepProgress:
             return None
         flops = np.array([f for f, _ in self.finished])
         seconds = np.array([s for _, s in self.finished])
-        left = np.array([run.flops for run in self.left], dtype=float)
+        left = np.array([self.cost[run.name] for run in self.left], dtype=float)
         if len(set(flops)) > 1:
             per_flop, fixed = np.polyfit(flops, seconds, 1)
             if per_flop > 0 and fixed >= 0:
@@ -258,8 +261,8 @@ class SweepProgress:
         """Count `run` as done after `seconds`; None: it failed, so neither its time nor its FLOPs count."""
         self.left.remove(run)
         if seconds is not None:
-            self.finished.append((run.flops, seconds))
-            self.bar.update(run.flops)
+            self.finished.append((self.cost[run.name], seconds))
+            self.bar.update(self.cost[run.name])
         self._show()
 
     def close(self) -> None:
@@ -284,7 +287,7 @@ def run_sweep(plan: Plan, sweep_dir: Path, shard: tuple[int, int] = (0, 1), quie
     todo = [run for run in mine if read_result(sweep_dir / "runs" / run.name) is None]
     report = SweepReport(shard_runs=len(mine), skipped=len(mine) - len(todo))
     label = f"sweep {plan.spec.name}" + (f" shard {shard[0]}/{shard[1]}" if shard[1] > 1 else "")
-    progress = SweepProgress(label, mine, todo, enabled=is_writer)
+    progress = SweepProgress(label, mine, todo, enabled=is_writer, costs=plan.costs(mine))
     try:  # a preemption (Preempted, IncompleteRunError) or Ctrl-C ends the sweep; the next call resumes it
         for run in todo:
             progress.start(run)

@@ -61,6 +61,13 @@ def test_branches_share_one_trunk_per_size_and_report_the_compute_saved():
     # budgets doubling: the trunk is 3/4 of the longest run, and each run pays a quarter: about 0.68 of independent
     assert plan.trained_flops == pytest.approx(trained) and trained < 0.7 * independent
     assert f"against {independent:.3g} for independent runs: {1 - trained / independent:.0%} saved" in format_plan(plan)
+    # the progress bar's costs: the first branch of each trunk (in plan order) trains the trunk as well
+    costs = plan.costs(plan.runs)
+    assert sum(costs.values()) == pytest.approx(plan.trained_flops)
+    for trunk in plan.trunks:
+        first, *rest = [run for run in plan.runs if run.trunk == trunk.name]
+        assert costs[first.name] == pytest.approx(trunk.flops + first.trained_flops)
+        assert all(costs[run.name] == run.trained_flops for run in rest)
     # the branches of one trunk land in one shard, so it is trained once
     for count in (2, 3):
         for index in range(count):

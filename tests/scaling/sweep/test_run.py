@@ -167,8 +167,10 @@ def test_rebuild_lists_committed_runs_once_in_plan_order(tmp_path, monkeypatch):
 
 
 def test_sweep_eta_fits_a_fixed_cost_per_run_plus_a_flop_rate():
-    runs = list(make_plan(spec_from_dict(micro())).runs)
-    progress = SweepProgress("sweep micro", runs, runs, enabled=False)
+    plan = make_plan(spec_from_dict(micro()))
+    runs = list(plan.runs)
+    assert plan.costs(runs) == {run.name: run.flops for run in runs}  # independent runs cost their C
+    progress = SweepProgress("sweep micro", runs, runs, enabled=False, costs=plan.costs(runs))
     assert progress.eta() is None
     progress.finish(runs[0], 5.0 + runs[0].flops / 1e8)
     assert progress.eta() == pytest.approx(sum(r.flops for r in runs[1:]) * progress.finished[0][1] / runs[0].flops)
