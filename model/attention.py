@@ -25,12 +25,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from scalelab.model.attention_impls import FUSED_IMPLEMENTATIONS, choose, same_segment
+from scalelab.model.attention_impls import FUSED_IMPLEMENTATIONS, choose, same_segment, scale_logits
 from scalelab.model.axes import constrain
 from scalelab.model.cache import KeyValues
 from scalelab.model.config import ModelConfig
 from scalelab.model.layers import AttentionInputs, matmul, pack_residual, param, unpack_residual, zeros_param
 from scalelab.model.masks import BIDIRECTIONAL, Blocking, FullAttention, LocalGlobal, Pattern, SlidingWindow
+from scalelab.model.mup import attention_logit_scale, hidden_init_scale
 
 # Key-minus-query offsets (..., q, k) -> fp32 bias (..., heads, q, k), or None for no bias.
 BiasFn = Callable[[jax.Array], jax.Array | None]
@@ -57,13 +58,19 @@ def apply_rotary(x: jax.Array, rotary: tuple[jax.Array, jax.Array]) -> jax.Array
 
 
 def dot_product_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, bias: jax.Array | None, dtype: jnp.dtype
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None,
+    bias: jax.Array | None,
+    dtype: jnp.dtype,
+    scale: float | None = None,
 ) -> jax.Array:
-    """softmax(Q K^T / sqrt(d) + bias, masked) V with grouped query heads; softmax in fp32.
+    """softmax(Q K^T * scale + bias, masked) V with grouped query heads; softmax in fp32.
 
     q: (..., q_len, heads, head_dim); k, v: (..., kv_len, kv_heads, head_dim), where `...` is
     (batch,) or (batch, blocks). mask broadcasts to (..., q_len, kv_len), bias to
-    (..., heads, q_len, kv_len).
+    (..., heads, q_len, kv_len). scale: None is 1/sqrt(head_dim) (see model/mup.py).
     """
     *lead, t, h, d = q.shape
     kv_heads = k.shape[-2]
@@ -71,9 +78,9 @@ def dot_product_attention(
         # Query heads of a group share their key/value head; repeating it keeps the einsums plain
         # (batch..., heads) ones, which XLA lays out with far fewer (query, key)-sized transposes.
         k, v = (jnp.repeat(x, h // kv_heads, axis=-2) for x in (k, v))
-        return _softmax_attention(jnp.dtype(dtype))(q.astype(dtype), k.astype(dtype), v.astype(dtype), mask)
+        return _softmax_attention(jnp.dtype(dtype), scale)(q.astype(dtype), k.astype(dtype), v.astype(dtype), mask)
     q = q.reshape(*lead, t, kv_heads, h // kv_heads, d)
-    logits = matmul("...tkgd,...skd->...kgts", q, k, dtype) / math.sqrt(d)
+    logits = scale_logits(matmul("...tkgd,...skd->...kgts", q, k, dtype), d, scale)
     logits = logits + bias.reshape(*bias.shape[:-3], kv_heads, h // kv_heads, *bias.shape[-2:])
     if mask is not None:
         logits = jnp.where(mask[..., None, None, :, :], logits, jnp.finfo(jnp.float32).min)
@@ -83,9 +90,9 @@ def dot_product_attention(
 
 
 @functools.cache
-def _softmax_attention(dtype: jnp.dtype) -> Callable:
+def _softmax_attention(dtype: jnp.dtype, scale: float | None = None) -> Callable:
     """f(q, k, v, mask) for (..., length, heads, head_dim) inputs in `dtype`: the attention above
-    without a bias, with a backward pass that saves no (query, key)-sized array.
+    without a bias (logits times `scale`), with a backward pass that saves no (query, key)-sized array.
 
     The plain backward keeps every layer's fp32 probabilities and reduces them against their
     gradient over the keys; both are slow, memory-bound passes on a CPU. This one keeps the
@@ -99,7 +106,7 @@ def _softmax_attention(dtype: jnp.dtype) -> Callable:
         return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=f32)
 
     def scores(q: jax.Array, k: jax.Array, mask: jax.Array | None) -> jax.Array:
-        logits = einsum("...thd,...shd->...hts", q, k) / math.sqrt(q.shape[-1])
+        logits = scale_logits(einsum("...thd,...shd->...hts", q, k), q.shape[-1], scale)
         if mask is None:
             return logits
         # Adding a mask-shaped penalty, not where(mask, logits, min): XLA would hoist the latter's
@@ -122,7 +129,7 @@ def _softmax_attention(dtype: jnp.dtype) -> Callable:
         d_v = einsum("...hts,...thd->...shd", probs, d_out)
         d_probs = einsum("...thd,...shd->...hts", d_out, v)
         row_dot = jnp.moveaxis(jnp.sum(d_out.astype(f32) * out, axis=-1), -2, -1)[..., None]
-        d_logits = probs * (d_probs - row_dot) / math.sqrt(q.shape[-1])
+        d_logits = scale_logits(probs * (d_probs - row_dot), q.shape[-1], scale)
         if mask is not None:  # a row that sees no key has uniform weights, but masked logits get no gradient
             d_logits = d_logits * mask[..., None, :, :]  # (a where() would materialise a block of zeros)
         d_q = einsum("...hts,...shd->...thd", d_logits, k)
@@ -163,7 +170,9 @@ class Kernel(Protocol):
     def prepare(pattern: Any, length: int, segment_ids: jax.Array | None, bias_fn: BiasFn) -> tuple[Any, Any]: ...
 
     @staticmethod
-    def attend(q: jax.Array, k: jax.Array, v: jax.Array, inputs: AttentionInputs, dtype: jnp.dtype) -> jax.Array: ...
+    def attend(
+        q: jax.Array, k: jax.Array, v: jax.Array, inputs: AttentionInputs, dtype: jnp.dtype, scale: float | None = None
+    ) -> jax.Array: ...
 
 
 class DenseKernel:
@@ -180,8 +189,10 @@ class DenseKernel:
         return mask, _bias(bias_fn, k - q)
 
     @staticmethod
-    def attend(q: jax.Array, k: jax.Array, v: jax.Array, inputs: AttentionInputs, dtype: jnp.dtype) -> jax.Array:
-        return dot_product_attention(q, k, v, inputs.mask, inputs.bias, dtype)
+    def attend(
+        q: jax.Array, k: jax.Array, v: jax.Array, inputs: AttentionInputs, dtype: jnp.dtype, scale: float | None = None
+    ) -> jax.Array:
+        return dot_product_attention(q, k, v, inputs.mask, inputs.bias, dtype, scale)
 
 
 class BandedKernel:
@@ -200,11 +211,13 @@ class BandedKernel:
         return mask, _bias(bias_fn, k[:1] - q[:1])
 
     @staticmethod
-    def attend(q: jax.Array, k: jax.Array, v: jax.Array, inputs: AttentionInputs, dtype: jnp.dtype) -> jax.Array:
+    def attend(
+        q: jax.Array, k: jax.Array, v: jax.Array, inputs: AttentionInputs, dtype: jnp.dtype, scale: float | None = None
+    ) -> jax.Array:
         b, n, h, d = q.shape
         blocks = inputs.pattern.blocking(n)
         out = dot_product_attention(
-            to_blocks(q, blocks), to_spans(k, blocks), to_spans(v, blocks), inputs.mask, inputs.bias, dtype
+            to_blocks(q, blocks), to_spans(k, blocks), to_spans(v, blocks), inputs.mask, inputs.bias, dtype, scale
         )
         return out.reshape(b, blocks.count * blocks.size, h, d)[:, :n]
 
@@ -239,7 +252,9 @@ class LocalGlobalKernel:
         return (block_mask, row_mask), None if block_bias is None else (block_bias, row_bias)
 
     @staticmethod
-    def attend(q: jax.Array, k: jax.Array, v: jax.Array, inputs: AttentionInputs, dtype: jnp.dtype) -> jax.Array:
+    def attend(
+        q: jax.Array, k: jax.Array, v: jax.Array, inputs: AttentionInputs, dtype: jnp.dtype, scale: float | None = None
+    ) -> jax.Array:
         b, n, h, d = q.shape
         pattern = inputs.pattern
         blocks, n_global = pattern.blocking(n), pattern.globals_in(n)
@@ -250,10 +265,10 @@ class LocalGlobalKernel:
             return jnp.concatenate([to_spans(x, blocks), shared], axis=2)
 
         local = dot_product_attention(
-            to_blocks(q, blocks), with_globals(k), with_globals(v), block_mask, block_bias, dtype
+            to_blocks(q, blocks), with_globals(k), with_globals(v), block_mask, block_bias, dtype, scale
         )
         local = local.reshape(b, blocks.count * blocks.size, h, d)
-        rows = dot_product_attention(q[:, :n_global], k, v, row_mask, row_bias, dtype)
+        rows = dot_product_attention(q[:, :n_global], k, v, row_mask, row_bias, dtype, scale)
         return jnp.concatenate([rows, local[:, n_global:n]], axis=1)
 
 
@@ -283,10 +298,13 @@ def self_attention_inputs(
     return AttentionInputs(mask=mask, rotary=rotary, bias=bias, pattern=chosen)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, inputs: AttentionInputs, dtype: jnp.dtype) -> jax.Array:
-    """One layer's attention, by the implementation `inputs.pattern.kernel` names (einsum: the pattern's kernel)."""
+def attend(
+    q: jax.Array, k: jax.Array, v: jax.Array, inputs: AttentionInputs, dtype: jnp.dtype, scale: float | None = None
+) -> jax.Array:
+    """One layer's attention, by the implementation `inputs.pattern.kernel` names (einsum: the pattern's kernel);
+    logits are q.k times `scale`, None meaning 1/sqrt(head_dim)."""
     kernel = FUSED_IMPLEMENTATIONS.get(inputs.pattern.kernel.name) or ATTENTION_KERNELS[type(inputs.pattern)]
-    return kernel.attend(q, k, v, inputs, dtype)
+    return kernel.attend(q, k, v, inputs, dtype, scale)
 
 
 def cross_attention_inputs(q_segments: jax.Array | None, kv_segments: jax.Array | None) -> AttentionInputs:
@@ -308,7 +326,9 @@ class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.dtype = jnp.dtype(cfg.dtype)
         d, h, kv, hd = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head
-        std, out_std = cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        width = hidden_init_scale(cfg)  # 1.0 under standard; µP's fan-in factor relative to the base width
+        std, out_std = cfg.init_std * width, cfg.init_std / math.sqrt(2 * cfg.n_layers) * width
+        self.logit_scale = attention_logit_scale(cfg)  # None: the kernels' own 1/sqrt(head_dim)
         self.wq = param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), std)
         self.wk = param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), std)
         self.wv = param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), std)
@@ -366,7 +386,7 @@ class Attention(nnx.Module):
         if cache is not None:
             return self.attend_cached(x, inputs, cache)
         q, k, v = self.qkv(x, x if memory is None else memory, inputs.rotary)
-        return self.output(attend(q, k, v, inputs, self.dtype))
+        return self.output(attend(q, k, v, inputs, self.dtype, self.logit_scale))
 
     def attend_cached(self, x: jax.Array, inputs: AttentionInputs, cache: KeyValues) -> tuple[jax.Array, KeyValues]:
         """Decoding: new tokens x attend over every slot of `cache`, as `inputs.mask` allows; (y, cache).
@@ -380,4 +400,5 @@ class Attention(nnx.Module):
             q, k, v = self.qkv(x, x, inputs.rotary)
             cache = cache.write(inputs.slots, k, v)
         keys, values = cache.read()
-        return self.output(dot_product_attention(q, keys, values, inputs.mask, inputs.bias, self.dtype)), cache
+        out = dot_product_attention(q, keys, values, inputs.mask, inputs.bias, self.dtype, self.logit_scale)
+        return self.output(out), cache

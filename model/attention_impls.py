@@ -72,6 +72,12 @@ def dense_bias(bias_fn: BiasFn, length: int) -> jax.Array | None:
     return None if bias is None else bias[None]
 
 
+def scale_logits(logits: jax.Array, head_dim: int, scale: float | None) -> jax.Array:
+    """Attention logits (or queries) times `scale`; None is the usual 1/sqrt(head_dim), computed as
+    that division so a model without its own scale runs the same arithmetic as ever (model/mup.py)."""
+    return logits / math.sqrt(head_dim) if scale is None else logits * scale
+
+
 def only_causality(pattern: Pattern) -> bool:
     """True when the pattern is plain full attention: causal or bidirectional, nothing more."""
     return type(pattern) is FullAttention
@@ -93,12 +99,15 @@ class Fused:
         raise NotImplementedError
 
     @staticmethod
-    def attend(q: jax.Array, k: jax.Array, v: jax.Array, inputs: Any, dtype: jnp.dtype) -> jax.Array:
-        """Attention of (batch, length, heads, head_dim) queries over (batch, length, kv_heads, head_dim)."""
+    def attend(
+        q: jax.Array, k: jax.Array, v: jax.Array, inputs: Any, dtype: jnp.dtype, scale: float | None = None
+    ) -> jax.Array:
+        """Attention of (batch, length, heads, head_dim) queries over (batch, length, kv_heads, head_dim);
+        the logits are q.k times `scale` (None: 1/sqrt(head_dim))."""
         raise NotImplementedError
 
 
-def _jax_attention(implementation: str, q, k, v, inputs: Any, dtype: jnp.dtype) -> jax.Array:
+def _jax_attention(implementation: str, q, k, v, inputs: Any, dtype: jnp.dtype, scale: float | None) -> jax.Array:
     """jax.nn.dot_product_attention with `inputs.mask` (batch or 1, q, k) or the pattern's own causality."""
     pattern, mask, bias = inputs.pattern, inputs.mask, inputs.bias
     window = None
@@ -112,6 +121,7 @@ def _jax_attention(implementation: str, q, k, v, inputs: Any, dtype: jnp.dtype) 
         mask=None if mask is None else mask[:, None],
         is_causal=mask is None and pattern.causal,
         local_window_size=window,
+        scale=scale,  # None is its default, 1/sqrt(head_dim)
         implementation=implementation,
     )
     return out.astype(dtype)
@@ -130,8 +140,8 @@ class XlaAttention(Fused):
         return dense_mask(pattern, length, segment_ids), bias
 
     @staticmethod
-    def attend(q, k, v, inputs, dtype):
-        return _jax_attention("xla", q, k, v, inputs, dtype)
+    def attend(q, k, v, inputs, dtype, scale=None):
+        return _jax_attention("xla", q, k, v, inputs, dtype, scale)
 
 
 class CudnnAttention(Fused):
@@ -159,8 +169,8 @@ class CudnnAttention(Fused):
         return dense_mask(pattern, length, segment_ids), bias
 
     @staticmethod
-    def attend(q, k, v, inputs, dtype):
-        return _jax_attention("cudnn", q, k, v, inputs, dtype)
+    def attend(q, k, v, inputs, dtype, scale=None):
+        return _jax_attention("cudnn", q, k, v, inputs, dtype, scale)
 
 
 def interpret_pallas() -> bool:
@@ -221,14 +231,16 @@ class SplashAttention(Fused):
         return segment_ids, None  # the mask is static (splash_mask); documents come as segment ids
 
     @staticmethod
-    def attend(q, k, v, inputs, dtype):
+    def attend(q, k, v, inputs, dtype, scale=None):
         from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 
         b, n, h, d = q.shape
         kv = k.shape[2]
         interpret = jax.default_backend() != "tpu"
-        # Splash does not scale the logits; queries carry 1/sqrt(d). Heads lead, as splash lays them out.
-        q = jnp.moveaxis((q.astype(jnp.float32) / math.sqrt(d)).astype(dtype), 2, 1).reshape(b, kv, h // kv, n, d)
+        # Splash does not scale the logits; queries carry the scale. Heads lead, as splash lays them out.
+        q = jnp.moveaxis(scale_logits(q.astype(jnp.float32), d, scale).astype(dtype), 2, 1).reshape(
+            b, kv, h // kv, n, d
+        )
         k, v = (jnp.moveaxis(x.astype(dtype), 2, 1) for x in (k, v))
         segments = inputs.mask
         if segments is None:

@@ -21,6 +21,7 @@ def choices() -> dict[str, Mapping[str, Any]]:
     from scalelab.model.blocks import NORM_PLACEMENTS
     from scalelab.model.layers import ACTIVATIONS, NORMS
     from scalelab.model.masks import ATTENTION_PATTERNS
+    from scalelab.model.mup import PARAMETRIZATIONS
     from scalelab.model.positions import POSITION_ENCODINGS
     from scalelab.model.stack import REMAT_POLICIES
     from scalelab.model.transformer import MODEL_FAMILIES
@@ -35,6 +36,7 @@ def choices() -> dict[str, Mapping[str, Any]]:
         "attention_impl": ATTENTION_IMPLEMENTATIONS,
         "dtype": dict.fromkeys(DTYPES),
         "remat": REMAT_POLICIES,
+        "parametrization": PARAMETRIZATIONS,
     }
 
 
@@ -88,6 +90,8 @@ class ModelConfig:
     scan_layers: bool = True
     unroll_max_layers: int | None = None  # scan: run this deep or shallower loop-free; None: 16 on a CPU, 4 elsewhere
     init_std: float = 0.02
+    parametrization: str = "standard"  # mup: init, attention, readout and lr scale with width (model/mup.py)
+    mup_base_width: int | None = None  # mup: the d_model the hyperparameters were tuned at (required with mup)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -155,6 +159,7 @@ class ModelConfig:
             )
         self._validate_families()
         self._validate_attention()
+        self._validate_parametrization()
 
     def _validate_families(self) -> None:
         for key in ("n_encoder_layers", "n_decoder_layers"):
@@ -186,4 +191,21 @@ class ModelConfig:
             raise ConfigError(
                 f"model.relative_max_distance ({self.relative_max_distance}) must exceed half of "
                 f"model.relative_buckets ({self.relative_buckets})"
+            )
+
+    def _validate_parametrization(self) -> None:
+        if self.mup_base_width is not None and self.mup_base_width <= 0:
+            raise ConfigError(f"model.mup_base_width must be positive, got {self.mup_base_width}")
+        if self.parametrization != "mup":
+            return  # a base width under standard is unused, so one config can compare the two
+        if self.mup_base_width is None:
+            raise ConfigError(
+                "model.parametrization=mup needs model.mup_base_width, the d_model the hyperparameters "
+                "were tuned at; set it, e.g. --set model.mup_base_width=64"
+            )
+        # A derived head_dim scales with d_model, so the base model has mup_base_width / n_heads per head.
+        if self.head_dim is None and self.mup_base_width % self.n_heads:
+            raise ConfigError(
+                f"model.mup_base_width ({self.mup_base_width}) is not divisible by model.n_heads ({self.n_heads}), "
+                "so the base model has no whole head_dim; choose a multiple of n_heads or set model.head_dim"
             )

@@ -24,7 +24,7 @@ class EncoderDecoderLM(nnx.Module):
         self.dtype = jnp.dtype(cfg.dtype)
         self.embed = token_table(cfg, rngs)
         self.decoder_embed = None if cfg.tie_encoder_decoder_embeddings else token_table(cfg, rngs)
-        self.encoder = Tower(cfg, causal=False, rngs=rngs, n_layers=cfg.encoder_layers)
+        self.encoder = Tower(cfg, causal=False, rngs=rngs, n_layers=cfg.encoder_layers, readout=False)
         self.decoder = Tower(cfg, causal=True, rngs=rngs, cross=True, n_layers=cfg.decoder_layers)
         self.head = output_head(cfg, rngs)
 

@@ -21,6 +21,7 @@ from scalelab.model.cache import BlockCache, KeyValues, cached_self_attention_in
 from scalelab.model.config import ModelConfig
 from scalelab.model.layers import dropout, make_norm, matmul, param
 from scalelab.model.masks import make_pattern
+from scalelab.model.mup import readout_multiplier
 from scalelab.model.positions import POSITION_ENCODINGS
 from scalelab.model.stack import CachedRunner, LayerRunner, LayerStack, WeightLoader
 
@@ -64,8 +65,16 @@ class Tower(nnx.Module):
     """Position encoding, a stack of blocks and the norms its placement needs, over embedded tokens."""
 
     def __init__(
-        self, cfg: ModelConfig, *, causal: bool, rngs: nnx.Rngs, cross: bool = False, n_layers: int | None = None
+        self,
+        cfg: ModelConfig,
+        *,
+        causal: bool,
+        rngs: nnx.Rngs,
+        cross: bool = False,
+        n_layers: int | None = None,
+        readout: bool = True,
     ):
+        """`readout`: a head reads this tower's output (False for a t5 encoder, whose output is the decoder's memory)."""
         self.cfg = cfg
         self.dtype = jnp.dtype(cfg.dtype)
         self.causal = causal
@@ -75,6 +84,9 @@ class Tower(nnx.Module):
         self.embed_norm = make_norm(cfg, rngs) if placement.norm_embeddings else None
         self.layers = LayerStack(cfg, CrossBlock if cross else Block, rngs=rngs, n_layers=n_layers)
         self.final_norm = make_norm(cfg, rngs) if placement.norm_output else None
+        # µP's readout multiplier (1.0 under standard), applied to the states every head reads: the
+        # logits, tied or not, a classifier and a scalar head are all linear in them.
+        self.output_multiplier = readout_multiplier(cfg) if readout else 1.0
 
     def body(
         self,
@@ -91,7 +103,8 @@ class Tower(nnx.Module):
 
         Decoding passes the stacked `cache` and x's `positions`, and gets (hidden states, the updated
         cache). A t5 decoder's cache holds the encoder output's keys and values (`memory_keys_values`)
-        in place of `memory`, and `memory_segments` still marks its padding as 0.
+        in place of `memory`, and `memory_segments` still marks its padding as 0. A readout tower's
+        states carry µP's output multiplier (model/mup.py), so every head reading them is scaled alike.
         """
         embed_key, layers_key = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
         x = self.positions.embed(x, positions)
@@ -111,6 +124,8 @@ class Tower(nnx.Module):
         else:
             x, cache = self.layers(x, inputs, layers_key, runner, cache)
         x = x if self.final_norm is None else self.final_norm(x)
+        if self.output_multiplier != 1.0:
+            x = (x.astype(jnp.float32) * self.output_multiplier).astype(x.dtype)
         return x if cache is None else (x, cache)
 
     def memory_keys_values(self, memory: jax.Array, load: WeightLoader | None = None) -> KeyValues:

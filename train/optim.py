@@ -1,4 +1,10 @@
-"""AdamW with a masked weight decay and global-norm clipping, on the learning-rate schedule a config names."""
+"""AdamW with a masked weight decay and global-norm clipping, on the learning-rate schedule a config names.
+
+Under `model.parametrization: mup` the hidden matrices learn at lr * base/width (model/mup.py):
+their whole AdamW step, the decoupled decay included, is scaled, as if their parameter group had
+that learning rate. Embeddings, norms, biases and the readout keep optimizer.lr, which is also the
+`lr` the metrics report.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from scalelab.model.counting import EMBEDDING_AXES, is_matmul_weight
+from scalelab.model.mup import lr_scales
 from scalelab.train.config import Config
 from scalelab.train.lr_schedules import warmup_then_decay
 
@@ -49,8 +56,18 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(optax.init_empty_state, update)
 
 
+def scale_per_parameter(factors: Any) -> optax.GradientTransformation:
+    """Multiply each parameter's update by its factor in `factors` (a tree of floats shaped like the parameters)."""
+
+    def update(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, optax.EmptyState]:
+        del params
+        return jax.tree.map(lambda u, f: u if f == 1.0 else u * f, updates, factors), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update)
+
+
 def make_optimizer(cfg: Config, axes: Any) -> optax.GradientTransformation:
-    """AdamW (decoupled, masked decay) after optional global-norm clipping."""
+    """AdamW (decoupled, masked decay) after optional global-norm clipping; per-parameter lr factors under µP."""
     opt = cfg.optimizer
     parts = [] if opt.clip_norm is None else [clip_by_global_norm(opt.clip_norm)]
     parts.append(
@@ -63,4 +80,7 @@ def make_optimizer(cfg: Config, axes: Any) -> optax.GradientTransformation:
             mask=decay_mask(axes, opt.decay_embeddings),
         )
     )
+    factors = lr_scales(cfg.model, axes)
+    if any(f != 1.0 for f in jax.tree.leaves(factors)):  # standard models keep today's chain and state
+        parts.append(scale_per_parameter(factors))
     return optax.chain(*parts)
