@@ -98,6 +98,43 @@ def register_bench(subparsers: argparse._SubParsersAction) -> None:
     )
     add_arguments(parser)
     parser.set_defaults(func=run_bench, prog="scalelab")
+    # `scalelab bench quant`: the quantization table (bench/quant_bench.py); plain `scalelab bench` runs the suite.
+    commands = parser.add_subparsers(dest="bench_command", metavar="{quant,rollout}")
+    quant = commands.add_parser(
+        "quant",
+        help="eval loss, bytes and decode tokens/s of every quantization mode against bf16",
+        description="Train a small gpt on the embedded corpus (or start from --run-dir), fine-tune it plainly and with "
+        "int4 quantization-aware training, then measure every quantization mode against bf16 (docs/quantization.md).",
+    )
+    from scalelab.bench.quant_options import add_arguments as quant_arguments
+
+    quant_arguments(quant)
+    quant.set_defaults(func=run_quant)
+    rollout = commands.add_parser(
+        "rollout",
+        help="PPO rollout tokens/s next to plain KV-cache decode tokens/s of the same model",
+        description="Time plain sampled decoding, PPO's rollout (tokens, log-probs, masks) and rollout plus PPO's "
+        "experience pass on one model and batch (bench/rollout_bench.py; results in bench/results/rollout.json).",
+    )
+    rollout.add_argument("--quick", action="store_true", help="fewer tokens and rounds")
+    rollout.add_argument("--batch", type=int, default=32, help="rows sampled together (default 32)")
+    rollout.set_defaults(func=run_rollout)
+
+
+def run_rollout(args: argparse.Namespace) -> int:
+    """Run the rollout benchmark."""
+    from scalelab.bench.rollout_bench import main
+
+    main([*(["--quick"] if args.quick else []), "--batch", str(args.batch)])
+    return 0
+
+
+def run_quant(args: argparse.Namespace) -> int:
+    """Run the quantization benchmark."""
+    from scalelab.bench.quant_bench import run
+
+    run(args)
+    return 0
 
 
 def _check(args: argparse.Namespace) -> None:
