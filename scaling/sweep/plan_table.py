@@ -41,6 +41,8 @@ def format_plan(plan: Plan, runs: Sequence[PlannedRun] | None = None) -> str:
     lines.append(f"{len(runs)} runs, total compute {total:.3g} FLOPs ({si(sum(r.tokens for r in runs))} tokens)")
     if plan.trunks:
         lines.append(format_branch_savings(plan, runs))
+    if runs and runs[0].config.model.parametrization == "mup":
+        lines.append(format_mup(plan))
     # Judged on every run of the plan (a shard alone supports nothing): the columns results.csv will hold.
     columns = (np.array([getattr(r, key) for r in plan.runs], dtype=float) for key in ("n_total", "tokens", "flops"))
     support = fit_support(*columns, names=[r.name for r in plan.runs])
@@ -64,3 +66,19 @@ def format_branch_savings(plan: Plan, runs: Sequence[PlannedRun]) -> str:
         f"against {independent:.3g} for independent runs: {1 - trained / independent:.0%} saved "
         f"(cooldown {plan.spec.branches.cooldown_fraction:g} of each run)"
     )
+
+
+def format_mup(plan: Plan) -> str:
+    """What µP promises this plan: the widths that share the base width's hyperparameters, and what it does not cover."""
+    model = plan.runs[0].config.model
+    widths = sorted({run.config.model.d_model for run in plan.runs})
+    depths = sorted({run.config.model.n_layers for run in plan.runs})
+    line = (
+        f"muP: d_model {widths[0]} to {widths[-1]} take the hyperparameters tuned at d_model {model.mup_base_width} "
+        "(model.mup_base_width)"
+    )
+    if len(depths) > 1:
+        line += f"; depth also changes ({depths[0]} to {depths[-1]} layers), which muP does not transfer"
+    if plan.spec.rules.lr.exponent:
+        line += f"; rules.lr also scales with N (exponent {plan.spec.rules.lr.exponent:g}), on top of muP"
+    return line

@@ -209,3 +209,13 @@ def test_plan_says_which_fits_it_supports_and_why_not():
     three_sizes = format_plan(make_plan(spec_from_dict(auto_spec())))  # 2 budgets x 3 sizes
     assert "approach 2: no intervals (no points to spare)" in three_sizes
     assert "approach 1: yes" in three_sizes
+
+
+def test_a_mup_spec_plans_mup_runs_and_says_what_transfers():
+    mup = {"model": {"parametrization": "mup", "mup_base_width": 16}}
+    plan = make_plan(spec_from_dict(micro(config__model=mup["model"], rules__lr=3e-3)))
+    assert {run.config.model.parametrization for run in plan.runs} == {"mup"}
+    assert {run.lr for run in plan.runs} == {3e-3}  # one learning rate, tuned at the base width, for every width
+    assert "muP: d_model 16 to 32 take the hyperparameters tuned at d_model 16" in format_plan(plan)
+    scaled = make_plan(spec_from_dict(micro(config__model=mup["model"])))
+    assert "rules.lr also scales with N (exponent -0.25), on top of muP" in format_plan(scaled)
