@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -101,6 +102,9 @@ def run_generate(args: argparse.Namespace) -> int:
         raise UserError(f"--top-k must be at least 1 (or left out for the whole vocabulary), got {args.top_k}")
     sampler = Sampler(args.temperature, args.top_k)
     run = load_run(args.run_dir)
+    if hasattr(run.model, "base"):  # a PPO policy carries its value head (posttrain/heads.py): decode with the decoder
+        decoder = {key: value for key, value in run.params.items() if key in run.model.base.shapes}
+        run = dataclasses.replace(run, model=run.model.base, params=decoder)
     if args.prompt is not None and run.tokenizer is None:
         raise UserError(
             f"{args.run_dir} trained on data.source={run.cfg.data.source}, which has no tokenizer to encode "

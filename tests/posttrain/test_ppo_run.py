@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
+from scalelab.cli import main
 from scalelab.posttrain.ppo_run import NotARewardModelError, run_ppo
 from scalelab.posttrain.reference import ReferenceMismatchError
 from scalelab.train.checkpoint_store import CHECKPOINT_DIR, saved_steps
@@ -67,6 +68,8 @@ def test_ppo_resumes_exactly_and_logs_every_step_once(ppo_inputs, tmp_path):
     assert a[-1]["kl"] > 0.0
     config = (tmp_path / "cut" / "config.yaml").read_text()
     assert f"reference: {pretrained}" in config  # --init-from became the frozen reference, so resumes need neither
+    # The policy decodes like any run: scalelab generate leaves the value head out.
+    assert main(["generate", str(tmp_path / "whole"), "--prompt", "the sun", "--max-new-tokens", "3"]) == 0
 
 
 def test_ppo_refuses_a_reference_of_another_shape(ppo_inputs, tmp_path):
