@@ -87,25 +87,28 @@ class Plan:
 
 
 class Family:
-    """The shapes a family rule builds: width k·head_dim, depth width/aspect_ratio, sorted by size."""
+    """The shapes a family rule builds: width k·head_dim (or k·2·n_heads), depth width/aspect_ratio, by size."""
 
     def __init__(self, spec: SweepSpec, base: Config):
         self.rule = spec.family
         self.base = base.model
         self.seq_len = base.train.seq_len
         self.lengths = model_lengths(base)  # what a row puts through the model under the objective
-        self.widths = self.rule.max_d_model // self.rule.head_dim  # ladder rungs 1..widths
+        # a fixed head count steps d_model by 2 x n_heads (rotary needs an even head_dim); else by head_dim
+        self.unit = self.rule.head_dim if self.rule.n_heads is None else 2 * self.rule.n_heads
+        self.widths = self.rule.max_d_model // self.unit  # ladder rungs 1..widths
 
     def model(self, k: int) -> ModelConfig:
-        """The model config of rung `k` (d_model = k × head_dim)."""
-        d_model = k * self.rule.head_dim
+        """The model config of rung `k` (d_model = k × the ladder's unit)."""
+        d_model = k * self.unit
+        heads = self.rule.n_heads or k
         n_layers = max(self.rule.min_layers, round(d_model / self.rule.aspect_ratio))
         return dataclasses.replace(
             self.base,
             d_model=d_model,
             n_layers=n_layers,
-            n_heads=k,
-            head_dim=self.rule.head_dim,  # fixed across the ladder (n_heads grows); explicit, as muP needs it
+            n_heads=heads,
+            head_dim=d_model // heads,  # explicit, as muP needs it
             n_kv_heads=None,
             d_ff=None,
             ffn_multiplier=self.rule.ffn_multiplier or self.base.ffn_multiplier,

@@ -39,6 +39,9 @@ class FamilyRule:
 
     aspect_ratio: float = 32.0  # d_model / n_layers
     head_dim: int = 32  # d_model is a multiple of it; n_heads = d_model / head_dim
+    # Or a fixed head count: d_model steps by 2 x n_heads and head_dim = d_model / n_heads grows with width.
+    # Few wide heads run faster than many narrow ones on small models, and the ladder is finer.
+    n_heads: int | None = None
     ffn_multiplier: float | None = None  # None keeps the base config's
     min_layers: int = 1
     max_d_model: int = 16384  # the widest shape the rule may pick
@@ -50,6 +53,8 @@ class FamilyRule:
             raise SpecError(f"family.aspect_ratio must be positive (d_model per layer), got {self.aspect_ratio}")
         if self.head_dim <= 0 or self.head_dim % 2:
             raise SpecError(f"family.head_dim must be a positive even number (rotary halves), got {self.head_dim}")
+        if self.n_heads is not None and self.n_heads < 1:
+            raise SpecError(f"family.n_heads must be a positive number of heads, got {self.n_heads}")
         if self.ffn_multiplier is not None and self.ffn_multiplier <= 0:
             raise SpecError(f"family.ffn_multiplier must be positive, got {self.ffn_multiplier}")
         if self.min_layers < 1:
@@ -384,7 +389,12 @@ def spec_from_dict(data: dict[str, Any], path: Path | None = None) -> SweepSpec:
         overrides = _mapping(data.get("config"), "config", "training-config keys")
         base_path = resolve_config_path(data["base"], path.parent if path else None)
         base = merge_config(load_raw(base_path), overrides)
-        family = from_dict(FamilyRule, _mapping(data.get("family"), "family", _fields(FamilyRule)), "family")
+        family_data = _mapping(data.get("family"), "family", _fields(FamilyRule))
+        if "n_heads" in family_data and "head_dim" in family_data:
+            raise SpecError(
+                "family: give head_dim (n_heads grows with width) or n_heads (head_dim grows with width), not both"
+            )
+        family = from_dict(FamilyRule, family_data, "family")
         runs = _isoflop(data["isoflop"]) if "isoflop" in data else _grid(data["grid"])
         branches = None
         if "branches" in data:

@@ -219,3 +219,18 @@ def test_a_mup_spec_plans_mup_runs_and_says_what_transfers():
     assert "muP: d_model 16 to 32 take the hyperparameters tuned at d_model 16" in format_plan(plan)
     scaled = make_plan(spec_from_dict(micro(config__model=mup["model"])))
     assert "rules.lr also scales with N (exponent -0.25), on top of muP" in format_plan(scaled)
+
+
+def test_a_fixed_head_count_steps_the_ladder_by_two_per_head():
+    family = {"aspect_ratio": 32, "n_heads": 2, "ffn_multiplier": 4}
+    plan = make_plan(spec_from_dict(micro(family=family, isoflop__sizes=[3e3, 5e3, 1.2e4])))
+    widths = sorted({run.config.model.d_model for run in plan.runs})
+    assert all(w % 4 == 0 for w in widths) and len(widths) == 3
+    for run in plan.runs:
+        model = run.config.model
+        assert model.n_heads == 2 and model.head_dim == model.d_model // 2
+        assert run.n_total == count_params(model).total
+    with pytest.raises(SpecError, match=r"family: give head_dim \(n_heads grows with width\) or n_heads"):
+        spec_from_dict(micro(family={**family, "head_dim": 16}))
+    with pytest.raises(SpecError, match=r"family\.n_heads must be a positive number of heads, got 0"):
+        spec_from_dict(micro(family={**family, "n_heads": 0}))
