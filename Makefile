@@ -4,7 +4,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
-export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 PYTEST_WORKERS ?= 2
 
 .PHONY: setup test demo posttrain-demo lint format bench clean
@@ -17,8 +16,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
+# Tests simulate 8 devices (tests/conftest.py sets the same); the demo and other jobs use the real ones.
 test: setup
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -q
+	XLA_FLAGS="$${XLA_FLAGS:---xla_force_host_platform_device_count=8}" $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -q
 
 # The demo isoFLOP sweep on the default corpus, then its fit and plots (docs/sweeps.md).
 # Preparing skips an existing corpus and tokenizer and the sweep skips finished runs, so re-running
