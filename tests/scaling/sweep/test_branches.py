@@ -109,7 +109,7 @@ def test_per_size_beta2_reaches_each_run():
 
 
 def test_branch_runs_equal_independent_wsd_runs(tmp_path):
-    plan = make_plan(spec_from_dict(micro(**BRANCHED)))
+    plan = make_plan(spec_from_dict(micro(**{**BRANCHED, "isoflop__budgets": [1e8, 2e8]})))
     report = run_sweep(plan, tmp_path / "sweep", quiet=True)
     assert sorted(report.ran) == sorted(run.name for run in plan.runs) and not report.failed
     (trunk,) = plan.trunks
