@@ -80,13 +80,15 @@ def _shared_settings(config: Config) -> dict:
 
 
 def plan_trunks(spec: SweepSpec, runs: Sequence, flops_per_step: dict[str, float]) -> list[Trunk]:
-    """One trunk per (shape, learning rate, seed) among `runs` (planned wsd runs), named after them."""
+    """One trunk per (shape, learning rate, seed) with two or more of `runs` (planned wsd runs), named after them."""
     groups: dict[str, list] = {}
     for run in runs:
         # a branch run is named <budget>-<shape>[-<lr>]-<seed>: the trunk is named after all but the budget
         groups.setdefault("trunk-" + run.name.split("-", 2)[2], []).append(run)
     trunks = []
     for name, members in groups.items():
+        if len(members) == 1:
+            continue  # a trunk of one branch saves nothing: that wsd run trains on its own
         shared = _shared_settings(members[0].config)
         for run in members[1:]:
             if _shared_settings(run.config) != shared:  # a per-size rule that depends on the run's length
@@ -100,6 +102,11 @@ def plan_trunks(spec: SweepSpec, runs: Sequence, flops_per_step: dict[str, float
         runs_of = tuple(run.name for run in members)
         trunks.append(Trunk(name, max(points), tuple(points), runs_of, flops_per_step[longest.name], config))
     return trunks
+
+
+def on_its_own(config: Config, every: int) -> Config:
+    """A planned wsd run with no trunk to share: it keeps only the checkpoints resume needs."""
+    return dataclasses.replace(config, checkpoint=dataclasses.replace(config.checkpoint, every=every, at_steps=[]))
 
 
 def trunk_dir(sweep_dir: Path, trunk: Trunk) -> Path:

@@ -14,7 +14,7 @@ from typing import Any
 from scalelab.data.objectives import model_lengths
 from scalelab.model.config import ConfigError, ModelConfig
 from scalelab.model.counting import ParamCounts, count_params, flops_per_token
-from scalelab.scaling.sweep.branches import Trunk, branch_step, plan_trunks
+from scalelab.scaling.sweep.branches import Trunk, branch_step, on_its_own, plan_trunks
 from scalelab.scaling.sweep.spec import GridRuns, SpecError, SweepSpec
 from scalelab.train.config import Config
 from scalelab.train.config_io import config_from_dict, merge_config
@@ -373,7 +373,13 @@ def make_plan(spec: SweepSpec) -> Plan:
         return Plan(spec, tuple(runs))
     trunks = plan_trunks(spec, runs, {run.name: run.flops_per_step for run in runs})
     trunk_of = {name: trunk.name for trunk in trunks for name in trunk.runs}
-    runs = [dataclasses.replace(run, trunk=trunk_of[run.name], branch_step=branch_step(run.config)) for run in runs]
+    per_run = spec.rules.checkpoints_per_run
+    runs = [
+        dataclasses.replace(run, trunk=trunk_of[run.name], branch_step=branch_step(run.config))
+        if run.name in trunk_of
+        else dataclasses.replace(run, config=on_its_own(run.config, -(-run.steps // per_run) if per_run else 0))
+        for run in runs
+    ]
     return Plan(spec, tuple(runs), tuple(trunks))
 
 

@@ -164,3 +164,16 @@ def test_lr_multipliers_run_each_cell_at_each_learning_rate_with_its_own_trunk()
         assert trunk.config.optimizer.lr == run.lr
     with pytest.raises(SpecError, match=r"rules\.lr_multipliers: every value must be positive"):
         make_plan(spec_from_dict(micro(rules__lr_multipliers=[0, 1])))
+
+
+def test_a_size_at_one_budget_trains_on_its_own():
+    # each budget picks its own two sizes, so no size has two token counts and no trunk would be shared
+    iso = {"budgets": [1e9, 8e9], "sizes_per_budget": 2, "tokens_per_param": [2, 40]}
+    spec = micro(**BRANCHED, isoflop=iso, family__head_dim=8, config__train__seq_len=32)
+    spec["rules"]["warmup_tokens_per_param"] = 0.1
+    plan = make_plan(spec_from_dict(spec))
+    assert plan.trunks == () and len({run.config.model.d_model for run in plan.runs}) == 4
+    for run in plan.runs:
+        assert run.trunk is None and run.config.schedule.name == "wsd" and run.config.checkpoint.at_steps == []
+        assert run.trained_flops == run.flops and not run.config.checkpoint.enabled
+    assert plan.trained_flops == plan.total_flops
