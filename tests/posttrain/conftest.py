@@ -41,9 +41,7 @@ def sft_rows(n: int, seed: int = 0) -> list[dict]:
 def pair_rows(n: int, seed: int = 0) -> list[dict]:
     """Trivially separable preferences: the chosen response always says 'good', the rejected 'bad'."""
     rng = np.random.default_rng(seed)
-    return [
-        {"prompt": f"the {w} was", "chosen": " good good", "rejected": " bad bad"} for w in rng.choice(WORDS, n)
-    ]
+    return [{"prompt": f"the {w} was", "chosen": " good good", "rejected": " bad bad"} for w in rng.choice(WORDS, n)]
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +61,18 @@ def text_base(tmp_path_factory):
     overrides = ["train.steps=4", "train.eval_every=0", "schedule.warmup_steps=1", "checkpoint.every=4"]
     train(stage_cfg(base, *overrides), run_dir, quiet=True)
     return base, run_dir
+
+
+@pytest.fixture(scope="session")
+def reward_run(text_base, tmp_path_factory):
+    """(reward-model run dir, its pairs file): 30 steps from the pre-trained run on trivially separable pairs.
+    The stage tests check that it learned; the PPO tests score rollouts with it."""
+    from scalelab.train.loop import train
+
+    base, pretrained = text_base
+    root = tmp_path_factory.mktemp("reward")
+    pairs = write_lines(root / "pairs.jsonl", pair_rows(60))
+    sets = [f"posttrain.train_file={pairs}", "posttrain.stage=reward", "train.steps=30", "train.eval_every=30"]
+    sets += ["train.batch_size=8", "optimizer.lr=3e-3", "schedule.warmup_steps=2", "checkpoint.every=30"]
+    train(stage_cfg(base, *sets), root / "rm", quiet=True, init_from=pretrained)
+    return root / "rm", pairs

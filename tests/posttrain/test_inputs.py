@@ -36,9 +36,10 @@ def test_empty_completion_and_identical_pair_are_refused(tmp_path):
     empty = write_lines(tmp_path / "a.jsonl", [{"prompt": "p", "completion": " "}])
     with pytest.raises(PostTrainDataError, match=rf"{empty}:1: field 'completion' is empty"):
         read_examples(empty)
-    same = write_lines(tmp_path / "b.jsonl", [{"prompt": "p", "chosen": "x", "rejected": "y"}] * 2 + [
-        {"prompt": "p", "chosen": "z", "rejected": "z"}
-    ])
+    same = write_lines(
+        tmp_path / "b.jsonl",
+        [{"prompt": "p", "chosen": "x", "rejected": "y"}] * 2 + [{"prompt": "p", "chosen": "z", "rejected": "z"}],
+    )
     with pytest.raises(PostTrainDataError, match=rf"{same}:3: 'chosen' equals 'rejected'"):
         read_pairs(same)
 

@@ -43,24 +43,32 @@ def _params(model, seed=0):
     return jax.jit(model.init, static_argnums=0)(seed)
 
 
-def test_prompt_tokens_get_exactly_zero_gradient():
-    batch = {k: jnp.asarray(v) for k, v in row_batch([[sequence([5, 6, 7, 8], [9, 10], 1, 16, "refuse", "x")]], 16).items()}
+@pytest.fixture(scope="module")
+def decoder():
+    """(the tiny decoder's parameters, its forward pass compiled once): every call below has one shape."""
     model = describe(TINY)
-    logits = model.apply(_params(model), batch)
-    grad = jax.grad(lambda lg: cross_entropy(lg, batch["targets"], batch["weights"])[0])(logits)
+    return _params(model), jax.jit(model.apply)
+
+
+def test_prompt_tokens_get_exactly_zero_gradient(decoder):
+    params, apply = decoder
+    batch = {
+        k: jnp.asarray(v) for k, v in row_batch([[sequence([5, 6, 7, 8], [9, 10], 1, 16, "refuse", "x")]], 16).items()
+    }
+    logits = apply(params, batch)
+    grad = jax.jit(jax.grad(lambda lg: cross_entropy(lg, batch["targets"], batch["weights"])[0]))(logits)
     prompt = np.asarray(batch["weights"][0]) == 0
     assert prompt[:4].all() and not prompt[4:7].any()
     assert np.all(np.asarray(grad)[0][prompt] == 0.0) and np.abs(np.asarray(grad)[0][~prompt]).sum() > 0
 
 
-def test_packed_examples_give_the_logits_they_have_alone():
+def test_packed_examples_give_the_logits_they_have_alone(decoder):
     first = sequence([5, 6, 7], [8, 9], 1, 16, "refuse", "a")
     second = sequence([11, 12], [13, 14, 15], 1, 16, "refuse", "b")
-    model = describe(TINY)
-    params = _params(model)
-    packed = model.apply(params, {k: jnp.asarray(v) for k, v in row_batch([[first, second]], 16).items()})
+    params, apply = decoder
+    packed = apply(params, {k: jnp.asarray(v) for k, v in row_batch([[first, second]], 16).items()})
     for seq, start in ((first, 0), (second, len(first.inputs))):
-        alone = model.apply(params, {k: jnp.asarray(v) for k, v in row_batch([[seq]], 16).items()})
+        alone = apply(params, {k: jnp.asarray(v) for k, v in row_batch([[seq]], 16).items()})
         n = len(seq.inputs)
         np.testing.assert_allclose(packed[0, start : start + n], alone[0, :n], rtol=1e-5, atol=1e-5)
 
@@ -70,9 +78,11 @@ def test_scalar_head_scores_the_last_real_token_and_sequence_logprobs_sum_the_co
     params = _params(model)
     short, long = sequence([5], [6], 1, 16, "refuse", "a"), sequence([5], [6, 7, 8], 1, 16, "refuse", "b")
     batch = {k: jnp.asarray(v) for k, v in row_batch([[short], [long]], 16).items()}
-    values = model.token_values(params, batch)
-    np.testing.assert_allclose(model.scores(params, batch), [values[0, 2], values[1, 4]], rtol=1e-6)
-    logits = model.apply(params, batch)
+    # One compiled program for the three outputs (op by op they took most of this test's time).
+    values, scores, logits = jax.jit(lambda p, b: (model.token_values(p, b), model.scores(p, b), model.apply(p, b)))(
+        params, batch
+    )
+    np.testing.assert_allclose(scores, [values[0, 2], values[1, 4]], rtol=1e-6)
     chosen, rejected = pairs(sequence_logprobs(logits, batch["targets"], batch["weights"]))
     logp = jax.nn.log_softmax(logits[0])
     assert float(chosen[0]) == pytest.approx(float(logp[1, 6] + logp[2, 1]), rel=1e-5)

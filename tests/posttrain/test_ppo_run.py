@@ -11,9 +11,9 @@ from scalelab.posttrain.ppo_run import NotARewardModelError, run_ppo
 from scalelab.posttrain.reference import ReferenceMismatchError
 from scalelab.train.checkpoint_store import CHECKPOINT_DIR, saved_steps
 from scalelab.train.config_io import save_config
-from scalelab.train.loop import train
 from scalelab.train.metrics import read_metrics
-from tests.posttrain.conftest import pair_rows, stage_cfg, write_lines
+from tests.posttrain.conftest import stage_cfg, write_lines
+from tests.train.ckpt_support import compile_cache
 
 PPO = [
     "posttrain.stage=ppo",
@@ -31,15 +31,12 @@ PPO = [
 
 
 @pytest.fixture(scope="module")
-def ppo_inputs(text_base, tmp_path_factory):
-    """(base config, the pre-trained run as the SFT policy, a 2-step reward model run, a prompt file)."""
+def ppo_inputs(text_base, reward_run, tmp_path_factory):
+    """(base config, the pre-trained run as the SFT policy, the session's reward model run, a prompt file)."""
     base, pretrained = text_base
     root = tmp_path_factory.mktemp("ppo")
-    pairs = write_lines(root / "pairs.jsonl", pair_rows(16))
-    sets = [f"posttrain.train_file={pairs}", "posttrain.stage=reward", "train.steps=2", "train.eval_every=0"]
-    train(stage_cfg(base, *sets, "checkpoint.every=2"), root / "rm", quiet=True, init_from=pretrained)
     prompts = write_lines(root / "prompts.jsonl", [{"prompt": f"the {w} was"} for w in ("sun", "rain", "day")])
-    return base, pretrained, root / "rm", prompts
+    return base, pretrained, reward_run[0], prompts
 
 
 def _cfg(ppo_inputs, *extra):
@@ -48,6 +45,11 @@ def _cfg(ppo_inputs, *extra):
 
 
 def test_ppo_resumes_exactly_and_logs_every_step_once(ppo_inputs, tmp_path):
+    with compile_cache(tmp_path / "jax-cache"):  # the resumed run loads the first one's programs
+        _resume_exactly(ppo_inputs, tmp_path)
+
+
+def _resume_exactly(ppo_inputs, tmp_path):
     pretrained = ppo_inputs[1]
     whole = run_ppo(_cfg(ppo_inputs, "train.steps=3", "checkpoint.every=1"), tmp_path / "whole", init_from=pretrained)
     assert saved_steps(tmp_path / "whole" / CHECKPOINT_DIR) == [1, 2, 3]

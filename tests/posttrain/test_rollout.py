@@ -17,31 +17,35 @@ CFG = ModelConfig(vocab_size=23, d_model=32, n_layers=2, n_heads=4, max_seq_len=
 @pytest.fixture(scope="module")
 def policy():
     model = describe(CFG)
-    return model, model.init(0)
+    return model, jax.jit(model.init, static_argnums=0)(0)  # compiled: op by op it took seconds
+
+
+NEW = 10  # both tests sample 8 prompts of width 4 by NEW tokens: one compiled program for the EOS-free samples
 
 
 def test_rollout_logprobs_equal_the_full_forward_on_the_joined_sequence(policy):
     model, params = policy
-    prompts = jnp.array([[5, 6, 7, 8], [9, 10, 0, 0]])  # right-padded: the second prompt has 2 tokens
-    lengths = jnp.array([4, 2])
-    out = sample(CFG, model.graphdef, params, prompts, lengths, new_tokens=6, key=jax.random.key(3))
-    assert out.tokens.shape == out.logprobs.shape == out.mask.shape == (2, 6)
+    # Right-padded: every second prompt has 2 tokens.
+    prompts, lengths = jnp.array([[5, 6, 7, 8], [9, 10, 0, 0]] * 4), jnp.array([4, 2] * 4)
+    out = sample(CFG, model.graphdef, params, prompts, lengths, new_tokens=NEW, key=jax.random.key(3))
+    assert out.tokens.shape == out.logprobs.shape == out.mask.shape == (8, NEW)
     tokens, response_mask = join(prompts, lengths, out.tokens, out.mask)
-    np.testing.assert_array_equal(tokens[1, :8], [9, 10, *np.asarray(out.tokens[1])])
+    np.testing.assert_array_equal(tokens[1, : 2 + NEW], [9, 10, *np.asarray(out.tokens[1])])
     # The decoder's log-probability of each sampled token is what a plain forward pass gives it.
-    full = token_logprobs(hidden_and_logits(model.graphdef, params, tokens[:, :-1])[1], tokens[:, 1:])
-    for row, length in enumerate([4, 2]):
-        np.testing.assert_allclose(out.logprobs[row], full[row, length - 1 : length + 5], atol=2e-5)
-        np.testing.assert_array_equal(response_mask[row, length : length + 6], 1.0)
-    assert float(response_mask.sum()) == 12.0
+    forward = jax.jit(lambda p, t: token_logprobs(hidden_and_logits(model.graphdef, p, t[:, :-1])[1], t[:, 1:]))
+    full = forward(params, tokens)
+    for row, length in enumerate(np.asarray(lengths)):
+        np.testing.assert_allclose(out.logprobs[row], full[row, length - 1 : length - 1 + NEW], atol=2e-5)
+        np.testing.assert_array_equal(response_mask[row, length : length + NEW], 1.0)
+    assert float(response_mask.sum()) == 8 * NEW
 
 
 def test_a_response_ends_at_its_first_eos_and_keeps_it(policy):
     model, params = policy
-    prompts, lengths = jnp.array([[1, 2, 3]] * 8), jnp.full((8,), 3)
-    free = sample(CFG, model.graphdef, params, prompts, lengths, new_tokens=10, key=jax.random.key(0))
+    prompts, lengths = jnp.array([[1, 2, 3, 0]] * 8), jnp.full((8,), 3)
+    free = sample(CFG, model.graphdef, params, prompts, lengths, new_tokens=NEW, key=jax.random.key(0))
     eos = int(free.tokens[0, 2])  # a token the first row samples third: it ends there when it is the EOS
-    out = sample(CFG, model.graphdef, params, prompts, lengths, new_tokens=10, key=jax.random.key(0), eos_id=eos)
+    out = sample(CFG, model.graphdef, params, prompts, lengths, new_tokens=NEW, key=jax.random.key(0), eos_id=eos)
     tokens, mask = np.asarray(out.tokens), np.asarray(out.mask)
     assert mask[0].tolist() == [1, 1, 1] + [0] * 7
     for row in range(8):

@@ -10,41 +10,41 @@ import pytest
 
 from scalelab.cli import main
 from scalelab.posttrain.reference import ReferenceMismatchError
+from scalelab.train.checkpoint_store import CHECKPOINT_DIR
 from scalelab.train.loop import train
 from scalelab.train.metrics import read_metrics
-from tests.posttrain.conftest import FAST, MODEL, pair_rows, sft_rows, stage_cfg, write_lines
+from tests.posttrain.conftest import FAST, MODEL, sft_rows, stage_cfg, write_lines
+from tests.train.ckpt_support import compile_cache
+
+STEPS = 6
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("files")
-    return write_lines(root / "sft.jsonl", sft_rows(60)), write_lines(root / "pairs.jsonl", pair_rows(60))
-
-
-@pytest.fixture(scope="module")
-def sft_run(text_base, files, tmp_path_factory):
-    """`scalelab sft` from the pre-trained run: 6 steps, checkpoints at 3 and 6."""
+def sft_run(text_base, tmp_path_factory):
+    """`scalelab sft` from the pre-trained run: 6 steps, evals after steps 3 and 6, checkpoints at 2, 4 and 6."""
     base, pretrained = text_base
-    run_dir = tmp_path_factory.mktemp("sft") / "run"
-    config = tmp_path_factory.mktemp("cfg") / "sft.yaml"
+    root = tmp_path_factory.mktemp("sft")
+    data = write_lines(root / "sft.jsonl", sft_rows(60))
+    run_dir, config = root / "run", root / "sft.yaml"
     from scalelab.train.config_io import save_config
 
     save_config(stage_cfg(base, "posttrain.stage=sft"), config)
-    sets = [*FAST, *MODEL, f"posttrain.train_file={files[0]}", "train.steps=6", "train.eval_every=3"]
-    sets += ["checkpoint.every=3", "schedule.warmup_steps=1", "optimizer.lr=3e-3", "train.batch_size=8"]
+    sets = [*FAST, *MODEL, f"posttrain.train_file={data}", f"train.steps={STEPS}", "train.eval_every=3"]
+    sets += ["checkpoint.every=2", "schedule.warmup_steps=1", "optimizer.lr=3e-3", "train.batch_size=8"]
     args = ["sft", str(config), "--run-dir", str(run_dir), "--init-from", str(pretrained), "--quiet"]
     for s in sets:
         args += ["--set", s]
-    assert main(args) == 0
-    return config, args, run_dir
+    with compile_cache(root / "jax-cache"):  # the resumed run loads these programs
+        assert main(args) == 0
+    return args, run_dir
 
 
 def test_sft_reports_completion_loss_and_accuracy_and_generate_reads_its_run(sft_run, capsys):
-    _, _, run_dir = sft_run
+    _, run_dir = sft_run
     records = read_metrics(run_dir)
     train_lines = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_loss" in r]
-    assert [r["step"] for r in train_lines] == list(range(6))
+    assert [r["step"] for r in train_lines] == list(range(STEPS))
     assert [r["step"] for r in evals] == [2, 5]
     assert all(0.0 <= r["eval_accuracy"] <= 1.0 for r in evals)
     capsys.readouterr()
@@ -53,35 +53,33 @@ def test_sft_reports_completion_loss_and_accuracy_and_generate_reads_its_run(sft
 
 
 def test_sft_resumes_exactly_from_a_checkpoint(sft_run, tmp_path):
-    """Drop the final checkpoint and re-run the command: it resumes at step 3 and ends where the run did."""
+    """Drop the final checkpoint and re-run the command: it resumes at step 4 and ends where the run did."""
     from scalelab.inference.generate import load_run
 
-    _, args, run_dir = sft_run
+    args, run_dir = sft_run
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
-    shutil.rmtree(copy / "checkpoints" / "6")
+    shutil.rmtree(copy / CHECKPOINT_DIR / str(STEPS))
     resumed = [a if a != str(run_dir) else str(copy) for a in args]
-    assert main(resumed) == 0
+    with compile_cache(run_dir.parent / "jax-cache"):
+        assert main(resumed) == 0
     a, b = load_run(run_dir), load_run(copy)
-    assert b.step_dir.name == "6"
+    assert b.step_dir.name == str(STEPS)
     jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
     losses = lambda d: [(r["step"], r["loss"]) for r in read_metrics(d) if "loss" in r]  # noqa: E731
     assert losses(copy) == losses(run_dir)
 
 
-def test_reward_model_learns_a_separable_preference(text_base, files, tmp_path):
-    base, pretrained = text_base
-    sets = [f"posttrain.train_file={files[1]}", "posttrain.stage=reward", "train.steps=30", "train.eval_every=30"]
-    sets += ["train.batch_size=8", "optimizer.lr=3e-3", "schedule.warmup_steps=2", "checkpoint.every=30"]
-    train(stage_cfg(base, *sets), tmp_path / "rm", quiet=True, init_from=pretrained)
-    (last,) = [r for r in read_metrics(tmp_path / "rm") if "eval_loss" in r]
+def test_reward_model_learns_a_separable_preference(reward_run):
+    (last,) = [r for r in read_metrics(reward_run[0]) if "eval_loss" in r]
     assert last["eval_accuracy"] == 1.0 and last["eval_loss"] < 0.5
 
 
-def test_dpo_raises_the_chosen_margin_and_refuses_a_mismatched_reference(sft_run, text_base, files, tmp_path):
+def test_dpo_raises_the_chosen_margin_and_refuses_a_mismatched_reference(sft_run, text_base, reward_run, tmp_path):
     base, _ = text_base
-    _, _, sft_dir = sft_run
-    sets = [f"posttrain.train_file={files[1]}", "posttrain.stage=dpo", "train.steps=8", "train.eval_every=8"]
+    _, sft_dir = sft_run
+    pairs = reward_run[1]
+    sets = [f"posttrain.train_file={pairs}", "posttrain.stage=dpo", "train.steps=8", "train.eval_every=8"]
     sets += ["train.batch_size=8", "optimizer.lr=3e-3", "schedule.warmup_steps=1", f"posttrain.reference={sft_dir}"]
     result = train(stage_cfg(base, *sets), tmp_path / "dpo", quiet=True, init_from=sft_dir)
     lines = [r for r in read_metrics(tmp_path / "dpo") if "loss" in r]
