@@ -1,10 +1,11 @@
-"""SFT, reward model and DPO as ordinary training runs: metrics, generate on the result, exact resume, learning."""
+"""SFT, reward model and DPO as ordinary training runs: metrics, generate on the result, exact resume after
+kill -9, learning."""
 
 from __future__ import annotations
 
-import shutil
+import os
+import subprocess
 
-import jax
 import numpy as np
 import pytest
 
@@ -14,7 +15,8 @@ from scalelab.train.checkpoint_store import CHECKPOINT_DIR
 from scalelab.train.loop import train
 from scalelab.train.metrics import read_metrics
 from tests.posttrain.conftest import FAST, MODEL, sft_rows, stage_cfg, write_lines
-from tests.train.ckpt_support import compile_cache
+from tests.train.ckpt_support import assert_states_equal, compile_cache, exact_metrics, saved_state
+from tests.train.test_checkpoint_resume import SCALELAB, TIMEOUT_S, freeze, newest, wait_for
 
 STEPS = 6
 
@@ -34,7 +36,7 @@ def sft_run(text_base, tmp_path_factory):
     args = ["sft", str(config), "--run-dir", str(run_dir), "--init-from", str(pretrained), "--quiet"]
     for s in sets:
         args += ["--set", s]
-    with compile_cache(root / "jax-cache"):  # the resumed run loads these programs
+    with compile_cache(root / "jax-cache"):  # the kill -9 test's subprocesses load these programs
         assert main(args) == 0
     return args, run_dir
 
@@ -52,22 +54,31 @@ def test_sft_reports_completion_loss_and_accuracy_and_generate_reads_its_run(sft
     assert "say good:" in capsys.readouterr().out
 
 
-def test_sft_resumes_exactly_from_a_checkpoint(sft_run, tmp_path):
-    """Drop the final checkpoint and re-run the command: it resumes at step 4 and ends where the run did."""
-    from scalelab.inference.generate import load_run
-
+def test_sft_killed_with_sigkill_resumes_to_the_uninterrupted_run(sft_run, tmp_path):
+    """The fixture's command in a subprocess, SIGKILLed after a committed checkpoint, then run again: the
+    final state and every metrics line equal the uninterrupted run's, bit for bit."""
     args, run_dir = sft_run
-    copy = tmp_path / "copy"
-    shutil.copytree(run_dir, copy)
-    shutil.rmtree(copy / CHECKPOINT_DIR / str(STEPS))
-    resumed = [a if a != str(run_dir) else str(copy) for a in args]
-    with compile_cache(run_dir.parent / "jax-cache"):
-        assert main(resumed) == 0
-    a, b = load_run(run_dir), load_run(copy)
-    assert b.step_dir.name == str(STEPS)
-    jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
-    losses = lambda d: [(r["step"], r["loss"]) for r in read_metrics(d) if "loss" in r]  # noqa: E731
-    assert losses(copy) == losses(run_dir)
+    killed = tmp_path / "run"
+    command = [str(SCALELAB), *(str(killed) if a == str(run_dir) else a for a in args)]
+    env = {  # the fixture's compiled programs, loaded instead of compiled again
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": str(run_dir.parent / "jax-cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+    root = killed / CHECKPOINT_DIR
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    wait_for(lambda: newest(root) >= 2, proc, "the first checkpoint")
+    freeze(proc)  # stopped, it cannot finish between our look and the kill
+    assert newest(root) < STEPS, "the run finished before it could be killed"
+    proc.kill()
+    proc.wait()
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert newest(root) == STEPS
+    assert_states_equal(saved_state(root / str(STEPS)), saved_state(run_dir / CHECKPOINT_DIR / str(STEPS)))
+    assert exact_metrics(killed) == exact_metrics(run_dir)
 
 
 def test_reward_model_learns_a_separable_preference(reward_run):
