@@ -12,7 +12,7 @@ import pytest
 from scalelab.model.config import ModelConfig
 from scalelab.model.functional import describe
 from scalelab.posttrain.encode import row_batch, sequence
-from scalelab.posttrain.heads import ScalarHeadModel
+from scalelab.posttrain.heads import HEAD, ScalarHeadModel
 from scalelab.posttrain.losses import bradley_terry, dpo, pairs, sequence_logprobs
 from scalelab.train.steps import cross_entropy
 
@@ -45,13 +45,13 @@ def _params(model, seed=0):
 
 @pytest.fixture(scope="module")
 def decoder():
-    """(the tiny decoder's parameters, its forward pass compiled once): every call below has one shape."""
+    """(the tiny decoder's parameters, its forward pass compiled once, the decoder): every call below has one shape."""
     model = describe(TINY)
-    return _params(model), jax.jit(model.apply)
+    return _params(model), jax.jit(model.apply), model
 
 
 def test_prompt_tokens_get_exactly_zero_gradient(decoder):
-    params, apply = decoder
+    params, apply, _ = decoder
     batch = {
         k: jnp.asarray(v) for k, v in row_batch([[sequence([5, 6, 7, 8], [9, 10], 1, 16, "refuse", "x")]], 16).items()
     }
@@ -65,7 +65,7 @@ def test_prompt_tokens_get_exactly_zero_gradient(decoder):
 def test_packed_examples_give_the_logits_they_have_alone(decoder):
     first = sequence([5, 6, 7], [8, 9], 1, 16, "refuse", "a")
     second = sequence([11, 12], [13, 14, 15], 1, 16, "refuse", "b")
-    params, apply = decoder
+    params, apply, _ = decoder
     packed = apply(params, {k: jnp.asarray(v) for k, v in row_batch([[first, second]], 16).items()})
     for seq, start in ((first, 0), (second, len(first.inputs))):
         alone = apply(params, {k: jnp.asarray(v) for k, v in row_batch([[seq]], 16).items()})
@@ -73,9 +73,10 @@ def test_packed_examples_give_the_logits_they_have_alone(decoder):
         np.testing.assert_allclose(packed[0, start : start + n], alone[0, :n], rtol=1e-5, atol=1e-5)
 
 
-def test_scalar_head_scores_the_last_real_token_and_sequence_logprobs_sum_the_completion():
-    model = ScalarHeadModel.wrap(describe(TINY))
-    params = _params(model)
+def test_scalar_head_scores_the_last_real_token_and_sequence_logprobs_sum_the_completion(decoder):
+    decoder_params, _, base = decoder
+    model = ScalarHeadModel.wrap(base)
+    params = {**decoder_params, HEAD: model.init_head(0)}  # what model.init(0) builds, without compiling it again
     short, long = sequence([5], [6], 1, 16, "refuse", "a"), sequence([5], [6, 7, 8], 1, 16, "refuse", "b")
     batch = {k: jnp.asarray(v) for k, v in row_batch([[short], [long]], 16).items()}
     # One compiled program for the three outputs (op by op they took most of this test's time).
