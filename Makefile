@@ -60,7 +60,7 @@ posttrain-demo: setup
 		--set train.eval_every=100
 	$(BIN)/scalelab sentiment judge $(RLHF)/sft $(foreach beta,$(PPO_BETAS),$(RLHF)/ppo-beta$(beta)) $(RLHF)/dpo \
 		--reference $(RLHF)/sft --prompts $(RLHF)/data/heldout.jsonl --out $(RLHF)/judge \
-		--reward-model $(RLHF)/reward $(RLHF)/data/pairs-heldout.jsonl
+		--reward-model $(RLHF)/reward $(RLHF)/data/pairs-heldout.jsonl --pretrained $(RLHF)/pretrained
 
 lint: setup
 	$(BIN)/ruff check .

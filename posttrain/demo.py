@@ -23,7 +23,7 @@ import numpy as np
 from scalelab.errors import UserError
 from scalelab.posttrain.heads import base_params
 from scalelab.posttrain.rollout import sample
-from scalelab.posttrain.sentiment import label_pairs, openings, split_lines, write_jsonl
+from scalelab.posttrain.sentiment import DEFAULT_MIN_MARGIN, label_pairs, openings, split_lines, write_jsonl
 
 SFT_FILE, PROMPTS_FILE, HELDOUT_FILE = "sft.jsonl", "prompts.jsonl", "heldout.jsonl"
 PAIRS_FILE, HELDOUT_PAIRS_FILE = "pairs.jsonl", "pairs-heldout.jsonl"
@@ -115,12 +115,19 @@ def sample_texts(run: Any, prompts: list[str], new_tokens: int, seed: int, batch
 
 
 def write_pairs(
-    sft_dir: Path, prompts_file: Path, out: Path, new_tokens: int, heldout_fraction: float = 0.1, seed: int = 0
-) -> dict[str, int]:
+    sft_dir: Path,
+    prompts_file: Path,
+    out: Path,
+    new_tokens: int,
+    heldout_fraction: float = 0.1,
+    seed: int = 0,
+    min_margin: float = DEFAULT_MIN_MARGIN,
+) -> dict[str, Any]:
     """Two continuations per prompt from the SFT run, VADER-labelled, as pairs.jsonl and pairs-heldout.jsonl.
 
     The held-out pairs come from a separate share of the prompts; the reward model's accuracy on them
-    is its agreement with VADER on responses it never trained on.
+    is its agreement with VADER on responses it never trained on. Pairs whose VADER scores differ by
+    less than `min_margin` are dropped before the split, so training and held-out pairs pass the same filter.
     """
     from scalelab.inference.generate import load_run
 
@@ -128,10 +135,10 @@ def write_pairs(
     prompts = read_prompt_texts(prompts_file)
     first = sample_texts(run, prompts, new_tokens, seed)
     second = sample_texts(run, prompts, new_tokens, seed + 1)
-    records, skipped = label_pairs(prompts, first.texts, second.texts)
+    records, dropped = label_pairs(prompts, first.texts, second.texts, min_margin)
     held = round(len(records) * heldout_fraction)
     counts = {
         PAIRS_FILE: write_jsonl(out / PAIRS_FILE, records[held:]),
         HELDOUT_PAIRS_FILE: write_jsonl(out / HELDOUT_PAIRS_FILE, records[:held]),
     }
-    return {**counts, "ties_skipped": skipped}
+    return {**counts, **dropped, "min_margin": min_margin}

@@ -117,6 +117,35 @@ def judge_run(run_dir: Path, reference: Any, prompts: list[str], new_tokens: int
     )
 
 
+def sft_target(pretrained_dir: Path, sft_dir: Path) -> dict[str, Any]:
+    """The SFT target: completion loss (mean negative log-likelihood per completion token, final EOS included) of
+    the pre-trained run and of the SFT run on the SFT run's own held-out examples (its eval_file, or the share of
+    its train_file it held out), each example alone in its row."""
+    from scalelab.inference.generate import load_run
+    from scalelab.posttrain.sources import SFTSource
+    from scalelab.train.config_io import load_config
+
+    held = SFTSource(load_config(Path(sft_dir) / "config.yaml")).eval_seqs
+    width = max(len(seq.inputs) for seq in held) + 1
+    tokens, mask = np.zeros((len(held), width), np.int32), np.zeros((len(held), width), np.float32)
+    for row, seq in enumerate(held):  # tokens = inputs + the last target; mask[t] weighs the target tokens[t]
+        tokens[row, : len(seq.inputs) + 1] = [*seq.inputs, seq.targets[-1]]
+        mask[row, 1 : len(seq.inputs) + 1] = seq.weights
+    losses = {}
+    for name, run_dir in (("pretrained", pretrained_dir), ("sft", sft_dir)):
+        run = load_run(Path(run_dir))
+        summed = response_logprobs(run.cfg.model, base_params(run.params), tokens, mask)
+        losses[name] = float(-summed.sum() / mask.sum())
+    return {
+        "pretrained_run": str(pretrained_dir),
+        "heldout_examples": len(held),
+        "completion_tokens": int(mask.sum()),
+        "pretrained_loss": losses["pretrained"],
+        "sft_loss": losses["sft"],
+        "met": losses["sft"] < losses["pretrained"],
+    }
+
+
 MARGINS = (0.0, 0.25, 0.5)  # buckets of the VADER difference between chosen and rejected
 
 
@@ -167,9 +196,11 @@ def judge(
     samples: int = 4,
     seed: int = 1234,
     reward: tuple[Path, Path] | None = None,
+    pretrained: Path | None = None,
 ) -> list[Judged]:
     """Judge each run against the reference on the held-out prompts; write the summary and the plot into `out`.
-    `reward` = (reward-model run, held-out pairs) adds that model's agreement with VADER."""
+    `reward` = (reward-model run, held-out pairs) adds that model's agreement with VADER; `pretrained` (the run
+    the reference SFT run started from) adds the SFT target (`sft_target`)."""
     from scalelab.inference.generate import load_run
 
     prompts = read_prompt_texts(heldout)
@@ -182,6 +213,7 @@ def judge(
         "new_tokens": new_tokens,
         "reference": str(reference),
         "reward_model": None if reward is None else {"run": str(reward[0]), **reward_accuracy(*reward)},
+        "sft_target": None if pretrained is None else sft_target(Path(pretrained), Path(reference)),
         "runs": [dataclasses.asdict(j) for j in judged],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -213,6 +245,12 @@ def markdown(judged: list[Judged], summary: dict[str, Any]) -> str:
         )
         lines += ["", f"Reward model {rm['run']}: held-out pairwise accuracy against VADER {rm['accuracy']:.1%} "
                   f"({rm['pairs']} pairs; by margin {parts})."]  # fmt: skip
+    sft = summary.get("sft_target")
+    if sft:
+        verdict = "below" if sft["met"] else "NOT below"
+        lines += ["", f"SFT target: held-out completion loss {sft['sft_loss']:.3f} (SFT) is {verdict} "
+                  f"{sft['pretrained_loss']:.3f} (pre-trained {sft['pretrained_run']}) on the SFT run's "
+                  f"{sft['heldout_examples']} held-out examples ({sft['completion_tokens']} completion tokens)."]  # fmt: skip
     lines += ["", "Example continuations (prompt → continuation):", ""]
     for j in judged:
         lines.append(f"- **{j.name}**: " + " / ".join(f"*{p}* →{t!r}" for p, t in j.examples[:3]))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from scalelab.cli.options import add_group
 from scalelab.cli.posttrain import add_stage_command
+from scalelab.posttrain.sentiment import DEFAULT_MIN_MARGIN
 
 HELP = "RLHF with PPO: sample from the SFT policy, score with a reward model run, KL-penalised clipped updates"
 
@@ -67,13 +68,21 @@ def register_sentiment(subparsers: argparse._SubParsersAction) -> None:
     pairs = group.add_parser(
         "pairs",
         help="sample two continuations per prompt from an SFT run; VADER picks the chosen one",
-        description="Writes OUT/pairs.jsonl and OUT/pairs-heldout.jsonl ({prompt, chosen, rejected}); ties skipped.",
+        description="Writes OUT/pairs.jsonl and OUT/pairs-heldout.jsonl ({prompt, chosen, rejected}); ties are "
+        "skipped, and so are pairs whose VADER scores differ by less than --min-margin (in both files alike).",
     )
     pairs.add_argument("sft_run", metavar="SFT_RUN", type=Path, help="the SFT run directory")
     pairs.add_argument("prompts", metavar="PROMPTS", type=Path, help='JSONL with a "prompt" per line')
     pairs.add_argument("out", metavar="OUT", type=Path, help="folder for the pair files")
     pairs.add_argument("--new-tokens", type=int, default=16, help="longest continuation, in tokens (default 16)")
     pairs.add_argument("--seed", type=int, default=0)
+    pairs.add_argument(
+        "--min-margin",
+        type=float,
+        default=DEFAULT_MIN_MARGIN,
+        help="drop pairs whose VADER compound scores differ by less than this: near-ties are labeller noise "
+        f"(default {DEFAULT_MIN_MARGIN}; 0 keeps every pair that is not a tie)",
+    )
     pairs.set_defaults(func=_run_pairs)
     judge = group.add_parser(
         "judge",
@@ -93,6 +102,13 @@ def register_sentiment(subparsers: argparse._SubParsersAction) -> None:
         metavar=("RUN_DIR", "PAIRS"),
         help="also report this reward-model run's pairwise accuracy against VADER on these held-out pairs",
     )
+    judge.add_argument(
+        "--pretrained",
+        type=Path,
+        metavar="RUN_DIR",
+        help="also report the SFT target: the --reference SFT run's held-out completion loss against this "
+        "pre-trained run's, on the SFT run's held-out examples",
+    )
     judge.set_defaults(func=_run_judge)
 
 
@@ -109,7 +125,9 @@ def _run_data(args: argparse.Namespace) -> int:
 def _run_pairs(args: argparse.Namespace) -> int:
     from scalelab.posttrain.demo import write_pairs
 
-    counts = write_pairs(args.sft_run, args.prompts, args.out, args.new_tokens, seed=args.seed)
+    counts = write_pairs(
+        args.sft_run, args.prompts, args.out, args.new_tokens, seed=args.seed, min_margin=args.min_margin
+    )
     print(", ".join(f"{name}: {n}" for name, n in counts.items()))
     return 0
 
@@ -118,7 +136,16 @@ def _run_judge(args: argparse.Namespace) -> int:
     from scalelab.posttrain.demo_judge import judge
 
     reward = None if args.reward_model is None else tuple(args.reward_model)
-    judge(args.runs, args.reference, args.prompts, args.out, args.new_tokens, args.samples, reward=reward)
+    judge(
+        args.runs,
+        args.reference,
+        args.prompts,
+        args.out,
+        args.new_tokens,
+        args.samples,
+        reward=reward,
+        pretrained=args.pretrained,
+    )
     print((args.out / "summary.md").read_text(), end="")
     print(f"plot: {args.out / 'reward_kl.png'}")
     return 0

@@ -32,11 +32,12 @@ def test_demo_data_and_vader_pairs_from_a_run(text_base, tmp_path):
     assert all(json.loads(line)["prompt"] for line in (tmp_path / PROMPTS_FILE).read_text().splitlines())
 
     # The test corpus's made-up words carry little sentiment, so many pairs tie (VADER 0 and 0) and are skipped.
-    counts = write_pairs(pretrained, tmp_path / PROMPTS_FILE, tmp_path, new_tokens=4)
-    assert counts["ties_skipped"] + counts[PAIRS_FILE] + counts["pairs-heldout.jsonl"] == 30
+    counts = write_pairs(pretrained, tmp_path / PROMPTS_FILE, tmp_path, new_tokens=4, min_margin=0.1)
+    kept = counts[PAIRS_FILE] + counts["pairs-heldout.jsonl"]
+    assert counts["ties_skipped"] + counts["below_min_margin"] + kept == 30 and counts["min_margin"] == 0.1
     if counts[PAIRS_FILE]:
         for pair in read_pairs(tmp_path / PAIRS_FILE):  # part 1's preference reader accepts the file
-            assert vader([pair.chosen])[0] > vader([pair.rejected])[0]
+            assert vader([pair.chosen])[0] - vader([pair.rejected])[0] >= 0.1
 
 
 def test_prompt_rows_start_with_eos_and_refuse_prompts_that_leave_no_room():
@@ -78,7 +79,14 @@ def test_judge_outputs_name_every_run(tmp_path):
             [[0.0, -1.0], [5.0, 2.0]],
         ),
     ]
-    text = markdown(judged, {"heldout_prompts": 1, "samples_per_prompt": 1, "new_tokens": 4, "reference": "sft"})
+    sft = {"pretrained_run": "pre", "heldout_examples": 9, "completion_tokens": 40, "pretrained_loss": 4.5}
+    summary = {"heldout_prompts": 1, "samples_per_prompt": 1, "new_tokens": 4, "reference": "sft"}
+    text = markdown(judged, {**summary, "sft_target": {**sft, "sft_loss": 3.25, "met": True}})
     assert "| ppo-beta0.05 | ppo | 0.05 | +0.450 ± 0.010 | 70% | 11.30 ± 0.20 |" in text
+    assert (
+        "SFT target: held-out completion loss 3.250 (SFT) is below 4.500 (pre-trained pre) on the SFT run's 9 " in text
+    )
+    missed = markdown(judged, {**summary, "sft_target": {**sft, "sft_loss": 4.75, "met": False}})
+    assert "4.750 (SFT) is NOT below 4.500" in missed
     paths = plot(judged, tmp_path)
     assert all(p.stat().st_size > 1000 for p in paths)

@@ -23,7 +23,19 @@ def test_pairs_choose_the_more_positive_continuation_and_skip_ties():
         {"prompt": "My lord,", "chosen": " I love thee well", "rejected": " I hate thee"},
         {"prompt": "And he", "chosen": " was glad and blessed", "rejected": " wept in sorrow"},
     ]
-    assert skipped == 2  # two neutral continuations tie at 0; identical ones carry no preference
+    # Two neutral continuations tie at 0; identical ones carry no preference.
+    assert skipped == {"ties_skipped": 2, "below_min_margin": 0}
+
+
+def test_pairs_whose_vader_scores_differ_by_less_than_the_min_margin_are_dropped():
+    prompts, first, second = ["A", "B"], [" I hate thee", " the good door"], [" I love thee well", " the door"]
+    hate, love, good_door, door = vader([first[0], second[0], first[1], second[1]])
+    assert love - hate > 1.0 and 0.0 < good_door - door < 0.5
+    records, dropped = label_pairs(prompts, first, second, min_margin=0.5)
+    assert [r["prompt"] for r in records] == ["A"] and dropped == {"ties_skipped": 0, "below_min_margin": 1}
+    assert len(label_pairs(prompts, first, second, min_margin=0.0)[0]) == 2
+    with pytest.raises(UserError, match=r"min_margin 2.0 is outside \[0, 2\)"):
+        label_pairs(prompts, first, second, min_margin=2.0)
 
 
 def test_openings_skip_headings_directions_and_speakers_and_drop_verse_numbers():

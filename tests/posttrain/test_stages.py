@@ -1,5 +1,5 @@
-"""SFT, reward model and DPO as ordinary training runs: metrics, generate on the result, exact resume after
-kill -9, learning."""
+"""SFT, reward model and DPO as ordinary training runs: metrics, generate on the result, kill -9 exact resume,
+the SFT target, learning."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from scalelab.cli import main
+from scalelab.posttrain.demo_judge import sft_target
 from scalelab.posttrain.reference import ReferenceMismatchError
 from scalelab.train.checkpoint_store import CHECKPOINT_DIR
 from scalelab.train.loop import train
@@ -41,7 +42,9 @@ def sft_run(text_base, tmp_path_factory):
     return args, run_dir
 
 
-def test_sft_reports_completion_loss_and_accuracy_and_generate_reads_its_run(sft_run, capsys):
+def test_sft_reports_completion_loss_and_accuracy_meets_its_target_and_generate_reads_its_run(
+    sft_run, text_base, capsys
+):
     _, run_dir = sft_run
     records = read_metrics(run_dir)
     train_lines = [r for r in records if "loss" in r]
@@ -49,6 +52,11 @@ def test_sft_reports_completion_loss_and_accuracy_and_generate_reads_its_run(sft
     assert [r["step"] for r in train_lines] == list(range(STEPS))
     assert [r["step"] for r in evals] == [2, 5]
     assert all(0.0 <= r["eval_accuracy"] <= 1.0 for r in evals)
+    # The SFT target: the fine-tuned run's held-out completion loss is below the pre-trained run's.
+    target = sft_target(text_base[1], run_dir)
+    assert target["heldout_examples"] > 0 and target["completion_tokens"] >= 2 * target["heldout_examples"]
+    assert np.isfinite(target["pretrained_loss"]) and target["sft_loss"] < target["pretrained_loss"] - 0.1
+    assert target["met"]
     capsys.readouterr()
     assert main(["generate", str(run_dir), "--prompt", "say good:", "--max-new-tokens", "4"]) == 0
     assert "say good:" in capsys.readouterr().out
