@@ -6,6 +6,7 @@ import contextlib
 import datetime
 import functools
 import json
+import os
 import platform
 import time
 import warnings
@@ -21,8 +22,8 @@ PEAK_CACHE = "peak.json"
 # thrown away. A CPU core peaks near 2 TFLOP/s in bf16 (AMX); an accelerator chip near 2 PFLOP/s (fp8).
 PLAUSIBLE_PER_CPU_CORE = 4e12
 PLAUSIBLE_PER_ACCELERATOR = 5e15
-# A kept best more than this many times this run's own measurement is not believed (and replaced): a
-# busy host measures up to a few times slower, never this much, so such a value was a bad measurement.
+# A kept best more than this many times this run's own measurement on a quiet host is not believed (and
+# replaced): a quiet host measures up to a few times slower, never this much, so it was a bad measurement.
 TRUSTED_RATIO = 8.0
 
 # Dense bf16 peak per chip, from vendor datasheets (no sparsity).
@@ -133,14 +134,26 @@ def remembered_matmul_flops(dtype: str) -> tuple[float, Path]:
             stacklevel=2,
         )
         return (best if 0 < best <= limit else limit), path
-    if best > limit or best > TRUSTED_RATIO * flops:
-        best = 0.0  # a kept value no measurement supports: replace it rather than divide by it forever
+    # A kept value no measurement supports is replaced rather than divided by forever. On a host busier
+    # than its cores (or a niced process), a measurement can be ten times slow, so there the kept best
+    # is only tested against what no hardware could reach.
+    busy = host_load() > usable_cores()
+    if best > limit or (not busy and best > TRUSTED_RATIO * flops):
+        best = 0.0
     if flops <= best:
         return best, path
     known[key] = {"flops": flops, "measured": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     with contextlib.suppress(OSError):  # a read-only cache only loses the comparison with later runs
         write_atomic(path, json.dumps(known, indent=1) + "\n")
     return flops, path
+
+
+def host_load() -> float:
+    """The 1-minute load average (runnable processes), or 0 where the OS does not say."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
 
 
 def plausible_flops() -> float:
