@@ -23,7 +23,14 @@ import numpy as np
 from scalelab.errors import UserError
 from scalelab.posttrain.heads import base_params
 from scalelab.posttrain.rollout import sample
-from scalelab.posttrain.sentiment import DEFAULT_MIN_MARGIN, label_pairs, openings, split_lines, write_jsonl
+from scalelab.posttrain.sentiment import (
+    DEFAULT_MIN_MARGIN,
+    check_min_margin,
+    label_pairs,
+    openings,
+    split_lines,
+    write_jsonl,
+)
 
 SFT_FILE, PROMPTS_FILE, HELDOUT_FILE = "sft.jsonl", "prompts.jsonl", "heldout.jsonl"
 PAIRS_FILE, HELDOUT_PAIRS_FILE = "pairs.jsonl", "pairs-heldout.jsonl"
@@ -131,6 +138,7 @@ def write_pairs(
     """
     from scalelab.inference.generate import load_run
 
+    check_min_margin(min_margin)  # before minutes of sampling
     run = load_run(Path(sft_dir))
     prompts = read_prompt_texts(prompts_file)
     first = sample_texts(run, prompts, new_tokens, seed)

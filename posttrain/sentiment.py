@@ -86,6 +86,12 @@ def split_lines(split: str, min_words: int, data: Any = None) -> list[str]:
     return corpus_lines(TextSplit(require_dataset(data), split).texts(), min_words)
 
 
+def check_min_margin(min_margin: float) -> None:
+    """Refuse a margin no pair of VADER compound scores (each in [-1, 1]) could meet, or a negative one."""
+    if not 0.0 <= min_margin < 2.0:
+        raise UserError(f"min_margin {min_margin} is outside [0, 2), the range of a VADER difference; give one inside")
+
+
 def label_pairs(
     prompts: Sequence[str], first: Sequence[str], second: Sequence[str], min_margin: float = 0.0
 ) -> tuple[list[dict], dict[str, int]]:
@@ -97,8 +103,7 @@ def label_pairs(
     flip), the way a human preference set drops pairs its labellers barely agreed on. Returns
     (records, {"ties_skipped": n, "below_min_margin": m}).
     """
-    if not 0.0 <= min_margin < 2.0:
-        raise UserError(f"min_margin {min_margin} is outside [0, 2), the range of a VADER difference; give one inside")
+    check_min_margin(min_margin)
     a, b = vader(first), vader(second)
     records, dropped = [], {"ties_skipped": 0, "below_min_margin": 0}
     for prompt, x, y, sx, sy in zip(prompts, first, second, a, b, strict=True):

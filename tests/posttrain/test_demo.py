@@ -40,6 +40,11 @@ def test_demo_data_and_vader_pairs_from_a_run(text_base, tmp_path):
             assert vader([pair.chosen])[0] - vader([pair.rejected])[0] >= 0.1
 
 
+def test_pairs_refuse_an_impossible_min_margin_before_sampling(tmp_path):
+    with pytest.raises(UserError, match=r"min_margin -0.1 is outside \[0, 2\)"):
+        write_pairs(tmp_path / "no-such-run", tmp_path / "prompts.jsonl", tmp_path, new_tokens=4, min_margin=-0.1)
+
+
 def test_prompt_rows_start_with_eos_and_refuse_prompts_that_leave_no_room():
     class Tok:
         eos_id = 1
