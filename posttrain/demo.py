@@ -67,7 +67,7 @@ def write_demo_data(out: Path, spec: DemoData = DemoData(), data: Any = None) ->
 
 
 def read_prompt_texts(path: Path) -> list[str]:
-    from scalelab.posttrain.ppo_run import read_prompts
+    from scalelab.posttrain.records import read_prompts
 
     return [text for _, text in read_prompts(Path(path))]
 

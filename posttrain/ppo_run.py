@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from scalelab.errors import ConfigError, UserError
 from scalelab.posttrain.heads import HEAD, ScalarHeadModel, base_params, head_values, last_token
 from scalelab.posttrain.ppo import PPOLearner, ppo_loss, shared_graphdef
 from scalelab.posttrain.ppo_policy import hidden_and_logits, zero_head
-from scalelab.posttrain.records import PostTrainDataError
+from scalelab.posttrain.records import PostTrainDataError, read_prompts
 from scalelab.train.checkpoint_compat import CheckpointError, checkpoint_meta
 from scalelab.train.checkpoint_params import load_params
 from scalelab.train.checkpoint_store import CheckpointStore, clear_checkpoints
@@ -96,27 +95,6 @@ class PPOStage:
 
 def register() -> None:
     STAGES["ppo"] = PPOStage()
-
-
-def read_prompts(path: Path) -> list[tuple[str, str]]:
-    """(file:line, prompt) of each non-blank line of a JSONL file whose objects carry a "prompt" string."""
-    if not path.is_file():
-        raise PostTrainDataError(f"{path} does not exist; set posttrain.train_file to a JSONL file of prompts")
-    prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise PostTrainDataError(f"{where}: not valid JSON ({error.msg}); fix the line") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
-            raise PostTrainDataError(f'{where}: needs a non-empty "prompt" string, e.g. {{"prompt": "Once upon"}}')
-        prompts.append((where, obj["prompt"]))
-    if not prompts:
-        raise PostTrainDataError(f'{path} holds no prompts; give one JSON object with a "prompt" per line')
-    return prompts
 
 
 def encode_prompts(cfg: Config, tokenizer: Any, prompts: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:

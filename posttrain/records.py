@@ -83,6 +83,11 @@ def _text(obj: dict[str, Any], key: str, where: str, fmt: str, allow_empty: bool
     return value
 
 
+def read_prompts(path: Path) -> list[tuple[str, str]]:
+    """(file:line, prompt) of each line of a JSONL file of {"prompt": ...} objects: PPO's and the demo's prompts."""
+    return [(where, _text(obj, "prompt", where, '{"prompt": "Once upon"}')) for where, obj in _lines(path)]
+
+
 def _messages(obj: dict[str, Any], where: str) -> tuple[dict[str, str], ...]:
     messages = obj["messages"]
     if not isinstance(messages, list) or not messages:
