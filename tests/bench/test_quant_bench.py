@@ -17,11 +17,11 @@ CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, max_seq_len=
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the dot kinds are XLA's CPU backend's")
 def test_the_decode_steps_matmuls_are_int8_for_w8a8_and_widened_for_int8_weights():
     model = describe(CFG)
-    params = model.init(0)
+    params = jax.jit(model.init, static_argnums=0)(0)
     tokens = jnp.zeros((4, 1), jnp.int32)  # XLA's CPU backend multiplies int8 natively from 4 rows up
     cache = init_cache(CFG, 4, 8)
-    w8a8 = matmul_types(model.graphdef, quantize(params, model.axes, "w8a8"), cache, tokens)
-    weight_only = matmul_types(model.graphdef, quantize(params, model.axes, "int8"), cache, tokens)
+    stored = jax.jit(lambda p: [quantize(p, model.axes, mode) for mode in ("w8a8", "int8")])(params)
+    w8a8, weight_only = (matmul_types(model.graphdef, q, cache, tokens) for q in stored)
     # q, k, v, o, the FFN's two and the tied table's logits multiply int8 by int8; attention's two stay float.
     assert w8a8.startswith("7 s8*s8->s32") and "s8" not in weight_only, (w8a8, weight_only)
     assert sum(int(part.split()[0]) for part in weight_only.split(", ")) == 9

@@ -56,16 +56,26 @@ def _segments(lengths: list[int]) -> jax.Array:
     return (jnp.arange(SOURCE) < jnp.array(lengths)[:, None]).astype(jnp.int32)
 
 
+def _model(cfg: ModelConfig):
+    """(model, its parameters, its forward pass compiled): op by op, each small op would compile on its own."""
+    model = describe(cfg)
+    return model, jax.jit(model.init, static_argnums=0)(0), jax.jit(model.apply)
+
+
+@pytest.fixture(scope="module")
+def base():
+    return _model(BASE)
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_cached_steps_over_padded_sources_equal_the_full_forward_and_each_source_alone(case):
     cfg = dataclasses.replace(BASE, **CASES[case])
-    model = describe(cfg)
-    params = model.init(0)
+    model, params, apply = _model(cfg)
     # Padding holds real-looking tokens, so attending to it anywhere would change the logits.
     sources = _tokens(1, (3, SOURCE))
     decoder_inputs = jnp.concatenate([jnp.full((3, 1), START_ID), _tokens(2, (3, TARGET - 1))], axis=1)
     segments = _segments(LENGTHS)
-    full = model.apply(params, {"inputs": sources, "segment_ids": segments, "decoder_inputs": decoder_inputs})
+    full = apply(params, {"inputs": sources, "segment_ids": segments, "decoder_inputs": decoder_inputs})
 
     memory = encode(model.graphdef, params, sources, jnp.array(LENGTHS))
     assert memory.k.shape == memory.v.shape == (3, 3, SOURCE, 2, 8)  # decoder layers, batch, source, kv heads, dim
@@ -81,35 +91,33 @@ def test_cached_steps_over_padded_sources_equal_the_full_forward_and_each_source
 
     # Each row decodes as its unpadded source alone, with no segment ids: the padding is invisible.
     for row, n in enumerate(LENGTHS):
-        alone = model.apply(
-            params, {"inputs": sources[row : row + 1, :n], "decoder_inputs": decoder_inputs[row : row + 1]}
-        )
+        alone = apply(params, {"inputs": sources[row : row + 1, :n], "decoder_inputs": decoder_inputs[row : row + 1]})
         assert_logits_close(cached[row], alone[0])
 
 
-def test_decoding_from_the_start_id_prefills_it_and_greedy_matches_uncached_greedy():
-    model = describe(BASE)
-    params = model.init(0)
+def test_decoding_from_the_start_id_prefills_it_and_greedy_matches_uncached_greedy(base):
+    model, params, apply = base
     sources = _tokens(3, (3, SOURCE))
     lengths = jnp.array(LENGTHS)
     memory = encode(model.graphdef, params, sources, lengths)
     start = jnp.full((3, 1), START_ID, jnp.int32)
     first, _ = prefill(model.graphdef, params, init_cache(BASE, 3, 4, memory), start, jnp.ones(3, jnp.int32))
-    full = model.apply(params, {"inputs": sources, "segment_ids": _segments(LENGTHS), "decoder_inputs": start})
+    full = apply(params, {"inputs": sources, "segment_ids": _segments(LENGTHS), "decoder_inputs": start})
     assert_logits_close(first, full[:, 0])
 
     greedy = generate(BASE, model.graphdef, params, sources, lengths, new_tokens=8, start_id=START_ID)
     assert greedy.shape == (3, 8)
-    decoded = start
-    for _ in range(8):
-        logits = model.apply(params, {"inputs": sources, "segment_ids": _segments(LENGTHS), "decoder_inputs": decoded})
-        decoded = jnp.concatenate([decoded, jnp.argmax(logits[:, -1], axis=-1)[:, None]], axis=1)
+    # Uncached greedy over one fixed buffer (one compiled shape): the decoder is causal, so the slots after
+    # position t do not change its logits.
+    decoded = jnp.zeros((3, 9), jnp.int32).at[:, :1].set(start)
+    for t in range(8):
+        logits = apply(params, {"inputs": sources, "segment_ids": _segments(LENGTHS), "decoder_inputs": decoded})
+        decoded = decoded.at[:, t + 1].set(jnp.argmax(logits[:, t], axis=-1))
     np.testing.assert_array_equal(greedy, decoded[:, 1:])
 
 
-def test_sampling_is_reproducible_and_int8_decodes_the_dequantized_weights():
-    model = describe(BASE)
-    params = model.init(0)
+def test_sampling_is_reproducible_and_int8_decodes_the_dequantized_weights(base):
+    model, params, _ = base
     sources, lengths = _tokens(4, (3, SOURCE)), jnp.array(LENGTHS)
     hot = Sampler(temperature=1.5, top_k=3)
     a, b, c = (
@@ -119,15 +127,15 @@ def test_sampling_is_reproducible_and_int8_decodes_the_dequantized_weights():
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
-    quantized = quantize(params, model.axes, "int8")
+    quantized = jax.jit(lambda p: quantize(p, model.axes, "int8"))(params)
     int8 = generate(BASE, model.graphdef, quantized, sources, lengths, new_tokens=8, start_id=START_ID)
-    widened = generate(BASE, model.graphdef, dequantize(quantized), sources, lengths, new_tokens=8, start_id=START_ID)
+    widened = jax.jit(dequantize)(quantized)
+    widened = generate(BASE, model.graphdef, widened, sources, lengths, new_tokens=8, start_id=START_ID)
     np.testing.assert_array_equal(int8, widened)
 
 
-def test_t5_decoding_needs_its_memory_and_start_id_and_fits_the_decoder_in_max_seq_len():
-    model = describe(BASE)
-    params = model.init(0)
+def test_t5_decoding_needs_its_memory_and_start_id_and_fits_the_decoder_in_max_seq_len(base):
+    model, params, _ = base
     sources = _tokens(5, (1, 4))
     with pytest.raises(ConfigError, match=r"a t5 cache needs memory=encode"):
         init_cache(BASE, batch=1)

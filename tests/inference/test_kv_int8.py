@@ -49,7 +49,7 @@ def test_int8_keys_and_values_read_back_within_half_a_step():
 
 def test_decoding_with_an_int8_cache_gives_the_bf16_caches_greedy_tokens():
     model = describe(CFG)
-    params = model.init(0)
+    params = jax.jit(model.init, static_argnums=0)(0)
     prompts = jax.random.randint(jax.random.key(3), (3, 6), 0, CFG.vocab_size)
     lengths = np.array([6, 4, 2])
     bf16 = generate(CFG, model.graphdef, params, prompts, lengths, new_tokens=12)
