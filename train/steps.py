@@ -149,18 +149,27 @@ def make_eval_step(
     model: ModelDef,
     runner: LayerRunner | None = None,
     sums: Callable[[Any, Batch], dict[str, jax.Array]] | None = None,
+    qat_bits: int = 0,
+    qat_group_size: int = 0,
 ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
     """eval_step(params, batch) -> {"loss_sum", "weight_sum"}, summed so batches combine exactly.
 
-    `sums(params, batch)` replaces it with a post-training stage's sums (train/stage.py).
+    `sums(params, batch)` replaces it with a post-training stage's sums (train/stage.py). With
+    `qat_bits` (train.qat_bits) the weights are evaluated on the grid the training loss sees, so a
+    QAT run's eval loss is the quantized model's, the one it is trained to be.
     """
-    if sums is not None:
-        return sums
 
-    def eval_step(params, batch: Batch) -> dict[str, jax.Array]:
+    def cross_entropy_sums(params, batch: Batch) -> dict[str, jax.Array]:
         logits = model.apply(params, batch, runner=runner)
         _, ce = cross_entropy(logits, batch["targets"], batch["weights"])
         weight_sum = batch["weights"].astype(jnp.float32).sum()
         return {"loss_sum": ce * jnp.maximum(weight_sum, 1.0), "weight_sum": weight_sum}
+
+    stage_sums = sums or cross_entropy_sums
+    if not qat_bits:
+        return stage_sums
+
+    def eval_step(params, batch: Batch) -> dict[str, jax.Array]:
+        return stage_sums(fake_quantized(params, model.axes, qat_bits, qat_group_size), batch)
 
     return eval_step

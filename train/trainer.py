@@ -126,8 +126,9 @@ class Trainer:
             out_shardings=(state_shardings, replicated),
             donate_argnums=0,
         )
+        evaluate = make_eval_step(model, runner, sums, cfg.train.qat_bits, cfg.train.qat_group_size)
         eval_step = jax.jit(
-            _with_axis_rules(make_eval_step(model, runner=runner, sums=sums), resolver),
+            _with_axis_rules(evaluate, resolver),
             in_shardings=(param_shardings, batch_sharding),
             out_shardings=replicated,
         )

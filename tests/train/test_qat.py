@@ -15,8 +15,24 @@ from scalelab.model.functional import describe
 from scalelab.train.config import Config, TrainLoopConfig
 from scalelab.train.qat import fake_quant, fake_quantized
 from scalelab.train.steps import cross_entropy, make_train_step
+from scalelab.train.trainer import Trainer
 
 MODEL = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, max_seq_len=16, dtype="float32", init_std=0.1)
+
+
+@pytest.fixture(scope="module")
+def model_params():
+    """The model, its parameters and their int4-g32 inference grid widened back to fp32, each compiled once
+    (op by op, every small op compiles on its own)."""
+    model = describe(MODEL)
+    params = jax.jit(model.init, static_argnums=0)(0)
+    served = jax.jit(lambda p: dequantize(quantize(p, model.axes, "int4-g32")))(params)
+    return model, params, served
+
+
+def _batch(seed: int) -> dict[str, jax.Array]:
+    tokens = jax.random.randint(jax.random.key(seed), (2, 9), 0, MODEL.vocab_size)
+    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": jnp.ones((2, 8))}
 
 
 def test_fake_quant_rounds_forward_and_is_the_identity_backward():
@@ -30,26 +46,20 @@ def test_fake_quant_rounds_forward_and_is_the_identity_backward():
     np.testing.assert_array_equal(grad, cotangent)  # straight through: d fake_quant(w) / dw = 1
 
 
-def test_the_qat_grid_is_the_grid_inference_runs():
-    model = describe(MODEL)
-    params = model.init(0)
-    trained = fake_quantized(params, model.axes, 4, 32)
-    served = dequantize(quantize(params, model.axes, "int4-g32"))
+def test_the_qat_grid_is_the_grid_inference_runs(model_params):
+    model, params, served = model_params
+    trained = jax.jit(lambda p: fake_quantized(p, model.axes, 4, 32))(params)
     for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(served), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_a_qat_train_step_takes_the_loss_of_the_quantized_model_and_the_straight_through_gradient():
-    model = describe(MODEL)
-    params = model.init(0)
-    tokens = jax.random.randint(jax.random.key(2), (2, 9), 0, MODEL.vocab_size)
-    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": jnp.ones((2, 8))}
+def test_a_qat_train_step_takes_the_loss_of_the_quantized_model_and_the_straight_through_gradient(model_params):
+    model, params, served = model_params
+    batch = _batch(2)
     cfg = Config(model=MODEL, train=TrainLoopConfig(batch_size=2, seq_len=8, qat_bits=4, qat_group_size=32))
     step = make_train_step(cfg, model, optax.sgd(1.0), lambda s: 1.0)
     state = {"step": jnp.int32(0), "params": params, "opt_state": optax.sgd(1.0).init(params)}
     new_state, metrics = jax.jit(step)(state, batch)
-
-    served = dequantize(quantize(params, model.axes, "int4-g32"))
 
     def served_loss(p):
         return cross_entropy(model.apply(p, batch), batch["targets"], batch["weights"])[1]
@@ -60,10 +70,22 @@ def test_a_qat_train_step_takes_the_loss_of_the_quantized_model_and_the_straight
     )
     assert float(jax.jit(plain)(state, batch)[1]["loss"]) != pytest.approx(float(metrics["loss"]), rel=1e-3)
     # SGD at lr 1: the update is minus the gradient at the quantized weights, applied to the fp32 ones.
-    grads = jax.grad(served_loss)(served)
+    grads = jax.jit(jax.grad(served_loss))(served)
     expected = jax.tree.map(lambda p, g: p - g, params, grads)
     for a, b in zip(jax.tree.leaves(new_state["params"]), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_qat_runs_eval_loss_is_the_quantized_models(model_params):
+    model, params, served = model_params
+    batch = _batch(3)
+    loss = jax.jit(lambda p: cross_entropy(model.apply(p, batch), batch["targets"], batch["weights"])[1])
+    served_loss, plain_loss = float(loss(served)), float(loss(params))
+    assert served_loss != pytest.approx(plain_loss, rel=1e-3)  # the grid moves the loss, so the check can tell
+    train = TrainLoopConfig(batch_size=2, seq_len=8, qat_bits=4, qat_group_size=32)
+    trainer = Trainer.build(Config(model=MODEL, train=train), jax.local_devices()[:1])
+    sums = trainer.eval_step(params, batch)
+    assert float(sums["loss_sum"] / sums["weight_sum"]) == pytest.approx(served_loss, rel=1e-5)
 
 
 def test_qat_settings_are_checked():
