@@ -1,7 +1,7 @@
 """Quantization table: eval loss, bytes and decode speed of every quantization mode against bf16, in one run.
 
 Run: scalelab bench quant [--run-dir DIR] [--quick] (or python -m scalelab.bench.quant_bench). Without
---run-dir it trains a small gpt on the embedded corpus (gpt-tiny-text, widened; `scalelab data prepare`
+--run-dir it trains a small gpt on the embedded corpus (gpt-tiny-text widened to d_model 512; `scalelab data prepare`
 and `scalelab tokenizer train` first). Then two short fine-tunes start from that run's weights, the same
 steps each: a plain one, the bf16 reference, and one with quantization-aware training on the int4-g32
 grid (train.qat_bits=4), so int4 + QAT is compared with a model trained exactly as long.
@@ -44,7 +44,9 @@ from scalelab.train.steps import cross_entropy
 QUICK_ARGS = ["--quick"]
 BASE_CONFIG = "gpt-tiny-text"
 FAST = ["logging.progress=false", "logging.tensorboard=false", "checkpoint.async_save=false", "train.eval_every=0"]
-SIZE = ["model.d_model=256", "model.n_layers=4", "model.n_heads=8", "model.max_seq_len=128", "train.seq_len=128"]
+# d_model 512: w8a8's int8 dots only pay for the activations' quantization and rescaling once the
+# matmuls are this wide (docs/quantization.md, "Measured": the speedup against width).
+SIZE = ["model.d_model=512", "model.n_layers=2", "model.n_heads=8", "model.max_seq_len=128", "train.seq_len=128"]
 CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "avx512_bf16")
 
 
@@ -131,6 +133,40 @@ class Contender:
         return time.perf_counter() - start
 
 
+def width_sweep(widths: list[int], batch: int, prompt_len: int, new: int, rounds: int, window: float) -> list[dict]:
+    """w8a8 against bf16 decode tokens/s at each d_model, random weights (2 layers, head_dim 64, vocab 512):
+    how the int8 dots' gain grows with the width of the matmuls, apart from any one trained model."""
+    from scalelab.model.config import ModelConfig
+    from scalelab.model.functional import describe
+
+    rows = []
+    for width in widths:
+        cfg = ModelConfig(
+            vocab_size=512, d_model=width, n_layers=2, n_heads=max(width // 64, 1), max_seq_len=prompt_len + new
+        )
+        model = describe(cfg)
+        fp32 = jax.jit(model.init, static_argnums=0)(0)
+        stored = {
+            "bf16": jax.tree.map(lambda x: x.astype(jnp.bfloat16), fp32),
+            "w8a8": quantize(fp32, model.axes, "w8a8"),
+        }
+        prompt = jax.random.randint(jax.random.key(0), (batch, prompt_len), 0, cfg.vocab_size)
+        contenders = [
+            Contender(name, lambda p=p, c=cfg, m=model, t=prompt: generate(c, m.graphdef, p, t, new_tokens=new))
+            for name, p in stored.items()
+        ]
+        timings = interleave(contenders, rounds=rounds, window_s=window)
+        rate = {name: batch * new / t.step_s for name, t in timings.items()}
+        rows.append(
+            {
+                "d_model": width,
+                **{f"{k}_tokens_per_s": v for k, v in rate.items()},
+                "w8a8_vs_bf16": rate["w8a8"] / rate["bf16"],
+            }
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     """Train (or load), quantize every way, measure, print the table and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -197,6 +233,8 @@ def run(args: argparse.Namespace) -> None:
                 "matmuls": matmul_types(model.graphdef, r.params, cache, prompt[:, :1]),
             }
         )
+    widths = [int(w) for w in args.widths.split(",") if w] if not args.quick else []
+    sweep = width_sweep(widths, args.batch, prompt_len, new, rounds, window)
     result = {
         "date": datetime.date.today().isoformat(),
         "host": host(),
@@ -207,6 +245,7 @@ def run(args: argparse.Namespace) -> None:
         "decode": {"batch": args.batch, "prompt": prompt_len, "new_tokens": new},
         "reports": {r.name: dataclasses.asdict(report(fp32, r.params)) for r in rows[2:]},
         "rows": table,
+        "widths": sweep,
     }
     write_json(args.out, result)
     print(markdown(result))
@@ -232,6 +271,16 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {row['bytes_vs_fp32']:.3f}x | {row['cache_bytes_per_token']} | {row['tokens_per_s']:.0f} "
             f"| {row['speed_vs_bf16']:.2f}x | {row['matmuls']} |"
         )
+    if result.get("widths"):
+        lines += [
+            "",
+            "| d_model (random weights) | bf16 tokens/s | w8a8 tokens/s | w8a8 vs bf16 |",
+            "|---|---|---|---|",
+        ]
+        for w in result["widths"]:
+            lines.append(
+                f"| {w['d_model']} | {w['bf16_tokens_per_s']:.0f} | {w['w8a8_tokens_per_s']:.0f} | {w['w8a8_vs_bf16']:.2f}x |"
+            )
     return "\n".join(lines)
 
 
