@@ -41,8 +41,12 @@ def test_the_table_heads_with_the_host_and_its_dot_flags():
         "speed_vs_bf16": 1.3,
         "matmuls": "7 s8*s8->s32",
     }
-    text = markdown({"date": "2026-01-01", "host": facts, "load_average": 1.0, "rows": [row]})
+    width = {"d_model": 512, "bf16_tokens_per_s": 700.0, "w8a8_tokens_per_s": 1050.0, "w8a8_vs_bf16": 1.5}
+    text = markdown({"date": "2026-01-01", "host": facts, "load_average": 1.0, "rows": [row], "widths": [width]})
     assert "| w8a8 | 2.5000 | 1.0010x | 1.00 MiB | 0.260x | 512 | 900 | 1.30x | 7 s8*s8->s32 |" in text
+    assert text.endswith(
+        "| d_model (random weights) | bf16 tokens/s | w8a8 tokens/s | w8a8 vs bf16 |\n|---|---|---|---|\n| 512 | 700 | 1050 | 1.50x |"
+    )
     assert text.startswith(f"2026-01-01, {facts['cpu']} (avx512_vnni ")
 
 
