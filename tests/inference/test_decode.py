@@ -41,6 +41,18 @@ def _tokens(seed: int, shape: tuple[int, int]) -> jax.Array:
     return jax.random.randint(jax.random.key(seed), shape, 0, BASE.vocab_size)
 
 
+def _model(cfg: ModelConfig):
+    """(model, its parameters, its forward pass). Eager on purpose: the cases share their small ops' compiled
+    kernels, which costs less than compiling every case's whole forward pass."""
+    model = describe(cfg)
+    return model, model.init(0), model.apply
+
+
+@pytest.fixture(scope="module")
+def base():
+    return _model(BASE)
+
+
 def assert_logits_close(got: jax.Array, want: jax.Array) -> None:
     """Equal within 2e-6 of the largest logit (fp32), and the logits large enough to tell."""
     scale = float(jnp.max(jnp.abs(want)))
@@ -51,10 +63,9 @@ def assert_logits_close(got: jax.Array, want: jax.Array) -> None:
 @pytest.mark.parametrize("case", CASES)
 def test_prefill_then_cached_steps_equal_the_full_forward(case):
     cfg = dataclasses.replace(BASE, **CASES[case])
-    model = describe(cfg)
-    params = model.init(0)
+    model, params, apply = _model(cfg)
     tokens = _tokens(1, (2, LENGTH))
-    full = model.apply(params, {"inputs": tokens})
+    full = apply(params, {"inputs": tokens})
 
     cache = init_cache(cfg, batch=2, max_len=LENGTH + 2)  # spare slots must stay invisible
     logits, cache = extend(model.graphdef, params, cache, tokens[:, :PROMPT])
@@ -71,13 +82,13 @@ def test_the_cache_is_stacked_per_layer_with_kv_heads_in_the_compute_dtype_and_b
     cache = init_cache(cfg, batch=3, max_len=10)
     assert cache.k.shape == cache.v.shape == (3, 3, 10, 2, 8)  # layers, batch, max_len, kv_heads, head_dim
     assert cache.k.dtype == jnp.bfloat16
-    model = describe(cfg)
-    params, tokens = model.init(0), _tokens(2, (3, 7))
+    model, params, apply = _model(cfg)
+    tokens = _tokens(2, (3, 7))
     first, cache = extend(model.graphdef, params, cache, tokens[:, :4])
     assert cache.k.dtype == jnp.bfloat16
     assert bool(jnp.any(cache.k[:, :, :4] != 0)) and bool(jnp.all(cache.k[:, :, 4:] == 0))
     rest, cache = extend(model.graphdef, params, cache, tokens[:, 4:])
-    full = model.apply(params, {"inputs": tokens})
+    full = apply(params, {"inputs": tokens})
     # Both paths round activations to bf16 (8 significant bits) but at different points, so they agree to a
     # few bf16 steps of the largest logit, not to fp32 precision.
     scale = float(jnp.max(jnp.abs(full)))
@@ -87,15 +98,14 @@ def test_the_cache_is_stacked_per_layer_with_kv_heads_in_the_compute_dtype_and_b
 @pytest.mark.parametrize("case", ["rope", "learned", "sliding-alibi"])
 def test_right_padded_prompts_of_different_lengths_decode_like_each_alone(case):
     cfg = dataclasses.replace(BASE, **CASES[case])
-    model = describe(cfg)
-    params = model.init(0)
+    model, params, apply = _model(cfg)
     lengths = [6, 3, 1]
     prompts = _tokens(3, (3, 6))
     padded = jnp.where(jnp.arange(6) < jnp.array(lengths)[:, None], prompts, 0)
 
     logits, _ = prefill(model.graphdef, params, init_cache(cfg, 3, 9), padded, jnp.array(lengths))
     for row, n in enumerate(lengths):
-        alone = model.apply(params, {"inputs": prompts[row : row + 1, :n]})
+        alone = apply(params, {"inputs": prompts[row : row + 1, :n]})
         assert_logits_close(logits[row], alone[0, -1])
 
     together = generate(cfg, model.graphdef, params, padded, jnp.array(lengths), new_tokens=5)
@@ -104,28 +114,28 @@ def test_right_padded_prompts_of_different_lengths_decode_like_each_alone(case):
         np.testing.assert_array_equal(together[row], alone[0])
 
 
-def _greedy_without_cache(model, params, prompt: jax.Array, new_tokens: int) -> jax.Array:
-    tokens = prompt
-    for _ in range(new_tokens):
-        logits = model.apply(params, {"inputs": tokens})
-        tokens = jnp.concatenate([tokens, jnp.argmax(logits[:, -1], axis=-1)[:, None]], axis=1)
-    return tokens[:, prompt.shape[1] :]
+def _greedy_without_cache(apply, params, prompt: jax.Array, new_tokens: int) -> jax.Array:
+    # One fixed buffer (one compiled shape): the model is causal, so the slots after t do not change its logits.
+    start = prompt.shape[1]
+    tokens = jnp.zeros((prompt.shape[0], start + new_tokens), jnp.int32).at[:, :start].set(prompt)
+    for t in range(start, start + new_tokens):
+        logits = apply(params, {"inputs": tokens})
+        tokens = tokens.at[:, t].set(jnp.argmax(logits[:, t - 1], axis=-1))
+    return tokens[:, start:]
 
 
-def test_greedy_generation_is_deterministic_and_matches_uncached_greedy():
-    model = describe(BASE)
-    params = model.init(0)
+def test_greedy_generation_is_deterministic_and_matches_uncached_greedy(base):
+    model, params, apply = base
     prompt = _tokens(4, (2, 4))
     first = generate(BASE, model.graphdef, params, prompt, new_tokens=8)
     again = generate(BASE, model.graphdef, params, prompt, new_tokens=8, seed=123)
     assert first.shape == (2, 8)
     np.testing.assert_array_equal(first, again)
-    np.testing.assert_array_equal(first, _greedy_without_cache(model, params, prompt, 8))
+    np.testing.assert_array_equal(first, _greedy_without_cache(apply, params, prompt, 8))
 
 
-def test_sampling_is_reproducible_from_a_seed_and_respects_top_k():
-    model = describe(BASE)
-    params = model.init(0)
+def test_sampling_is_reproducible_from_a_seed_and_respects_top_k(base):
+    model, params, apply = base
     prompt = _tokens(5, (4, 3))
     hot = Sampler(temperature=1.5, top_k=3)
     a = generate(BASE, model.graphdef, params, prompt, new_tokens=10, seed=7, sampler=hot)
@@ -135,7 +145,7 @@ def test_sampling_is_reproducible_from_a_seed_and_respects_top_k():
     assert not np.array_equal(a, c)
 
     # Every sampled token is among the 3 likeliest after its own prefix, and not always the likeliest.
-    logits = model.apply(params, {"inputs": jnp.concatenate([prompt, a], axis=1)})[:, prompt.shape[1] - 1 : -1]
+    logits = apply(params, {"inputs": jnp.concatenate([prompt, a], axis=1)})[:, prompt.shape[1] - 1 : -1]
     top3 = jax.lax.top_k(logits, 3)[1]
     assert bool(jnp.all(jnp.any(top3 == a[..., None], axis=-1)))
     assert bool(jnp.any(top3[..., 0] != a))
@@ -144,9 +154,8 @@ def test_sampling_is_reproducible_from_a_seed_and_respects_top_k():
     np.testing.assert_array_equal(top1, generate(BASE, model.graphdef, params, prompt, new_tokens=10))
 
 
-def test_too_long_prompts_and_other_families_are_errors_that_name_the_fix():
-    model = describe(BASE)
-    params = model.init(0)
+def test_too_long_prompts_and_other_families_are_errors_that_name_the_fix(base):
+    model, params, _ = base
     with pytest.raises(
         ConfigError,
         match=r"prompt has 20 tokens and 5 new .* model.max_seq_len=24; shorten the prompt or ask for at most 4 new",

@@ -57,9 +57,10 @@ def _segments(lengths: list[int]) -> jax.Array:
 
 
 def _model(cfg: ModelConfig):
-    """(model, its parameters, its forward pass compiled): op by op, each small op would compile on its own."""
+    """(model, its parameters, its forward pass). Eager on purpose: the cases share their small ops' compiled
+    kernels, which costs less than compiling every case's whole forward pass."""
     model = describe(cfg)
-    return model, jax.jit(model.init, static_argnums=0)(0), jax.jit(model.apply)
+    return model, model.init(0), model.apply
 
 
 @pytest.fixture(scope="module")
