@@ -131,7 +131,7 @@ def test_greedy_generation_is_deterministic_and_matches_uncached_greedy(base):
     again = generate(BASE, model.graphdef, params, prompt, new_tokens=8, seed=123)
     assert first.shape == (2, 8)
     np.testing.assert_array_equal(first, again)
-    np.testing.assert_array_equal(first, _greedy_without_cache(apply, params, prompt, 8))
+    np.testing.assert_array_equal(first, _greedy_without_cache(jax.jit(apply), params, prompt, 8))
 
 
 def test_sampling_is_reproducible_from_a_seed_and_respects_top_k(base):

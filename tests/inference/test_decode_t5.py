@@ -110,9 +110,9 @@ def test_decoding_from_the_start_id_prefills_it_and_greedy_matches_uncached_gree
     assert greedy.shape == (3, 8)
     # Uncached greedy over one fixed buffer (one compiled shape): the decoder is causal, so the slots after
     # position t do not change its logits.
-    decoded = jnp.zeros((3, 9), jnp.int32).at[:, :1].set(start)
+    decoded, compiled = jnp.zeros((3, 9), jnp.int32).at[:, :1].set(start), jax.jit(apply)
     for t in range(8):
-        logits = apply(params, {"inputs": sources, "segment_ids": _segments(LENGTHS), "decoder_inputs": decoded})
+        logits = compiled(params, {"inputs": sources, "segment_ids": _segments(LENGTHS), "decoder_inputs": decoded})
         decoded = decoded.at[:, t + 1].set(jnp.argmax(logits[:, t], axis=-1))
     np.testing.assert_array_equal(greedy, decoded[:, 1:])
 
