@@ -59,11 +59,6 @@ class CachedRunner(Protocol):
     ) -> tuple[jax.Array, BlockCache]: ...
 
 
-# Decoding: (a layer's stored weights, its index) -> the weights its block runs with, e.g. int8 ones
-# dequantized (inference/quantize.py) inside the scan, so only one layer is ever widened at a time.
-WeightLoader = Callable[[nnx.State, jax.Array], Any]
-
-
 def block_fn(graphdef: nnx.GraphDef, remat: str) -> Callable:
     """f(x, layer_state, inputs, key) -> x for one block, wrapped in jax.checkpoint per `remat`."""
 
@@ -118,15 +113,19 @@ def unrolled_runner(graphdef, state, x, inputs, keys, remat):
     return x
 
 
-def cached_scan_runner(graphdef, state, x, inputs, cache, load: WeightLoader | None = None):
+def cached_scan_runner(graphdef, state, x, inputs, cache):
     """Decoding: the layers in order over new tokens x with lax.scan, layer i reading and writing its slice of
-    the stacked `cache` (see KeyValues); its weights come through `load` when given. Returns (x, the cache)."""
+    the stacked `cache` (see KeyValues). Returns (x, the cache).
+
+    Quantized weights (inference/quantize.py) need nothing here: the scan slices their stacked values
+    and scales like any other array, and each weight widens itself inside its own matmul
+    (model/layers.py), so only one layer is ever widened at a time."""
     n_layers = jax.tree.leaves(state)[0].shape[0]
 
     def body(carry, layer):
         x, cache = carry
         weights, index = layer
-        block = nnx.merge(graphdef, weights if load is None else load(weights, index))
+        block = nnx.merge(graphdef, weights)
         x, cache = block(x, inputs, None, cache=cache.map(lambda kv: kv.at(index)))
         return (x, cache.map(lambda kv: kv.at(None))), None
 

@@ -23,7 +23,7 @@ from scalelab.model.layers import dropout, make_norm, matmul, param
 from scalelab.model.masks import make_pattern
 from scalelab.model.mup import readout_multiplier
 from scalelab.model.positions import POSITION_ENCODINGS
-from scalelab.model.stack import CachedRunner, LayerRunner, LayerStack, WeightLoader
+from scalelab.model.stack import CachedRunner, LayerRunner, LayerStack
 
 
 def default_positions(tokens: jax.Array, positions: jax.Array | None) -> jax.Array:
@@ -128,14 +128,12 @@ class Tower(nnx.Module):
             x = (x.astype(jnp.float32) * self.output_multiplier).astype(x.dtype)
         return x if cache is None else (x, cache)
 
-    def memory_keys_values(self, memory: jax.Array, load: WeightLoader | None = None) -> KeyValues:
+    def memory_keys_values(self, memory: jax.Array) -> KeyValues:
         """Decoding: each cross-attention layer's keys and values of the encoder output `memory`, stacked over
-        layers, for the cache; layer weights come through `load` when given (see cached_scan_runner)."""
+        layers, for the cache."""
         graphdef, state = nnx.split(self.layers.blocks)
 
-        def project(_: None, layer: tuple) -> tuple[None, KeyValues]:
-            weights, index = layer
-            block = nnx.merge(graphdef, weights if load is None else load(weights, index))
-            return None, block.cross_attn.keys_values(memory)
+        def project(_: None, weights: nnx.State) -> tuple[None, KeyValues]:
+            return None, nnx.merge(graphdef, weights).cross_attn.keys_values(memory)
 
-        return jax.lax.scan(project, None, (state, jnp.arange(self.layers.n_layers)))[1]
+        return jax.lax.scan(project, None, state)[1]
