@@ -16,8 +16,7 @@ import jax
 
 from scalelab.bench import ours
 from scalelab.bench.decode_bench import MODEL as QUICK_DECODE_MODEL
-from scalelab.bench.decode_bench import Contender
-from scalelab.bench.measure import interleave
+from scalelab.bench.measure import Contender, interleave
 from scalelab.bench.sections import memory_budget
 from scalelab.bench.shapes import Shape, by_name
 from scalelab.data import make_source

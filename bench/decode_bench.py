@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-from scalelab.bench.measure import interleave, load_average
+from scalelab.bench.measure import Contender, interleave, load_average
 from scalelab.bench.report import RESULTS_DIR, write_json
 from scalelab.inference.decode import generate
 from scalelab.inference.quantize import quantize, report
@@ -45,21 +44,6 @@ def uncached_greedy(model: ModelDef, params: dict, prompt: jax.Array, new: int) 
         return jax.lax.fori_loop(start, start + new, step, buffer)[:, start:]
 
     return run(params, prompt)
-
-
-@dataclasses.dataclass
-class Contender:
-    """One way of generating, timed per whole generation."""
-
-    name: str
-    run: object
-
-    def time_steps(self, steps: int) -> float:
-        """Seconds for `steps` generations (results waited for)."""
-        start = time.perf_counter()
-        for _ in range(steps):
-            jax.block_until_ready(self.run())
-        return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> None:

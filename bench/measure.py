@@ -10,7 +10,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import statistics
-from typing import Protocol
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import jax
 
 from scalelab.runtime.host import release_freed_memory
 
@@ -21,6 +25,21 @@ class Steppable(Protocol):
     name: str
 
     def time_steps(self, steps: int) -> float: ...
+
+
+@dataclasses.dataclass
+class Contender:
+    """A contender that times whole calls of `run` (a generation, a rollout), each waited for."""
+
+    name: str
+    run: Callable[[], Any]
+
+    def time_steps(self, steps: int) -> float:
+        """Seconds for `steps` calls, results included."""
+        start = time.perf_counter()
+        for _ in range(steps):
+            jax.block_until_ready(self.run())
+        return time.perf_counter() - start
 
 
 @dataclasses.dataclass(frozen=True)

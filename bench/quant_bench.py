@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scalelab.bench.measure import interleave, load_average
+from scalelab.bench.measure import Contender, interleave, load_average
 from scalelab.bench.quant_options import add_arguments
 from scalelab.bench.report import write_json
 from scalelab.inference.calibrate import calibrate
@@ -119,18 +119,6 @@ class Row:
     params: Any
     kv_dtype: str = "model"
     source: str = "tuned"  # which run's weights: tuned (the bf16 reference run) or qat
-
-
-@dataclasses.dataclass
-class Contender:
-    name: str
-    run: Any
-
-    def time_steps(self, steps: int) -> float:
-        start = time.perf_counter()
-        for _ in range(steps):
-            jax.block_until_ready(self.run())
-        return time.perf_counter() - start
 
 
 def width_sweep(widths: list[int], batch: int, prompt_len: int, new: int, rounds: int, window: float) -> list[dict]:

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-from scalelab.bench.measure import interleave, load_average
+from scalelab.bench.measure import Contender, interleave, load_average
 from scalelab.bench.report import RESULTS_DIR, write_json
 from scalelab.inference.decode import Sampler, generate
 from scalelab.model.config import ModelConfig
@@ -35,18 +34,6 @@ from scalelab.train.stage import PPOConfig
 QUICK_ARGS = ["--quick"]
 # decode_bench's model, so the plain decode figure here can be read against that benchmark's.
 MODEL = ModelConfig(vocab_size=512, d_model=256, n_layers=4, n_heads=8, n_kv_heads=4, max_seq_len=512)
-
-
-@dataclasses.dataclass
-class Contender:
-    name: str
-    run: object
-
-    def time_steps(self, steps: int) -> float:
-        start = time.perf_counter()
-        for _ in range(steps):
-            jax.block_until_ready(self.run())
-        return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> dict:
