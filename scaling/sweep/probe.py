@@ -70,14 +70,17 @@ def choose_probes(runs: Sequence[PlannedRun], max_step_flops: float) -> list[Pla
 
 
 def probe_run(run: PlannedRun, steps: int) -> ProbePoint:
-    """Train `run`'s shape for `steps` steps (one eval, no checkpoints, no files kept) and time it."""
+    """Train `run`'s shape for `steps` steps (one eval, no checkpoints, no files kept) and time it.
+
+    A branch run's config keeps a checkpoint at its branch point, past the probe's end: that goes too.
+    """
     cfg = run.config
     cfg = dataclasses.replace(
         cfg,
         name=f"probe-{run.name}",
         train=dataclasses.replace(cfg.train, steps=steps, eval_every=steps),
         schedule=dataclasses.replace(cfg.schedule, warmup_steps=0),
-        checkpoint=dataclasses.replace(cfg.checkpoint, every=0, every_minutes=None),
+        checkpoint=dataclasses.replace(cfg.checkpoint, every=0, every_minutes=None, at_steps=[]),
         logging=dataclasses.replace(cfg.logging, tensorboard=False, progress=False, log_every=1),
     )
     with tempfile.TemporaryDirectory(prefix="scalelab-probe-") as tmp:

@@ -181,7 +181,14 @@ def test_sweep_eta_fits_a_fixed_cost_per_run_plus_a_flop_rate():
 
 
 def test_sweep_plan_probes_shapes_and_estimates_the_wall_time(tmp_path, capsys):
-    path = write_spec(tmp_path, micro(isoflop__budgets=[2e8], isoflop__sizes=[3e3]))
+    # Branch runs keep a checkpoint at their branch point, far past the probe's few steps.
+    spec = micro(
+        isoflop__budgets=[2e8, 4e8],
+        isoflop__sizes=[3e3],
+        branches={"cooldown_fraction": 0.2},
+        rules__warmup_tokens_per_param=1,
+    )
+    path = write_spec(tmp_path, spec)
     assert main(["sweep", "plan", str(path), "--probe-steps", "4"]) == 0
     out = capsys.readouterr().out
     step_ms, fixed_s = re.search(r"iso-C2e8-d16l1-s0: ([\d.]+) ms/step, ([\d.]+) s per run to build", out).groups()
