@@ -153,3 +153,24 @@ def fixed_sizes(family: Family, sizes: Sequence[float]) -> list[tuple[float, int
             )
         chosen[k] = target
     return [(target, k) for k, target in chosen.items()]
+
+
+def window_sizes(
+    family: Family, budget: float, cells: list[tuple[float, int]], window: tuple[float, float] | None
+) -> list[tuple[float, int]]:
+    """The cells of one ladder that budget `budget` runs: those whose D/N lies inside `window` (all if None).
+
+    One ladder cut by a tokens-per-parameter window keeps each budget's sizes around its optimum, while
+    a size shared by neighbouring budgets still trains one trunk under branches.
+    """
+    if window is None:
+        return cells
+    fewest, most = window
+    kept = [(target, k) for target, k in cells if fewest <= budget / family.fpt(k) / family.size(k) <= most]
+    if not kept:
+        ratios = ", ".join(f"{family.size(k):,}: {budget / family.fpt(k) / family.size(k):.3g}" for _, k in cells)
+        raise SpecError(
+            f"budget {budget:.3g} FLOPs runs none of the sizes: their tokens per parameter ({ratios}) all lie outside "
+            f"tokens_per_param [{fewest:g}, {most:g}]; add sizes near this budget, widen the window, or drop the budget"
+        )
+    return kept

@@ -12,8 +12,8 @@ from typing import Any
 
 from scalelab.model.config import ConfigError, ModelConfig
 from scalelab.scaling.sweep.branches import Trunk, branch_step, on_its_own, plan_trunks
-from scalelab.scaling.sweep.family import Family, budget_sizes, fixed_sizes
-from scalelab.scaling.sweep.spec import GridRuns, SpecError, SweepSpec
+from scalelab.scaling.sweep.family import Family, budget_sizes, fixed_sizes, window_sizes
+from scalelab.scaling.sweep.spec import GridRuns, IsoFlopRuns, SpecError, SweepSpec
 from scalelab.train.config import Config
 from scalelab.train.config_io import config_from_dict, merge_config
 from scalelab.train.lr_schedules import wsd_decay_start
@@ -216,13 +216,20 @@ def make_plan(spec: SweepSpec) -> Plan:
         iso = spec.runs
         for budget in iso.budgets:
             if iso.sizes is not None:
-                cells = fixed_sizes(family, iso.sizes)
+                cells = window_sizes(family, budget, fixed_sizes(family, iso.sizes), iso.tokens_per_param)
             else:
                 rungs = budget_sizes(family, budget, iso.sizes_per_budget, iso.tokens_per_param)
                 cells = [(float(family.size(k)), k) for k in rungs]
             for cell in cells:
                 tokens = budget / family.fpt(cell[1])
                 runs += _cells(spec, family, cell, tokens, budget)
+    if isinstance(spec.runs, IsoFlopRuns) and spec.runs.sizes is not None:
+        unused = sorted({target for target, _ in fixed_sizes(family, spec.runs.sizes)} - {run.target for run in runs})
+        if unused:
+            raise SpecError(
+                f"isoflop.sizes {', '.join(f'{size:.3g}' for size in unused)}: no budget runs them, as their tokens per "
+                "parameter fall outside tokens_per_param at every budget; drop them or widen the window"
+            )
     seen: dict[str, PlannedRun] = {}
     for run in runs:
         if run.name in seen:

@@ -133,8 +133,8 @@ class IsoFlopRuns:
     """For each compute budget C, sizes spaced in log N, each trained on D = C / FLOPs-per-token(N)."""
 
     budgets: tuple[float, ...]
-    sizes: tuple[float, ...] | None  # the same sizes at every budget, or
-    sizes_per_budget: int | None  # this many sizes per budget, spanning tokens_per_param
+    sizes: tuple[float, ...] | None  # one ladder of sizes: each budget runs those inside tokens_per_param (all if None)
+    sizes_per_budget: int | None  # or this many sizes per budget, spaced anew across tokens_per_param
     tokens_per_param: tuple[float, float] | None  # (fewest, most) D/N in each budget's size range
 
 
@@ -325,12 +325,14 @@ def _isoflop(data: Any) -> IsoFlopRuns:
         raise SpecError("isoflop.budgets is missing; list the compute budgets in FLOPs")
     budgets = log_values(data["budgets"], "isoflop.budgets")
     if "sizes" in data:
-        if "sizes_per_budget" in data or "tokens_per_param" in data:
+        if "sizes_per_budget" in data:
             raise SpecError(
-                "isoflop: give either sizes (the same at every budget) or sizes_per_budget with tokens_per_param "
-                "(a range per budget), not both"
+                "isoflop: give either sizes (one ladder, optionally cut per budget by tokens_per_param) or "
+                "sizes_per_budget with tokens_per_param (sizes spaced anew at each budget), not both"
             )
-        return IsoFlopRuns(budgets, log_values(data["sizes"], "isoflop.sizes"), None, None)
+        sizes = log_values(data["sizes"], "isoflop.sizes")
+        window = _tokens_per_param(data["tokens_per_param"]) if "tokens_per_param" in data else None
+        return IsoFlopRuns(budgets, sizes, None, window)
     if "sizes_per_budget" not in data or "tokens_per_param" not in data:
         raise SpecError(
             "isoflop: the size list is empty; give sizes: [...], or sizes_per_budget with tokens_per_param: [min, max]"
@@ -338,13 +340,16 @@ def _isoflop(data: Any) -> IsoFlopRuns:
     count = data["sizes_per_budget"]
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise SpecError(f"isoflop.sizes_per_budget must be a positive integer, got {count!r}")
-    ratio = data["tokens_per_param"]
+    return IsoFlopRuns(budgets, None, count, _tokens_per_param(data["tokens_per_param"]))
+
+
+def _tokens_per_param(ratio: Any) -> tuple[float, float]:
     if not isinstance(ratio, list) or len(ratio) != 2:
         raise SpecError(f"isoflop.tokens_per_param must be [min, max], got {ratio!r}")
     low, high = (_number(v, "isoflop.tokens_per_param") for v in ratio)
     if not 0 < low < high:
         raise SpecError(f"isoflop.tokens_per_param: need 0 < min < max, got [{low}, {high}]")
-    return IsoFlopRuns(budgets, None, count, (low, high))
+    return low, high
 
 
 def _grid(data: Any) -> GridRuns:

@@ -55,6 +55,39 @@ def test_isoflop_sizes_span_each_budget_in_log_n_and_trade_n_for_d():
     assert plan.runs[3].size > plan.runs[0].size and plan.runs[5].size > plan.runs[2].size
 
 
+def test_one_ladder_cut_by_a_tokens_per_param_window_shifts_with_budget_and_shares_trunks():
+    iso = {"budgets": [2e8, 1e9, 5e9], "sizes": [3e3, 1.2e4], "tokens_per_param": [0.5, 10]}
+    spec = micro(isoflop=iso, branches={"cooldown_fraction": 0.2}, rules__warmup_tokens_per_param=0.1)
+    plan = make_plan(spec_from_dict(spec))
+    # D/N of 3.1k and 12.4k: 1.4 and 0.13 at 2e8, 7.0 and 0.63 at 1e9, 35 and 3.1 at 5e9
+    assert [run.name for run in plan.runs] == [
+        "iso-C2e8-d16l1-s0",
+        "iso-C1e9-d16l1-s0",
+        "iso-C1e9-d32l1-s0",
+        "iso-C5e9-d32l1-s0",
+    ]
+    assert all(0.5 <= run.tokens / run.size <= 10 for run in plan.runs)
+    assert [trunk.runs for trunk in plan.trunks] == [
+        ("iso-C2e8-d16l1-s0", "iso-C1e9-d16l1-s0"),
+        ("iso-C1e9-d32l1-s0", "iso-C5e9-d32l1-s0"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("iso", "problem"),
+    [
+        (
+            {"budgets": [2e8, 1e11], "sizes": [3e3, 1.2e4]},
+            r"budget 1e\+11 FLOPs runs none of the sizes: .* \[0.5, 10\]",
+        ),
+        ({"budgets": [2e8], "sizes": [3e3, 5.5e4]}, r"isoflop.sizes 5.5e\+04: no budget runs them"),
+    ],
+)
+def test_a_window_that_leaves_a_budget_or_a_size_without_runs_is_an_error(iso, problem):
+    with pytest.raises(SpecError, match=problem):
+        make_plan(spec_from_dict(micro(isoflop=dict(iso, tokens_per_param=[0.5, 10]))))
+
+
 def test_family_rule_shapes_and_per_size_rules():
     spec = spec_from_dict(auto_spec(rules__batch_size={"value": 8, "ref_params": 2e4, "exponent": 1, "multiple": 8}))
     for run in make_plan(spec).runs:
