@@ -2,17 +2,20 @@
 
 tqdm redraws a bar by writing carriage returns, which a file keeps: a sweep's log held 53 bar
 lines and 18 KB for 4 runs. Off a terminal every bar here writes one plain line at most every
-LOG_INTERVAL_S seconds instead, and one when it closes.
+LOG_INTERVAL_S seconds instead, and one when it closes. A bar nested under another (a sweep's
+run under the sweep) moves the cursor up with an escape code; a file gets none of those.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any, TextIO
 
 from tqdm import tqdm
 
 LOG_INTERVAL_S = 30.0
+_CURSOR_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # ANSI cursor moves and clears
 
 
 class _Lines:
@@ -22,7 +25,7 @@ class _Lines:
         self.stream = stream
 
     def write(self, text: str) -> int:
-        for piece in text.replace("\r", "\n").split("\n"):
+        for piece in _CURSOR_CODES.sub("", text).replace("\r", "\n").split("\n"):
             if piece.strip():
                 self.stream.write(piece.rstrip() + "\n")
         return len(text)

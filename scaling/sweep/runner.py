@@ -27,7 +27,7 @@ from tqdm import tqdm
 from scalelab.files import read_yaml
 from scalelab.model.config import ConfigError
 from scalelab.runtime.host import release_freed_memory
-from scalelab.runtime.progress import progress_bar
+from scalelab.runtime.progress import is_terminal, progress_bar
 from scalelab.scaling.fit.table import describe
 from scalelab.scaling.sweep.branches import start_branch, trunk_dir, trunk_finished
 from scalelab.scaling.sweep.plan import Plan, PlannedRun, shard_runs
@@ -221,7 +221,7 @@ class SweepProgress:
             disable=not enabled,
             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} FLOP [{elapsed}{postfix}]",
         )
-        self._show()
+        self._show(refresh=False)  # the bar has just drawn itself
 
     def eta(self) -> float | None:
         """Seconds left for the runs not yet finished, or None before any run has finished."""
@@ -238,17 +238,20 @@ class SweepProgress:
                 return float(seconds.mean() * len(left))
         return float(left.sum() * seconds.sum() / flops.sum())
 
-    def _show(self) -> None:
+    def _show(self, refresh: bool) -> None:
         eta = self.eta()
         done = self.total_runs - len(self.left)
         remaining = "?" if eta is None else tqdm.format_interval(eta)
-        self.bar.set_postfix_str(f"<{remaining} left, {done}/{self.total_runs} runs done")
+        # In a log file each forced redraw is a line of its own, so only a finished run forces one there.
+        self.bar.set_postfix_str(f"<{remaining} left, {done}/{self.total_runs} runs done", refresh=refresh)
 
     def start(self, run: PlannedRun) -> None:
         """Announce `run` on its own line and in the bar."""
         index = self.total_runs - len(self.left) + 1
-        self.bar.set_description_str(f"{self.label} [{index}/{self.total_runs}] {run.name}")
-        self._show()
+        # On a terminal the bar shows the new run at once; in a log the line below says which run starts.
+        on_screen = is_terminal(sys.stderr)
+        self.bar.set_description_str(f"{self.label} [{index}/{self.total_runs}] {run.name}", refresh=False)
+        self._show(refresh=on_screen)
         if not self.bar.disable:
             tqdm.write(
                 f"[{index}/{self.total_runs}] {run.name}: N={si(run.n_total)} (non-embedding "
@@ -263,7 +266,7 @@ class SweepProgress:
         if seconds is not None:
             self.finished.append((self.cost[run.name], seconds))
             self.bar.update(self.cost[run.name])
-        self._show()
+        self._show(refresh=True)
 
     def close(self) -> None:
         """Leave the final bar on screen."""

@@ -41,3 +41,14 @@ def test_on_a_terminal_the_bar_redraws_in_place():
         for _ in range(3):
             bar.update(1)
     assert screen.getvalue().count("\r") >= 3
+
+
+def test_off_a_terminal_a_nested_bar_writes_no_cursor_codes():
+    log = io.StringIO()
+    with progress_bar(file=log, total=2, desc="sweep") as outer:
+        with progress_bar(file=log, total=3, desc="run", position=1) as inner:
+            inner.update(3)
+        outer.update(2)
+    text = log.getvalue()
+    assert "\x1b" not in text and all(line.strip() for line in text.splitlines())
+    assert any(line.startswith("run: 100%") for line in text.splitlines())
