@@ -122,7 +122,7 @@ def _timed_train(
     if marker is not None:
         # A combination a fused kernel cannot run falls back to einsum with one notice; the compiled
         # program says which one ran, so a fallback is never reported as the fused kernel's number.
-        record["fused_kernel_in_program"] = marker in compiled[0].train_step.as_text()
+        record["fused_kernel_in_program"] = marker in compiled[0].step_fn.as_text()
     if budget is not None and need > budget:
         record["skipped"] = f"needs {need / 2**30:.1f} GiB per device, over the {budget / 2**30:.1f} GiB budget"
         return record

@@ -42,6 +42,7 @@ from scalelab.train.config import Config
 from scalelab.train.config_io import load_config, save_config
 from scalelab.train.faults import Preempted, PreemptionGuard, RunDirLock
 from scalelab.train.metrics import MetricsWriter, clear_metrics, refuse_replacing, truncate_metrics
+from scalelab.train.optim import learning_rate
 from scalelab.train.stage import STAGES
 from scalelab.train.trainer import Trainer
 
@@ -276,6 +277,7 @@ def _run(cfg: Config, run_dir: Path, init_from: Path | None, existing: str, quie
         store.save(step, state, meta, None, wait)
 
     try:
+        schedule = learning_rate(cfg)
         for step in range(start, cfg.train.steps):
             if guard.requested(step):
                 save(step, "preempted", wait=True)
@@ -284,7 +286,7 @@ def _run(cfg: Config, run_dir: Path, init_from: Path | None, existing: str, quie
                 )
             picked = shuffled_rows(range(step * rows, (step + 1) * rows), len(prompts), cfg.data.seed, PROMPT_STREAM)
             state, metrics = learner.step(state, prompts[picked], lengths[picked], step)
-            lr = float(trainer.schedule(int(state["step"]) - 1))
+            lr = float(schedule(int(state["step"]) - 1))
             writer.write({"step": step, **metrics, "lr": lr})
             bar.update(1)
             last = step + 1 == cfg.train.steps

@@ -7,31 +7,49 @@ This module reads no config, so the config schema can take its list of choices f
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
+import numpy as np
 
 # The learning rate at a step (a float32 array) after warmup.
 Decay = Callable[[jax.Array], jax.Array]
-# (peak lr, final lr, first step after warmup, last step trained, decay_fraction) -> Decay.
-DecayBuilder = Callable[[float, float, int, int, float], Decay]
+# ScheduleValues -> Decay. The values may be traced arrays: a compiled train step takes them as
+# arguments, so runs that differ only in length or learning rate share one program.
+DecayBuilder = Callable[["ScheduleValues"], Decay]
 
 
-def _progress(step: jax.Array, start: int, end: int) -> jax.Array:
-    return jnp.clip((step - start) / max(end - start, 1), 0.0, 1.0)
+class ScheduleValues(NamedTuple):
+    """The numbers a schedule reads at run time: peak and floor lr, warmup, last step, wsd's decay start."""
+
+    peak: Any
+    floor: Any
+    warmup: Any  # steps of linear warmup; the decay starts after them
+    last: Any  # the last step trained, which uses the floor
+    decay_start: Any  # wsd: the last step at the peak
 
 
-def _cosine(peak: float, floor: float, start: int, last: int, decay_fraction: float) -> Decay:
-    return lambda step: floor + (peak - floor) * 0.5 * (1.0 + jnp.cos(jnp.pi * _progress(step, start, last)))
+def schedule_values(peak: float, floor: float, warmup_steps: int, steps: int, decay_fraction: float) -> ScheduleValues:
+    """The run-time numbers of a `steps`-step schedule, as float32 scalars."""
+    values = (peak, floor, warmup_steps, steps - 1, wsd_decay_start(steps, decay_fraction))
+    return ScheduleValues(*(np.float32(v) for v in values))
 
 
-def _linear(peak: float, floor: float, start: int, last: int, decay_fraction: float) -> Decay:
-    return lambda step: peak + (floor - peak) * _progress(step, start, last)
+def _progress(step: jax.Array, start: Any, end: Any) -> jax.Array:
+    return jnp.clip((step - start) / jnp.maximum(end - start, 1.0), 0.0, 1.0)
 
 
-def _constant(peak: float, floor: float, start: int, last: int, decay_fraction: float) -> Decay:
-    return lambda step: jnp.full_like(step, peak)
+def _cosine(v: ScheduleValues) -> Decay:
+    return lambda step: v.floor + (v.peak - v.floor) * 0.5 * (1.0 + jnp.cos(jnp.pi * _progress(step, v.warmup, v.last)))
+
+
+def _linear(v: ScheduleValues) -> Decay:
+    return lambda step: v.peak + (v.floor - v.peak) * _progress(step, v.warmup, v.last)
+
+
+def _constant(v: ScheduleValues) -> Decay:
+    return lambda step: jnp.full_like(step, v.peak)
 
 
 def wsd_decay_start(steps: int, decay_fraction: float) -> int:
@@ -43,10 +61,9 @@ def wsd_decay_start(steps: int, decay_fraction: float) -> int:
     return int(steps * (1.0 - decay_fraction))
 
 
-def _warmup_stable_decay(peak: float, floor: float, start: int, last: int, decay_fraction: float) -> Decay:
+def _warmup_stable_decay(v: ScheduleValues) -> Decay:
     # Hold the peak, then decay linearly over the last decay_fraction of training.
-    decay_start = wsd_decay_start(last + 1, decay_fraction)
-    return lambda step: peak + (floor - peak) * _progress(step, decay_start, last)
+    return lambda step: v.peak + (v.floor - v.peak) * _progress(step, v.decay_start, v.last)
 
 
 # What follows the linear warmup, by schedule.name; the config accepts exactly these names.
@@ -58,16 +75,8 @@ LR_SCHEDULES: dict[str, DecayBuilder] = {
 }
 
 
-def warmup_then_decay(
-    name: str, peak: float, floor: float, warmup_steps: int, steps: int, decay_fraction: float
-) -> optax.Schedule:
-    """Linear warmup to `peak` over `warmup_steps`, then the decay `name` down to `floor`."""
-    # The decay ends at the last step trained (steps - 1), which therefore uses the floor.
-    after_warmup = LR_SCHEDULES[name](peak, floor, warmup_steps, steps - 1, decay_fraction)
-
-    def schedule(step):
-        step = jnp.asarray(step, jnp.float32)
-        warmup = peak * (step + 1) / max(warmup_steps, 1)
-        return jnp.where(step < warmup_steps, warmup, after_warmup(step)).astype(jnp.float32)
-
-    return schedule
+def lr_at(name: str, values: ScheduleValues, step: Any) -> jax.Array:
+    """The learning rate at `step`: a linear warmup to the peak, then the decay `name`, down to the floor."""
+    step = jnp.asarray(step, jnp.float32)
+    warmup = values.peak * (step + 1) / jnp.maximum(values.warmup, 1.0)
+    return jnp.where(step < values.warmup, warmup, LR_SCHEDULES[name](values)(step)).astype(jnp.float32)

@@ -17,15 +17,22 @@ import optax
 from scalelab.model.counting import EMBEDDING_AXES, is_matmul_weight
 from scalelab.model.mup import lr_scales
 from scalelab.train.config import Config
-from scalelab.train.lr_schedules import warmup_then_decay
+from scalelab.train.lr_schedules import ScheduleValues, lr_at, schedule_values
 
 
-def learning_rate(cfg: Config) -> optax.Schedule:
-    """Linear warmup to optimizer.lr, then the decay schedule.name names, down to min_lr_ratio * lr."""
+def lr_values(cfg: Config) -> ScheduleValues:
+    """The run-time numbers of the config's schedule: optimizer.lr, min_lr_ratio * lr, warmup, length."""
     peak, sched = cfg.optimizer.lr, cfg.schedule
-    return warmup_then_decay(
-        sched.name, peak, peak * sched.min_lr_ratio, sched.warmup_steps, cfg.train.steps, sched.decay_fraction
-    )
+    return schedule_values(peak, peak * sched.min_lr_ratio, sched.warmup_steps, cfg.train.steps, sched.decay_fraction)
+
+
+def learning_rate(cfg: Config, values: ScheduleValues | None = None) -> optax.Schedule:
+    """Linear warmup to optimizer.lr, then the decay schedule.name names, down to min_lr_ratio * lr.
+
+    `values` (traced inside a compiled step) replace the config's numbers; the shape comes from schedule.name.
+    """
+    values = lr_values(cfg) if values is None else values
+    return lambda step: lr_at(cfg.schedule.name, values, step)
 
 
 def decay_mask(axes: Any, decay_embeddings: bool) -> Any:
@@ -66,13 +73,17 @@ def scale_per_parameter(factors: Any) -> optax.GradientTransformation:
     return optax.GradientTransformation(optax.init_empty_state, update)
 
 
-def make_optimizer(cfg: Config, axes: Any) -> optax.GradientTransformation:
-    """AdamW (decoupled, masked decay) after optional global-norm clipping; per-parameter lr factors under µP."""
+def make_optimizer(cfg: Config, axes: Any, values: ScheduleValues | None = None) -> optax.GradientTransformation:
+    """AdamW (decoupled, masked decay) after optional global-norm clipping; per-parameter lr factors under µP.
+
+    `values` are the schedule's numbers as the train step's arguments (see `learning_rate`); the
+    optimizer state's layout does not depend on them.
+    """
     opt = cfg.optimizer
     parts = [] if opt.clip_norm is None else [clip_by_global_norm(opt.clip_norm)]
     parts.append(
         optax.adamw(
-            learning_rate(cfg),
+            learning_rate(cfg, values),
             b1=opt.b1,
             b2=opt.b2,
             eps=opt.eps,

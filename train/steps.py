@@ -13,6 +13,7 @@ import optax
 from scalelab.model.functional import ModelDef
 from scalelab.model.stack import LayerRunner
 from scalelab.train.config import Config
+from scalelab.train.lr_schedules import ScheduleValues, lr_at
 from scalelab.train.qat import fake_quantized
 
 TrainState = dict[str, Any]  # {"step": int32 scalar, "params": pytree, "opt_state": pytree}
@@ -74,12 +75,17 @@ def _split_microbatches(batch: Batch, count: int) -> Batch:
 def make_train_step(
     cfg: Config,
     model: ModelDef,
-    tx: optax.GradientTransformation,
-    schedule: optax.Schedule,
+    optimizer: Callable[[ScheduleValues], optax.GradientTransformation],
     runner: LayerRunner | None = None,
     loss: Callable[[Any, Batch, jax.Array | None], tuple[jax.Array, dict[str, jax.Array]]] | None = None,
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """train_step(state, batch) -> (state, metrics) with gradient accumulation and a NaN policy.
+) -> Callable[[TrainState, Batch, ScheduleValues], tuple[TrainState, dict[str, jax.Array]]]:
+    """train_step(state, batch, values) -> (state, metrics) with gradient accumulation and a NaN policy.
+
+    `values` are the learning-rate schedule's numbers (train/optim.py `lr_values`), passed at run
+    time rather than baked into the program: runs of one shape that differ only in length or
+    learning rate (a sweep's budgets, a learning-rate grid) then compile to the same program,
+    which the persistent compilation cache serves after the first. `optimizer(values)` builds
+    the optimizer on them.
 
     `loss(params, batch, dropout key or None)` -> (loss, metrics with "loss") replaces the
     next-token cross-entropy (a post-training stage's, train/stage.py); its metrics are logged.
@@ -128,8 +134,9 @@ def make_train_step(
         (loss, ce, grads), _ = jax.lax.scan(body, (0.0, zero_metrics, zeros), (micro, jnp.arange(accum)))
         return loss, ce, grads
 
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    def train_step(state: TrainState, batch: Batch, values: ScheduleValues) -> tuple[TrainState, dict[str, jax.Array]]:
         step, params, opt_state = state["step"], state["params"], state["opt_state"]
+        tx = optimizer(values)
         loss, ce, grads = accumulated_grads(params, batch, step_key(cfg.train.seed, step))
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -139,7 +146,13 @@ def make_train_step(
             # Drop a non-finite update entirely: parameters and optimizer moments stay as they were.
             keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
             new_params, new_opt_state = keep(new_params, params), keep(new_opt_state, opt_state)
-        metrics = {**ce, "total_loss": loss, "grad_norm": grad_norm, "lr": schedule(step), "finite": finite}
+        metrics = {
+            **ce,
+            "total_loss": loss,
+            "grad_norm": grad_norm,
+            "lr": lr_at(cfg.schedule.name, values, step),
+            "finite": finite,
+        }
         return {"step": step + 1, "params": new_params, "opt_state": new_opt_state}, metrics
 
     return train_step

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any
 
@@ -28,7 +29,8 @@ from scalelab.parallel.rules import (
     tree_shardings,
 )
 from scalelab.train.config import Config
-from scalelab.train.optim import learning_rate, make_optimizer
+from scalelab.train.lr_schedules import ScheduleValues
+from scalelab.train.optim import lr_values, make_optimizer
 from scalelab.train.stage import stage_of
 from scalelab.train.steps import TrainState, make_eval_step, make_train_step
 
@@ -85,11 +87,11 @@ class Trainer:
     mesh: Mesh
     rules: dict[str, MeshAxes]
     model: ModelDef
-    tx: optax.GradientTransformation
-    schedule: optax.Schedule
+    tx: optax.GradientTransformation  # on the config's schedule: its state layout is every run's
+    lr_values: ScheduleValues  # the schedule's numbers, an argument of the compiled step (train/steps.py)
     state_shardings: Any
     batch_sharding: NamedSharding
-    train_step: Any  # jitted (state, batch) -> (state, metrics)
+    step_fn: Any  # jitted (state, batch, lr_values) -> (state, metrics); compiled by `compile`
     eval_step: Any  # jitted (params, batch) -> sums
     pipeline: PipelinePlan | None = None  # None without pipeline parallelism
 
@@ -104,7 +106,6 @@ class Trainer:
         loss = None if stage is None else stage.loss(cfg, model, runner)
         sums = None if stage is None else stage.eval(cfg, model, runner)
         tx = make_optimizer(cfg, model.axes)
-        schedule = learning_rate(cfg)
         replicated = NamedSharding(mesh, PartitionSpec())
         param_shardings = tree_shardings(model.axes, model.shapes, rules, mesh)
         abstract_opt = jax.eval_shape(tx.init, model.shapes)
@@ -120,21 +121,29 @@ class Trainer:
         batch_sharding = NamedSharding(mesh, logical_to_mesh(BATCH_AXES, rules, mesh))
         check_batch(cfg, batch_sharding, pipeline)
         resolver = activation_resolver(rules, mesh)
-        train_step = jax.jit(
-            _with_axis_rules(make_train_step(cfg, model, tx, schedule, runner=runner, loss=loss), resolver),
-            in_shardings=(state_shardings, batch_sharding),
+        optimizer = functools.partial(make_optimizer, cfg, model.axes)
+        step_fn = jax.jit(
+            _with_axis_rules(make_train_step(cfg, model, optimizer, runner=runner, loss=loss), resolver),
+            in_shardings=(state_shardings, batch_sharding, replicated),
             out_shardings=(state_shardings, replicated),
             donate_argnums=0,
         )
+        values = jax.device_put(lr_values(cfg), replicated)
         evaluate = make_eval_step(model, runner, sums, cfg.train.qat_bits, cfg.train.qat_group_size)
         eval_step = jax.jit(
             _with_axis_rules(evaluate, resolver),
             in_shardings=(param_shardings, batch_sharding),
             out_shardings=replicated,
         )
-        return cls(
-            cfg, mesh, rules, model, tx, schedule, state_shardings, batch_sharding, train_step, eval_step, pipeline
-        )
+        return cls(cfg, mesh, rules, model, tx, values, state_shardings, batch_sharding, step_fn, eval_step, pipeline)
+
+    def train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One optimizer step: (state, batch) -> (new state, metrics). Donates `state`."""
+        return self.step_fn(state, batch, self.lr_values)
+
+    def lower(self, state: TrainState, batch: dict[str, jax.Array]) -> jax.stages.Lowered:
+        """The train step lowered for these arguments (abstract ones will do), to compile or inspect."""
+        return self.step_fn.lower(state, batch, self.lr_values)
 
     def data_shard(self) -> tuple[int, int]:
         """(index, count) of the batch rows this process feeds: its devices' rows and no others."""
@@ -174,9 +183,9 @@ class Trainer:
         `compiler_options` are XLA options for this one compilation (e.g. a faster, less optimised build).
         """
         start = time.perf_counter()
-        compiled = self.train_step.lower(state, batch).compile(compiler_options=compiler_options)
+        compiled = self.lower(state, batch).compile(compiler_options=compiler_options)
         seconds = time.perf_counter() - start
-        self.train_step = compiled
+        self.step_fn = compiled
         memory: dict[str, int] = {}
         analysis = compiled.memory_analysis()
         if analysis is not None:

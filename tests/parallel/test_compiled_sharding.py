@@ -306,7 +306,7 @@ def compile_step(*overrides: str) -> Compiled:
     cfg = tiny_config(MESH, *SIZES, *overrides)
     trainer = Trainer.build(cfg)
     batch = trainer.put_batch(make_source(cfg, *trainer.data_shard()).batch(0))
-    executable = trainer.train_step.lower(trainer.abstract_state(), batch).compile(FAST_COMPILE)
+    executable = trainer.lower(trainer.abstract_state(), batch).compile(FAST_COMPILE)
     return Compiled(trainer, executable, parse_hlo(executable.as_text()), plan(trainer, make_rules()))
 
 

@@ -68,3 +68,35 @@ def test_decay_skips_biases_norms_and_embeddings_unless_asked():
     assert blocks["ffn"]["w_in"] and not blocks["ffn"]["b_in"]
     assert decay_mask(axes, decay_embeddings=True)["embed"]
     assert sum(jax.tree.leaves(mask)) == 6  # wq, wk, wv, wo, w_in, w_out
+
+
+def test_runs_that_differ_in_length_or_learning_rate_compile_to_one_program():
+    # The schedule's numbers are arguments of the train step, so a sweep's runs of one shape share a
+    # program that the persistent compilation cache serves after the first; the optimizer's state
+    # layout does not change with them either, so checkpoints stay compatible.
+    from scalelab.data import make_source
+    from scalelab.train.trainer import Trainer
+
+    def lowered(*overrides):
+        trainer = Trainer.build(load_config("gpt-tiny", ["schedule.name=wsd", *overrides]))
+        batch = trainer.put_batch(make_source(trainer.cfg, *trainer.data_shard()).batch(0))
+        return trainer.lower(trainer.abstract_state(), batch).as_text()
+
+    one = lowered("train.steps=100", "schedule.warmup_steps=10")
+    assert lowered("train.steps=900", "schedule.warmup_steps=40", "optimizer.lr=0.01", "schedule.min_lr_ratio=0") == one
+    assert lowered("train.steps=100", "schedule.warmup_steps=10", "optimizer.b2=0.9") != one  # b2 is in the program
+
+
+def test_the_train_step_reports_the_schedule_it_was_given():
+    from scalelab.data import make_source
+    from scalelab.train.trainer import Trainer
+
+    cfg = load_config("gpt-tiny", ["schedule.name=wsd", "train.steps=6", "schedule.warmup_steps=2", "optimizer.lr=0.5"])
+    trainer = Trainer.build(cfg)
+    source, state = make_source(cfg, *trainer.data_shard()), trainer.init_state()
+    reported = []
+    for step in range(cfg.train.steps):
+        state, metrics = trainer.train_step(state, trainer.put_batch(source.batch(step)))
+        reported.append(float(metrics["lr"]))
+    np.testing.assert_allclose(reported, [float(learning_rate(cfg)(s)) for s in range(6)], rtol=1e-7)
+    np.testing.assert_allclose(reported, [0.25, 0.5, 0.5, 0.5, 0.5, 0.05], rtol=1e-6)

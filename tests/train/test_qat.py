@@ -13,6 +13,7 @@ from scalelab.model import ModelConfig
 from scalelab.model.config import ConfigError
 from scalelab.model.functional import describe
 from scalelab.train.config import Config, TrainLoopConfig
+from scalelab.train.optim import lr_values
 from scalelab.train.qat import fake_quant, fake_quantized
 from scalelab.train.steps import cross_entropy, make_train_step
 from scalelab.train.trainer import Trainer
@@ -57,18 +58,20 @@ def test_a_qat_train_step_takes_the_loss_of_the_quantized_model_and_the_straight
     model, params, served = model_params
     batch = _batch(2)
     cfg = Config(model=MODEL, train=TrainLoopConfig(batch_size=2, seq_len=8, qat_bits=4, qat_group_size=32))
-    step = make_train_step(cfg, model, optax.sgd(1.0), lambda s: 1.0)
+    step = make_train_step(cfg, model, lambda values: optax.sgd(1.0))
     state = {"step": jnp.int32(0), "params": params, "opt_state": optax.sgd(1.0).init(params)}
-    new_state, metrics = jax.jit(step)(state, batch)
+    new_state, metrics = jax.jit(step)(state, batch, lr_values(cfg))
 
     def served_loss(p):
         return cross_entropy(model.apply(p, batch), batch["targets"], batch["weights"])[1]
 
     assert float(metrics["loss"]) == pytest.approx(float(served_loss(served)), rel=1e-5)
     plain = make_train_step(
-        dataclasses.replace(cfg, train=TrainLoopConfig(batch_size=2, seq_len=8)), model, optax.sgd(1.0), lambda s: 1.0
+        dataclasses.replace(cfg, train=TrainLoopConfig(batch_size=2, seq_len=8)), model, lambda values: optax.sgd(1.0)
     )
-    assert float(jax.jit(plain)(state, batch)[1]["loss"]) != pytest.approx(float(metrics["loss"]), rel=1e-3)
+    assert float(jax.jit(plain)(state, batch, lr_values(cfg))[1]["loss"]) != pytest.approx(
+        float(metrics["loss"]), rel=1e-3
+    )
     # SGD at lr 1: the update is minus the gradient at the quantized weights, applied to the fp32 ones.
     grads = jax.jit(jax.grad(served_loss))(served)
     expected = jax.tree.map(lambda p, g: p - g, params, grads)
