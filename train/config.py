@@ -53,7 +53,7 @@ class ScheduleConfig:
     name: str = "cosine"
     warmup_steps: int = 0  # steps of linear warmup from 0 to optimizer.lr
     min_lr_ratio: float = 0.1  # final lr as a fraction of optimizer.lr
-    decay_fraction: float = 0.2  # wsd: the share of steps spent decaying at the end
+    decay_fraction: float = 0.2  # wsd: the share of steps spent decaying at the end (0: none, a constant lr)
 
     def __post_init__(self) -> None:
         if self.name not in LR_SCHEDULES:
@@ -62,8 +62,8 @@ class ScheduleConfig:
             raise ConfigError(f"schedule.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"schedule.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if not 0.0 < self.decay_fraction <= 1.0:
-            raise ConfigError(f"schedule.decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        if not 0.0 <= self.decay_fraction <= 1.0:
+            raise ConfigError(f"schedule.decay_fraction must be in [0, 1], got {self.decay_fraction}")
 
 
 @dataclasses.dataclass(frozen=True)

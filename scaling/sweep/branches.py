@@ -58,7 +58,9 @@ def _trunk_config(name: str, longest: Config, points: list[int], checkpoints_per
     update = {
         "name": name,
         "train": {"steps": steps, "eval_every": 0},  # a trunk's loss at constant lr is no result
-        "schedule": {"name": "constant"},
+        # Constant lr as wsd that never decays: the branches' own schedule, so the trunk and its branches
+        # run one compiled train step (the schedule's numbers are its arguments, train/steps.py).
+        "schedule": {"name": "wsd", "decay_fraction": 0.0},
         "checkpoint": {
             "every": -(-steps // checkpoints_per_run) if checkpoints_per_run else 0,
             "at_steps": points,

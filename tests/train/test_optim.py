@@ -34,6 +34,7 @@ def test_warmup_stable_decay_holds_then_decays():
     lr = _lr("wsd", decay_fraction=0.2)
     np.testing.assert_allclose(lr[10:80], 1.0)
     assert np.all(np.diff(lr[80:]) < 0) and lr[-1] == pytest.approx(0.1, abs=1e-2)
+    np.testing.assert_array_equal(_lr("wsd", decay_fraction=0.0), _lr("constant"))  # a sweep trunk's schedule
 
 
 def _gradients(norm: float) -> dict:

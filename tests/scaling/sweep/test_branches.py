@@ -48,7 +48,8 @@ def test_branches_share_one_trunk_per_size_and_report_the_compute_saved():
         branches = [run for run in plan.runs if run.trunk == trunk.name]
         assert len(branches) == 3
         assert trunk.branch_steps == tuple(sorted(wsd_decay_start(run.steps, 0.25) for run in branches))
-        assert trunk.steps == max(trunk.branch_steps) and trunk.config.schedule.name == "constant"
+        assert trunk.steps == max(trunk.branch_steps)
+        assert (trunk.config.schedule.name, trunk.config.schedule.decay_fraction) == ("wsd", 0.0)  # constant lr
         assert trunk.config.checkpoint.at_steps == list(trunk.branch_steps)
         for run in branches:
             # the same warmup as the trunk, sized to the model: 0.1 tokens per parameter
@@ -177,3 +178,18 @@ def test_a_size_at_one_budget_trains_on_its_own():
         assert run.trunk is None and run.config.schedule.name == "wsd" and run.config.checkpoint.at_steps == []
         assert run.trained_flops == run.flops and not run.config.checkpoint.enabled
     assert plan.trained_flops == plan.total_flops
+
+
+def test_a_trunk_and_its_branches_run_one_compiled_program():
+    from scalelab.data import make_source
+    from scalelab.train.trainer import Trainer
+
+    plan = make_plan(spec_from_dict(micro(**BRANCHED)))
+
+    def program(cfg):
+        trainer = Trainer.build(cfg)
+        batch = trainer.put_batch(make_source(cfg, *trainer.data_shard()).batch(0))
+        return trainer.lower(trainer.abstract_state(), batch).as_text()
+
+    trunk = program(plan.trunks[0].config)
+    assert all(program(run.config) == trunk for run in plan.runs[:2])
