@@ -169,8 +169,12 @@ def _train_one(name: str, config: Config, run_dir: Path, quiet: bool) -> str:
     return DONE
 
 
-def _train_run(plan: Plan, run: PlannedRun, sweep_dir: Path, quiet: bool, is_writer: bool) -> str:
-    """Train one planned run; a branch first has its trunk trained (once) and starts from its checkpoint."""
+def _train_run(plan: Plan, run: PlannedRun, sweep_dir: Path, quiet: bool, is_writer: bool, trunk_s: list[float]) -> str:
+    """Train one planned run; a branch first has its trunk trained (once) and starts from its checkpoint.
+
+    The seconds spent on the trunk are added to `trunk_s[0]`: the trunk keeps its own wall time, so
+    the run's must leave them out, or the sweep's utilization would count them twice.
+    """
     run_dir = sweep_dir / "runs" / run.name
     if run.trunk is None:
         return _train_one(run.name, run.config, run_dir, quiet)
@@ -186,8 +190,9 @@ def _train_run(plan: Plan, run: PlannedRun, sweep_dir: Path, quiet: bool, is_wri
         try:
             status = _train_one(trunk.name, trunk.config, path, quiet)
         finally:
+            trunk_s[0] += time.perf_counter() - start
             if is_writer and path.is_dir():
-                add_wall_time(path, time.perf_counter() - start)
+                add_wall_time(path, trunk_s[0])
         if status != DONE:
             return status  # a diverged trunk: each of its branches diverged with it
     if is_writer:
@@ -296,9 +301,9 @@ def run_sweep(plan: Plan, sweep_dir: Path, shard: tuple[int, int] = (0, 1), quie
             progress.start(run)
             run_dir = sweep_dir / "runs" / run.name
             start = time.perf_counter()
-            wall_s = None
+            wall_s, trunk_s = None, [0.0]
             try:
-                status = _train_run(plan, run, sweep_dir, quiet, is_writer)
+                status = _train_run(plan, run, sweep_dir, quiet, is_writer, trunk_s)
             except ConfigError as error:
                 # A user error (missing data, a config the trainer rejects) would fail every run alike.
                 raise ConfigError(
@@ -313,11 +318,11 @@ def run_sweep(plan: Plan, sweep_dir: Path, shard: tuple[int, int] = (0, 1), quie
                 continue
             finally:
                 jax.clear_caches()  # drop this run's compiled programs before the next shape compiles
-                seconds = time.perf_counter() - start
+                seconds = time.perf_counter() - start  # the trunk's time too: the progress bar counts its FLOPs
                 if is_writer and run_dir.is_dir():  # every session that started the run counts, finished or not
-                    wall_s = add_wall_time(run_dir, seconds)
+                    wall_s = add_wall_time(run_dir, seconds - trunk_s[0])
             if is_writer:
-                total = seconds if wall_s is None else wall_s  # no directory yet: this was its only session
+                total = seconds - trunk_s[0] if wall_s is None else wall_s  # no directory yet: its only session
                 write_result(run_dir, result_row(run, run_dir, status, total))
                 report.rows = rebuild_csv(sweep_dir, names)
             (report.ran if status == DONE else report.diverged).append(run.name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -111,7 +112,12 @@ def test_per_size_beta2_reaches_each_run():
 
 def test_branch_runs_equal_independent_wsd_runs(tmp_path):
     plan = make_plan(spec_from_dict(micro(**{**BRANCHED, "isoflop__budgets": [1e8, 2e8]})))
+    start = time.perf_counter()
     report = run_sweep(plan, tmp_path / "sweep", quiet=True)
+    elapsed = time.perf_counter() - start
+    # The trunk keeps its own wall time and the first branch does not count it again.
+    usage = sweep_utilization(plan, tmp_path / "sweep", peak=1e9)
+    assert usage is not None and usage.units == 3 and usage.wall_s <= elapsed
     assert sorted(report.ran) == sorted(run.name for run in plan.runs) and not report.failed
     (trunk,) = plan.trunks
     assert saved_steps(tmp_path / "sweep" / TRUNK_DIR / trunk.name / "checkpoints") == list(trunk.branch_steps)
