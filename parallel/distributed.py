@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Sharding
 
 from scalelab.model.config import ConfigError
+from scalelab.parallel.supervisor import report_coordinator
 
 # Environment variables that stand in for the flags (handy in job scripts).
 ENV_VARS = {
@@ -107,6 +108,9 @@ def initialize(kwargs: dict[str, Any] | None) -> None:
             "a TPU pod); give --coordinator HOST:PORT --num-processes N --process-id I (or set "
             f"{', '.join(ENV_VARS.values())}), or drop --distributed for a single process"
         ) from None
+    from jax._src import distributed  # the address JAX settled on, also when it read it from the cluster
+
+    report_coordinator(getattr(distributed.global_state, "coordinator_address", None) or "unknown:0")
 
 
 def _fields(config: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:

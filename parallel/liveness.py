@@ -12,8 +12,11 @@ error) marks itself stopped, so the others never mistake a finished peer for a l
 The counters travel through the client of jax.distributed (`global_state.client`, the one orbax's
 multi-host barriers use too): it spans hosts and needs no port of its own. Its key-value calls
 have the same names from jax 0.4 through 0.11; if they are missing, the watch stays off and JAX's
-own heartbeat timeout applies. The store lives in process 0, so process 0's own loss is not
-reported here: every other process's JAX client aborts at once when the store goes away.
+own heartbeat timeout applies. The store lives in process 0. When process 0 dies, its socket
+closes and every other process's JAX client aborts at once (parallel/supervisor.py turns that
+into the same one line); when process 0 freezes or its host drops off the network, the store
+stops answering instead, and a store that has not answered for `timeout` seconds counts as
+process 0 lost.
 """
 
 from __future__ import annotations
@@ -127,11 +130,18 @@ class PeerWatch:
         self.host = socket.gethostname()
         self.interval = min(1.0, timeout / 10)
         self.detector = StallDetector([p for p in range(count) if p != process], timeout, clock())
+        self.timeout = timeout
+        self._answered = clock()  # when the store last answered a whole beat
         self._stop = threading.Event()
+        self._lost = threading.Lock()  # on_lost runs once, from whichever thread sees a loss first
         self._thread = threading.Thread(target=self._run, name="scalelab-peer-watch", daemon=True)
+        # A beat blocked on a frozen store never returns: a second thread watches the beats themselves.
+        self._store_watch = threading.Thread(target=self._watch_store, name="scalelab-store-watch", daemon=True)
 
     def start(self) -> PeerWatch:
         self._thread.start()
+        if self.process != 0:  # process 0 holds the store itself
+            self._store_watch.start()
         return self
 
     def stop(self) -> None:
@@ -152,18 +162,32 @@ class PeerWatch:
                 values[int(name)] = value
         return self.detector.observe(values, self.clock())
 
+    def _report(self, lost: LostPeer) -> None:
+        if not self._stop.is_set() and self._lost.acquire(blocking=False):
+            self.on_lost(lost)
+            self._stop.set()
+
     def _run(self) -> None:
         count = 0
         while not self._stop.is_set():
             try:
                 lost = self.check_once(count)
-            except Exception:  # the store is unreachable: JAX's client reports that itself (process 0 is gone)
-                return
-            if lost is not None and not self._stop.is_set():
-                self.on_lost(lost)
+            except Exception:  # the store did not answer: _watch_store decides when that means process 0 is lost
+                lost = None
+            else:
+                self._answered = self.clock()
+            if lost is not None:
+                self._report(lost)
                 return
             count += 1
             self._stop.wait(self.interval)
+
+    def _watch_store(self) -> None:
+        while not self._stop.wait(self.interval):
+            silent = self.clock() - self._answered
+            if silent > self.timeout:
+                self._report(LostPeer(0, self.detector.hosts.get(0, "unknown"), silent))
+                return
 
 
 _sessions = iter(range(1 << 62))  # every process starts its watches in the same order, so the numbers agree

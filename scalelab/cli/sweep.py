@@ -118,10 +118,19 @@ def _print_utilization(plan, sweep_dir: Path) -> None:
         print(usage.describe())
 
 
+def _lost_coordinator_line(host: str) -> str:
+    return (
+        f"scalelab sweep: error: process 0 (host {host}) stopped responding; the job cannot continue without it. "
+        "Requeue the whole job with the same command: finished runs are skipped, and the unfinished one resumes "
+        "from its newest checkpoint if it saved one"
+    )
+
+
 def run_run(args: argparse.Namespace) -> int:
     """Run the sweep (or one shard) and report what happened."""
     from scalelab.errors import UserError
     from scalelab.parallel.distributed import initialize, initialize_kwargs
+    from scalelab.parallel.supervisor import supervise, supervised
     from scalelab.scaling.sweep.results import IncompleteRunError
     from scalelab.scaling.sweep.runner import run_sweep
 
@@ -130,7 +139,12 @@ def run_run(args: argparse.Namespace) -> int:
 
         plan, shard, runs = _plan(args)
         return dry_run_sweep(args, plan, shard, runs, args.sweep_dir or Path("sweeps") / plan.spec.name)
-    initialize(initialize_kwargs(args))  # join the shard's other hosts before anything touches a device
+    distributed = initialize_kwargs(args)
+    if distributed is not None and not supervised():  # only another process can report process 0's loss
+        from scalelab.train.faults import EXIT_PEER_LOST
+
+        return supervise(_lost_coordinator_line, EXIT_PEER_LOST)
+    initialize(distributed)  # join the shard's other hosts before anything touches a device
     plan, shard, _ = _plan(args)
     sweep_dir = args.sweep_dir or Path("sweeps") / plan.spec.name
     if sweep_dir.exists() and not sweep_dir.is_dir():

@@ -12,6 +12,7 @@ from scalelab.cli.options import add_overrides
 from scalelab.parallel.distributed import add_arguments as add_distributed_arguments
 from scalelab.parallel.distributed import initialize as initialize_distributed
 from scalelab.parallel.distributed import initialize_kwargs
+from scalelab.parallel.supervisor import supervise, supervised
 
 
 def register_train(subparsers: argparse._SubParsersAction) -> None:
@@ -64,8 +65,14 @@ def run_train(args: argparse.Namespace) -> int:
         from scalelab.cli.dry_run import dry_run_train
 
         return dry_run_train(args, cfg, run_dir)
+    distributed = initialize_kwargs(args)
+    if distributed is not None and not supervised():  # only another process can report process 0's loss
+        from scalelab.parallel.liveness import LostPeer
+        from scalelab.train.faults import EXIT_PEER_LOST, lost_peer_message
+
+        return supervise(lambda host: lost_peer_message(LostPeer(0, host, 0.0), run_dir), EXIT_PEER_LOST)
     # Multi-host: join the other processes before anything touches a device.
-    initialize_distributed(initialize_kwargs(args))
+    initialize_distributed(distributed)
     existing = "overwrite" if args.overwrite else "refuse"
     result = train(cfg, run_dir, quiet=args.quiet, init_from=args.init_from, existing=existing)
     if jax.process_index() != 0:  # one report per job, like the summary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -82,6 +83,67 @@ def test_the_watch_thread_reports_a_silent_peer_once():
     watch.stop()
     assert [(lost.process, lost.host) for lost in reported] == [(1, "gone-host")]
     assert reported[0].silent_s > 0.3
+
+
+class FrozenStore(FakeStore):
+    """Process 0's store once process 0 froze: every call blocks (here, until the test ends)."""
+
+    def __init__(self, answers: int, release: threading.Event) -> None:
+        super().__init__()
+        self.answers, self.release = answers, release
+
+    def key_value_dir_get(self, key: str) -> list[tuple[str, str]]:
+        self.answers -= 1
+        if self.answers < 0:
+            self.release.wait()
+        return super().key_value_dir_get(key)
+
+
+class GoneStore(FakeStore):
+    """Process 0's store once process 0's socket closed: every call fails."""
+
+    def key_value_set(self, key: str, value: str, allow_overwrite: bool = False) -> None:
+        raise RuntimeError("UNAVAILABLE: Failed to send RPC to coordination service")
+
+
+def _first_loss(store: FakeStore, process: int, wait: float = 3) -> tuple[LostPeer | None, float]:
+    """(what the watch of `process` among 2, with a 0.3 s timeout, reported within `wait` s, or None; seconds)."""
+    reported: list[LostPeer] = []
+    done = threading.Event()
+    store.values["scalelab/liveness/5/0"] = beat_value(0, "coordinator-host")
+
+    def on_lost(lost: LostPeer) -> None:
+        reported.append(lost)
+        done.set()
+
+    start = time.monotonic()
+    watch = PeerWatch(store, process, 2, 5, on_lost=on_lost, timeout=0.3).start()
+    done.wait(wait)
+    took = time.monotonic() - start
+    watch.stop()
+    assert len(reported) <= 1
+    return (reported[0] if reported else None), took
+
+
+def test_a_store_that_stops_answering_is_process_0_lost_after_the_timeout():
+    release = threading.Event()
+    try:
+        lost, took = _first_loss(FrozenStore(answers=2, release=release), process=1)
+    finally:
+        release.set()
+    assert lost is not None and (lost.process, lost.host) == (0, "coordinator-host")
+    assert lost.silent_s > 0.3 and took < 2
+
+
+def test_a_store_whose_calls_fail_is_process_0_lost_after_the_timeout():
+    lost, took = _first_loss(GoneStore(), process=1)
+    assert lost is not None and lost.process == 0 and lost.silent_s > 0.3 and took < 2
+
+
+def test_process_0_never_takes_its_own_store_for_a_lost_process_0():
+    lost, took = _first_loss(GoneStore(), process=0, wait=1.5)
+    assert lost is None and took >= 1.5  # five timeouts of failing calls, and no report
+    assert _first_loss(GoneStore(), process=1, wait=1.5)[0] is not None  # the same store, seen from process 1
 
 
 def test_the_timeout_comes_from_the_environment():

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from scalelab.train.faults import EXIT_PEER_LOST, EXIT_PREEMPTED, lock_run_dir
 from scalelab.train.metrics import read_metrics
 from tests.parallel.test_multihost import ROOT, free_port
@@ -106,25 +108,35 @@ def _train_lines(run: Path) -> list[tuple[int, float, float]]:
     return [(r["step"], r["loss"], r["grad_norm"]) for r in read_metrics(run) if "loss" in r]
 
 
-def test_a_killed_process_stops_the_other_with_one_line_and_a_requeue_resumes_bitwise(tmp_path):
-    job = ["train.steps=40", "checkpoint.every=5"]
-    reference = tmp_path / "reference"
-    assert [status for status, _ in finish(launch(reference, job, job))] == [0, 0]
+KILL_JOB = ["train.steps=40", "checkpoint.every=5"]
 
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> list[tuple[int, float, float]]:
+    """The train lines of KILL_JOB run by two processes without interruption."""
+    reference = tmp_path_factory.mktemp("reference") / "run"
+    assert [status for status, _ in finish(launch(reference, KILL_JOB, KILL_JOB))] == [0, 0]
+    return _train_lines(reference)
+
+
+@pytest.mark.parametrize("killed", [1, 0], ids=["process-1", "process-0-the-coordinator"])
+def test_a_killed_process_stops_the_other_with_one_line_and_a_requeue_resumes_bitwise(tmp_path, uninterrupted, killed):
+    job, survivor = KILL_JOB, 1 - killed
     run = tmp_path / "run"
     processes = launch(run, job, job)
-    while not (run / "checkpoints" / "5").is_dir() and processes[0].poll() is None:
+    while not (run / "checkpoints" / "5").is_dir() and processes[survivor].poll() is None:
         time.sleep(0.05)
-    processes[1].kill()  # SIGKILL: no handler, no goodbye
-    killed = time.monotonic()
-    (status0, log0), (status1, _) = finish(processes)
-    print(f"process 0 stopped {time.monotonic() - killed:.1f} s after process 1 was killed")  # JAX alone: ~100 s
-    assert status1 == -signal.SIGKILL
-    assert status0 == EXIT_PEER_LOST, log0[-3000:]
-    assert "stack trace" not in log0, log0[-3000:]
-    line = _error(log0)
+    processes[killed].kill()  # SIGKILL: no handler, no goodbye (its trainer dies with it)
+    killed_at = time.monotonic()
+    results = finish(processes)
+    print(f"process {survivor} stopped {time.monotonic() - killed_at:.1f} s after process {killed} was killed")
+    (status, log), (killed_status, _) = results[survivor], results[killed]
+    assert killed_status == -signal.SIGKILL
+    assert status == EXIT_PEER_LOST, log[-3000:]
+    assert "stack trace" not in log, log[-3000:]
+    line = _error(log)
     prefix = (
-        "scalelab train: error: process 1 (host ",
+        f"scalelab train: error: process {killed} (host ",
         ") stopped responding; the job cannot continue without it. "
         "Requeue the whole job with the same command: it resumes from checkpoint ",
     )
@@ -135,6 +147,6 @@ def test_a_killed_process_stops_the_other_with_one_line_and_a_requeue_resumes_bi
     (status0, log0), (status1, log1) = finish(launch(run, job, job))  # the requeue: the same command, both processes
     assert (status0, status1) == (0, 0), log0[-3000:] + log1[-3000:]
     assert f"resuming from step {step} " in log0
-    resumed, uninterrupted = _train_lines(run), _train_lines(reference)
+    resumed = _train_lines(run)
     assert [s for s, _, _ in resumed] == list(range(40))  # every step exactly once
     assert resumed == uninterrupted  # loss and grad_norm bit for bit
