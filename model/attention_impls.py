@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scalelab.errors import ConfigError
+from scalelab.model.axes import per_shard
 from scalelab.model.masks import FullAttention, KernelRequest, LocalGlobal, Pattern, SlidingWindow
 
 BiasFn = Callable[[jax.Array], jax.Array | None]
@@ -234,27 +235,38 @@ class SplashAttention(Fused):
     def attend(q, k, v, inputs, dtype, scale=None):
         from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 
-        b, n, h, d = q.shape
-        kv = k.shape[2]
         interpret = jax.default_backend() != "tpu"
-        # Splash does not scale the logits; queries carry the scale. Heads lead, as splash lays them out.
-        q = jnp.moveaxis(scale_logits(q.astype(jnp.float32), d, scale).astype(dtype), 2, 1).reshape(
-            b, kv, h // kv, n, d
-        )
-        k, v = (jnp.moveaxis(x.astype(dtype), 2, 1) for x in (k, v))
+        # Splash does not scale the logits; queries carry the scale.
+        q = scale_logits(q.astype(jnp.float32), q.shape[-1], scale).astype(dtype)
+        k, v = k.astype(dtype), v.astype(dtype)
         segments = inputs.mask
         if segments is None:
-            segments = jnp.zeros((b, n), jnp.int32)
+            segments = jnp.zeros(q.shape[:2], jnp.int32)
 
         def call(kernel: Callable) -> Callable:
             return lambda q, k, v, seg: kernel(q, k, v, segment_ids=splash.SegmentIds(q=seg, kv=seg))
 
-        if kv == h:  # one kernel over all the heads of a row
-            out = jax.vmap(call(splash_kernel(inputs.pattern, n, h, False, interpret)))(q[:, :, 0], k, v, segments)
-        else:  # each group of query heads shares one key/value head
-            per_group = jax.vmap(call(splash_kernel(inputs.pattern, n, h // kv, True, interpret)), (0, 0, 0, None))
-            out = jax.vmap(per_group)(q, k, v, segments).reshape(b, h, n, d)
-        return jnp.moveaxis(out, 1, 2).astype(dtype)
+        def local(q, k, v, segments):  # one device's rows and heads; heads lead, as splash lays them out
+            b, n, h, d = q.shape
+            kv = k.shape[2]
+            q = jnp.moveaxis(q, 2, 1).reshape(b, kv, h // kv, n, d)
+            k, v = (jnp.moveaxis(x, 2, 1) for x in (k, v))
+            if kv == h:  # one kernel over all the heads of a row
+                out = jax.vmap(call(splash_kernel(inputs.pattern, n, h, False, interpret)))(q[:, :, 0], k, v, segments)
+            else:  # each group of query heads shares one key/value head
+                per_group = jax.vmap(call(splash_kernel(inputs.pattern, n, h // kv, True, interpret)), (0, 0, 0, None))
+                out = jax.vmap(per_group)(q, k, v, segments).reshape(b, h, n, d)
+            return jnp.moveaxis(out, 1, 2)
+
+        # A Pallas call is opaque to XLA's partitioner, which would gather it whole onto every device:
+        # it runs per shard instead, rows split like the batch and heads like the tensor axis.
+        rows = ("batch", "length")
+        sharded = per_shard(
+            local,
+            ((*rows, "heads", "head_dim"), (*rows, "kv_heads", "head_dim"), (*rows, "kv_heads", "head_dim"), rows),
+            (*rows, "heads", "head_dim"),
+        )
+        return sharded(q, k, v, segments).astype(dtype)
 
 
 FUSED_IMPLEMENTATIONS: dict[str, type[Fused]] = {

@@ -34,3 +34,13 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     if resolver is None:
         return x
     return resolver(x, tuple(axes))
+
+
+def per_shard(
+    fn: Callable[..., jax.Array], in_axes: Sequence[LogicalAxes], out_axes: LogicalAxes
+) -> Callable[..., jax.Array]:
+    """`fn` run on each device's shard of its arguments (logical axes `in_axes`), its results
+    joined along `out_axes`: a shard_map under the installed resolver's mesh, for kernels that the
+    compiler cannot split itself (Pallas calls). Without a resolver that maps, `fn` itself."""
+    mapper = getattr(_resolver.get(), "per_shard", None)
+    return fn if mapper is None else mapper(fn, tuple(in_axes), out_axes)

@@ -141,11 +141,31 @@ def tree_shardings(
     return jax.tree_util.tree_map_with_path(one, logical, shapes)
 
 
-def activation_resolver(rules: Mapping[str, MeshAxes], mesh: Mesh):
+class ActivationRules:
+    """The model.axes resolver of a mesh: activations constrained to their rule-given sharding, and
+    per-shard kernels mapped over the mesh with the same rules."""
+
+    def __init__(self, rules: Mapping[str, MeshAxes], mesh: Mesh) -> None:
+        self.rules, self.mesh = rules, mesh
+
+    def spec(self, axes: tuple[str | None, ...]) -> PartitionSpec:
+        return logical_to_mesh(PartitionSpec(*axes), self.rules, self.mesh)
+
+    def __call__(self, x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+        return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, self.spec(axes)))
+
+    def per_shard(self, fn, in_axes: tuple[tuple[str | None, ...], ...], out_axes: tuple[str | None, ...]):
+        if self.mesh.shape.get("pipeline", 1) > 1:
+            return fn  # pipeline stages run under a vmap over the pipeline axis: left to the compiler
+        return jax.shard_map(
+            fn,
+            mesh=self.mesh,
+            in_specs=tuple(self.spec(axes) for axes in in_axes),
+            out_specs=self.spec(out_axes),
+            check_vma=False,  # a Pallas call carries no varying-axes types
+        )
+
+
+def activation_resolver(rules: Mapping[str, MeshAxes], mesh: Mesh) -> ActivationRules:
     """A model.axes resolver that constrains activations to their rule-given sharding."""
-
-    def resolve(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
-        spec = logical_to_mesh(PartitionSpec(*axes), rules, mesh)
-        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
-
-    return resolve
+    return ActivationRules(rules, mesh)
