@@ -57,6 +57,10 @@ class Family:
         """Training FLOPs per token of rung `k`."""
         return flops_per_token(self.model(k), self.seq_len, self.lengths)
 
+    def tokens_per_param(self, k: int, budget: float) -> float:
+        """D/N of rung `k` trained on `budget` FLOPs."""
+        return budget / self.fpt(k) / self.size(k)
+
     def describe(self, k: int) -> str:
         """A rung in words, for error messages."""
         model = self.model(k)
@@ -103,7 +107,7 @@ def budget_sizes(family: Family, budget: float, count: int, ratios: tuple[float,
     fewest, most = ratios
 
     def ratio(k: int) -> float:
-        return budget / family.fpt(k) / family.size(k)
+        return family.tokens_per_param(k, budget)
 
     if ratio(1) < most:
         needed = most * family.size(1) * family.fpt(1)
@@ -166,9 +170,9 @@ def window_sizes(
     if window is None:
         return cells
     fewest, most = window
-    kept = [(target, k) for target, k in cells if fewest <= budget / family.fpt(k) / family.size(k) <= most]
+    kept = [(target, k) for target, k in cells if fewest <= family.tokens_per_param(k, budget) <= most]
     if not kept:
-        ratios = ", ".join(f"{family.size(k):,}: {budget / family.fpt(k) / family.size(k):.3g}" for _, k in cells)
+        ratios = ", ".join(f"{family.size(k):,}: {family.tokens_per_param(k, budget):.3g}" for _, k in cells)
         raise SpecError(
             f"budget {budget:.3g} FLOPs runs none of the sizes: their tokens per parameter ({ratios}) all lie outside "
             f"tokens_per_param [{fewest:g}, {most:g}]; add sizes near this budget, widen the window, or drop the budget"
