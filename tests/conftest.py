@@ -6,15 +6,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-# XLA's CPU code generation at full optimization is most of a small test's compile time and changes
-# only how fast the machine code runs, not what it computes: the tests ask for a quick build.
-_FLAGS = {
-    "--xla_force_host_platform_device_count": "8",
-    "--xla_backend_optimization_level": "0",
-    "--xla_llvm_disable_expensive_passes": "true",
-}
+from tests.xla_flags import with_quick_build
+
 _given = os.environ.get("XLA_FLAGS", "")
-os.environ["XLA_FLAGS"] = " ".join([_given, *(f"{k}={v}" for k, v in _FLAGS.items() if k not in _given)]).strip()
+if "--xla_force_host_platform_device_count" not in _given:
+    _given += " --xla_force_host_platform_device_count=8"
+os.environ["XLA_FLAGS"] = with_quick_build(_given)  # tests/xla_flags.py says why
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Many tests (and the commands they start in subprocesses) compile the same small programs: one
 # persistent JAX cache for the run, shared by the xdist workers and every subprocess through the

@@ -15,6 +15,7 @@ import pytest
 
 from tests.parallel.helpers import tiny_config, train_steps
 from tests.parallel.multihost_worker import MESHES
+from tests.xla_flags import with_quick_build
 
 ROOT = Path(__file__).resolve().parents[2]
 RTOL = 1e-5  # fp32; the processes differ from one process only in how collectives travel
@@ -31,7 +32,7 @@ def reports(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("multihost")
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "XLA_FLAGS": with_quick_build("--xla_force_host_platform_device_count=2"),
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": str(ROOT),
     }

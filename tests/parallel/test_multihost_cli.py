@@ -15,6 +15,7 @@ import pytest
 from scalelab.train.faults import EXIT_PEER_LOST, EXIT_PREEMPTED, lock_run_dir
 from scalelab.train.metrics import read_metrics
 from tests.parallel.test_multihost import ROOT, free_port
+from tests.xla_flags import with_quick_build
 
 SCALELAB = Path(sys.executable).parent / "scalelab"
 FAST = ["schedule.warmup_steps=0", "logging.progress=false", "logging.peak_flops=1e12", "train.eval_every=0"]
@@ -22,7 +23,11 @@ FAST = ["schedule.warmup_steps=0", "logging.progress=false", "logging.peak_flops
 
 def launch(run_dir: Path, *overrides: list[str]) -> list[subprocess.Popen]:
     """Process i of a two-process `scalelab train gpt-tiny`, with FAST plus overrides[i]."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    env = {
+        **os.environ,
+        "XLA_FLAGS": with_quick_build("--xla_force_host_platform_device_count=2"),
+        "JAX_PLATFORMS": "cpu",
+    }
     distributed = ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2"]
     return [
         subprocess.Popen(
