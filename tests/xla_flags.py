@@ -1,10 +1,12 @@
-"""XLA flags for quick CPU builds, for the tests and the commands they start with an XLA_FLAGS of their own.
+"""XLA options for quick CPU builds, for the tests and the commands they start with an XLA_FLAGS of their own.
 
 XLA's CPU code generation at full optimization is most of a small test's compile time and changes
 only how fast the machine code runs, not what it computes.
 """
 
-QUICK_BUILD = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# As compiler options for one program (`.compile(QUICK_BUILD_OPTIONS)`), and as XLA_FLAGS for a process.
+QUICK_BUILD_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+QUICK_BUILD = " ".join(f"--{name}={str(value).lower()}" for name, value in QUICK_BUILD_OPTIONS.items())
 
 
 def with_quick_build(flags: str) -> str:

@@ -15,6 +15,7 @@ from scalelab.model.config import ModelConfig
 from scalelab.train.config import Config
 from scalelab.train.config_io import config_from_dict
 from scalelab.train.trainer import Trainer
+from tests.xla_flags import QUICK_BUILD_OPTIONS
 
 # 8 layers so that pipeline=4 can also run circularly (2 groups per stage); 8 heads so that
 # tensor parallelism can use all 8 simulated devices.
@@ -26,9 +27,8 @@ TINY: dict[str, Any] = {
     "logging": {"progress": False, "tensorboard": False, "peak_flops": 1e12},
 }
 
-# XLA's CPU code generation dominates these tests' time and does not change what is
-# computed, only how fast the machine code runs, so the tests ask for a quick build.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# For programs compiled with explicit options (tests/xla_flags.py says why).
+FAST_COMPILE = QUICK_BUILD_OPTIONS
 
 
 def tiny_config(mesh: dict[str, Any], *overrides: str) -> Config:
