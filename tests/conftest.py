@@ -15,7 +15,7 @@ os.environ["XLA_FLAGS"] = with_quick_build(_given)  # tests/xla_flags.py says wh
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Many tests (and the commands they start in subprocesses) compile the same small programs: one
 # persistent JAX cache for the run, shared by the xdist workers and every subprocess through the
-# environment, takes a third off the suite's time. It starts empty each run, so nothing a test
+# environment, saves much of it (three train test files: 149 s -> 93 s). It starts empty each run, so nothing a test
 # checks depends on an earlier run; JAX reads these variables at import, before any test module.
 # The first process to get here names it (the xdist controller: its workers inherit the variable).
 _CACHE = Path(tempfile.gettempdir()) / f"scalelab-tests-jax-cache-{os.getpid()}"

@@ -180,8 +180,13 @@ def lost_peer_message(lost: LostPeer, run_dir: Path) -> str:
         if steps
         else "no checkpoint was saved yet, so add --overwrite to start it over"
     )
+    return peer_lost_line(lost, resume)
+
+
+def peer_lost_line(lost: LostPeer, resume: str, command: str = "train") -> str:
+    """The survivors' line for `scalelab COMMAND`: who stopped responding, and what a requeue resumes."""
     return (
-        f"scalelab train: error: process {lost.process} (host {lost.host}) stopped responding; the job cannot "
+        f"scalelab {command}: error: process {lost.process} (host {lost.host}) stopped responding; the job cannot "
         f"continue without it. Requeue the whole job with the same command: {resume}"
     )
 

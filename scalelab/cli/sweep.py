@@ -119,11 +119,11 @@ def _print_utilization(plan, sweep_dir: Path) -> None:
 
 
 def _lost_coordinator_line(host: str) -> str:
-    return (
-        f"scalelab sweep: error: process 0 (host {host}) stopped responding; the job cannot continue without it. "
-        "Requeue the whole job with the same command: finished runs are skipped, and the unfinished one resumes "
-        "from its newest checkpoint if it saved one"
-    )
+    from scalelab.parallel.liveness import LostPeer
+    from scalelab.train.faults import peer_lost_line
+
+    resume = "finished runs are skipped, and the unfinished one resumes from its newest checkpoint if it saved one"
+    return peer_lost_line(LostPeer(0, host, 0.0), resume, "sweep")
 
 
 def run_run(args: argparse.Namespace) -> int:
