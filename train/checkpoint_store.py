@@ -265,6 +265,8 @@ class CheckpointStore:
         return Restored(step, restored["state"], restored["meta"], path)
 
     def _note_changes(self, meta: dict[str, Any], path: Path) -> None:
+        if continued_run(meta, self.cfg) is not None:
+            return  # another run's checkpoint (a sweep's trunk, say): its settings are meant to differ
         changes = config_changes(meta["config"], to_dict(self.cfg))
         shown = [f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items() if not k.startswith("logging.")]
         if shown:
@@ -276,6 +278,12 @@ class CheckpointStore:
             with self._reporting_write_failures():
                 self._manager.wait_until_finished()
             self._manager.close()
+
+
+def continued_run(meta: dict[str, Any], cfg: Config) -> str | None:
+    """The name of the run that wrote a checkpoint, when it is not `cfg`'s own: this run continues it."""
+    name = meta["config"].get("name")
+    return name if name != cfg.name else None
 
 
 def refuse_unmanaged(run_dir: Path) -> None:

@@ -23,7 +23,14 @@ from scalelab.runtime.progress import progress_bar
 from scalelab.train.checkpoint_compat import CheckpointError
 from scalelab.train.checkpoint_params import load_params
 from scalelab.train.checkpoint_policy import CheckpointPolicy
-from scalelab.train.checkpoint_store import CheckpointStore, Restored, clear_checkpoints, refuse_unmanaged, warn
+from scalelab.train.checkpoint_store import (
+    CheckpointStore,
+    Restored,
+    clear_checkpoints,
+    continued_run,
+    refuse_unmanaged,
+    warn,
+)
 from scalelab.train.config import Config
 from scalelab.train.config_io import save_config
 from scalelab.train.faults import DataSkips, Preempted, PreemptionGuard, RunDirLock, poison_batch, watch_for_lost_peers
@@ -263,6 +270,9 @@ def _train(
     if restored is not None:
         start = (restored.state, restored.step, DataSkips.from_json(restored.meta["data"]["skips"]))
         origin = f"resuming from step {restored.step} ({restored.path})"
+        continued = continued_run(restored.meta, cfg)
+        if continued is not None:
+            origin = f"continuing run {continued!r} from step {restored.step} ({restored.path})"
         if init_from is not None:
             origin += "; --init-from only seeds a new run, so it is ignored"
     else:

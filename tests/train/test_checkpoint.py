@@ -140,6 +140,23 @@ def test_restore_onto_another_mesh_and_train_on(base_run, tmp_path):
     assert saved_steps(run / "checkpoints") == [4, 8, 12]
 
 
+def test_a_resume_with_changed_settings_warns_and_a_continued_run_says_whose_it_is(base_run, tmp_path, capsys):
+    def resume(run: Path, overrides: list[str]) -> tuple[str, str]:
+        shutil.rmtree(run / "checkpoints" / "12")
+        train(load_config("gpt-tiny", [*BASE, *overrides]), run, quiet=False)
+        captured = capsys.readouterr()
+        return captured.out, captured.err
+
+    out, err = resume(clone(base_run, tmp_path / "same"), ["optimizer.lr=0.002"])
+    assert "resuming from step 8 " in out
+    assert "resuming from" in err and "with changed settings: optimizer.lr: 0.003 -> 0.002" in err
+    # Under another name the checkpoint is another run's (a sweep branch off its trunk): its settings are
+    # meant to differ, so no warning, and the run says whose checkpoint it continues.
+    out, err = resume(clone(base_run, tmp_path / "branch"), ["optimizer.lr=0.002", "name=branch"])
+    assert "continuing run 'gpt-tiny' from step 8 " in out
+    assert "changed settings" not in err
+
+
 def test_init_from_starts_a_fresh_run_from_the_parameters(base_run, tmp_path):
     resharded = load_config("gpt-tiny", [*BASE, "mesh.data=4", "mesh.fsdp=2"])
     params, step_dir = load_params(base_run, resharded, Trainer.build(resharded))
