@@ -26,6 +26,17 @@ from scalelab.runtime.progress import progress_bar
 REPORT_FILE = "scalelab_prepare.json"
 
 
+class _LocalInfo(tfds.core.DatasetInfo):
+    """A DatasetInfo with no GCS bucket to look in.
+
+    TFDS asks the bucket for metadata of every dataset it has not prepared yet; with GCS off (it is)
+    the lookup finds nothing but first leaves an empty folder in the system temp dir each time.
+    """
+
+    def initialize_from_bucket(self) -> None:
+        pass
+
+
 class LocalText(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Documents from local .txt/.jsonl files, cleaned, deduplicated and split by content hash."""
 
@@ -42,7 +53,7 @@ class LocalText(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         # A builder outside a registered package must build its DatasetInfo itself (see STACK.md).
-        return tfds.core.DatasetInfo(
+        return _LocalInfo(
             builder=self,
             description="Local text documents cleaned by scalelab (one document per .txt file or .jsonl line).",
             features=tfds.features.FeaturesDict({"text": tfds.features.Text()}),

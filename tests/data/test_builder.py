@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,6 +54,15 @@ def test_split_is_deterministic_and_rebuild_needs_force(prepared, tmp_path):
     assert not again.built and again.report == first.report
     forced = prepare_dataset(copy.data, force=True, progress=False)
     assert forced.built and forced.version_dir == first.version_dir
+
+
+def test_prepare_leaves_nothing_in_the_system_temp_dir(prepared, tmp_path, monkeypatch):
+    cfg, _ = prepared
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    assert prepare_dataset(make_cfg(tmp_path / "data", corpus=cfg.data.corpus).data, progress=False).built
+    assert list(system_tmp.iterdir()) == []
 
 
 def test_changed_settings_need_force(prepared, tmp_path):
