@@ -9,7 +9,7 @@ import pytest
 
 from scalelab.inference.decode import Sampler, extend, generate, init_cache, prefill
 from scalelab.model import ConfigError, ModelConfig
-from scalelab.model.functional import describe
+from tests.inference.helpers import assert_logits_close, eager_model
 
 # GQA (4 query heads share 2 key/value heads) and weights large enough that every block moves the logits.
 BASE = ModelConfig(
@@ -41,29 +41,15 @@ def _tokens(seed: int, shape: tuple[int, int]) -> jax.Array:
     return jax.random.randint(jax.random.key(seed), shape, 0, BASE.vocab_size)
 
 
-def _model(cfg: ModelConfig):
-    """(model, its parameters, its forward pass). Eager on purpose: the cases share their small ops' compiled
-    kernels, which costs less than compiling every case's whole forward pass."""
-    model = describe(cfg)
-    return model, model.init(0), model.apply
-
-
 @pytest.fixture(scope="module")
 def base():
-    return _model(BASE)
-
-
-def assert_logits_close(got: jax.Array, want: jax.Array) -> None:
-    """Equal within 2e-6 of the largest logit (fp32), and the logits large enough to tell."""
-    scale = float(jnp.max(jnp.abs(want)))
-    assert scale > 0.1, "logits this small would make the comparison vacuous"
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=2e-6 * scale)
+    return eager_model(BASE)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_prefill_then_cached_steps_equal_the_full_forward(case):
     cfg = dataclasses.replace(BASE, **CASES[case])
-    model, params, apply = _model(cfg)
+    model, params, apply = eager_model(cfg)
     tokens = _tokens(1, (2, LENGTH))
     full = apply(params, {"inputs": tokens})
 
@@ -82,7 +68,7 @@ def test_the_cache_is_stacked_per_layer_with_kv_heads_in_the_compute_dtype_and_b
     cache = init_cache(cfg, batch=3, max_len=10)
     assert cache.k.shape == cache.v.shape == (3, 3, 10, 2, 8)  # layers, batch, max_len, kv_heads, head_dim
     assert cache.k.dtype == jnp.bfloat16
-    model, params, apply = _model(cfg)
+    model, params, apply = eager_model(cfg)
     tokens = _tokens(2, (3, 7))
     first, cache = extend(model.graphdef, params, cache, tokens[:, :4])
     assert cache.k.dtype == jnp.bfloat16
@@ -98,7 +84,7 @@ def test_the_cache_is_stacked_per_layer_with_kv_heads_in_the_compute_dtype_and_b
 @pytest.mark.parametrize("case", ["rope", "learned", "sliding-alibi"])
 def test_right_padded_prompts_of_different_lengths_decode_like_each_alone(case):
     cfg = dataclasses.replace(BASE, **CASES[case])
-    model, params, apply = _model(cfg)
+    model, params, apply = eager_model(cfg)
     lengths = [6, 3, 1]
     prompts = _tokens(3, (3, 6))
     padded = jnp.where(jnp.arange(6) < jnp.array(lengths)[:, None], prompts, 0)

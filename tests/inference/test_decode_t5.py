@@ -11,8 +11,7 @@ from scalelab.data.objectives import START_ID
 from scalelab.inference.decode import Sampler, encode, extend, generate, init_cache, prefill
 from scalelab.inference.quantize import dequantize, quantize
 from scalelab.model import ConfigError, ModelConfig
-from scalelab.model.functional import describe
-from tests.inference.test_decode import assert_logits_close
+from tests.inference.helpers import assert_logits_close, eager_model
 
 # GQA (4 query heads share 2 key/value heads), encoder and decoder of different depths, and weights large
 # enough that every block moves the logits.
@@ -56,22 +55,15 @@ def _segments(lengths: list[int]) -> jax.Array:
     return (jnp.arange(SOURCE) < jnp.array(lengths)[:, None]).astype(jnp.int32)
 
 
-def _model(cfg: ModelConfig):
-    """(model, its parameters, its forward pass). Eager on purpose: the cases share their small ops' compiled
-    kernels, which costs less than compiling every case's whole forward pass."""
-    model = describe(cfg)
-    return model, model.init(0), model.apply
-
-
 @pytest.fixture(scope="module")
 def base():
-    return _model(BASE)
+    return eager_model(BASE)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_cached_steps_over_padded_sources_equal_the_full_forward_and_each_source_alone(case):
     cfg = dataclasses.replace(BASE, **CASES[case])
-    model, params, apply = _model(cfg)
+    model, params, apply = eager_model(cfg)
     # Padding holds real-looking tokens, so attending to it anywhere would change the logits.
     sources = _tokens(1, (3, SOURCE))
     decoder_inputs = jnp.concatenate([jnp.full((3, 1), START_ID), _tokens(2, (3, TARGET - 1))], axis=1)
