@@ -4,7 +4,7 @@ after a NaN rollback, and NaN injection.
 Exit status contract (sweep runners rely on it): a run stopped by SIGTERM or SIGINT saves a
 checkpoint, prints what it did and exits with EXIT_PREEMPTED (75, EX_TEMPFAIL: "try again");
 re-running the same command resumes it. A second signal exits at once with 128 + the signal
-number, without saving. A run whose loss turned non-finite under nan_policy=stop exits with
+number, without saving (the same signal within ECHO_S of the first is that one delivered twice). A run whose loss turned non-finite under nan_policy=stop exits with
 EXIT_DIVERGED (3): re-running it as it is would diverge again. When a process of a multi-process
 run dies (killed, its host lost), every other process stops within seconds (SCALELAB_PEER_TIMEOUT,
 10 s by default) with one line naming the lost process and its host, and exits with EXIT_PEER_LOST
@@ -36,6 +36,10 @@ EXIT_PREEMPTED = 75
 EXIT_DIVERGED = 3
 EXIT_PEER_LOST = EXIT_PREEMPTED  # retryable: the survivors' state is intact on disk, only the job needs restarting
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# The same signal again within this many seconds is the same notice, not a second one: a scheduler
+# that signals every process of a job reaches a supervised child (parallel/supervisor.py) both
+# directly and through its supervisor, a few milliseconds apart. A person repeating Ctrl-C is slower.
+ECHO_S = 0.5
 
 
 class NonFiniteLossError(RuntimeError):
@@ -64,6 +68,7 @@ class PreemptionGuard:
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
+        self._first: tuple[int, float] | None = None  # the first signal and when it came
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> PreemptionGuard:
@@ -80,19 +85,23 @@ class PreemptionGuard:
             signal.signal(signum, handler)
         self._previous.clear()
 
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
+    def _handle(self, signum: int, frame: FrameType | None) -> bool:
+        """Note a signal; False when it repeats the first one (an echo), and a true second one exits."""
+        name, now = signal.Signals(signum).name, time.monotonic()
         if self.signal_name is not None:
+            if self._first is not None and self._first[0] == signum and now - self._first[1] < ECHO_S:
+                return False
             os.write(2, f"\nscalelab train: second signal ({name}): exiting now without saving\n".encode())
             os._exit(128 + signum)
-        self.signal_name = name
+        self._first, self.signal_name = (signum, now), name
         # os.write, not print: a handler may interrupt a print already in progress.
         os.write(2, f"\nscalelab train: {name}: saving a checkpoint and stopping; send it again to exit now\n".encode())
+        return True
 
     def _forward(self, signum: int, frame: FrameType | None) -> None:
         """Multi-process SIGINT: hand it to the preemption service as SIGTERM, so every process stops together."""
-        self._handle(signum, frame)
-        os.kill(os.getpid(), signal.SIGTERM)
+        if self._handle(signum, frame):
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def requested(self, step: int) -> bool:
         """Whether the run should save and stop after `step` (a sync point every process must call)."""

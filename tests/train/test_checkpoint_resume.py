@@ -153,3 +153,23 @@ def test_second_signal_exits_at_once():
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 128 + signal.SIGINT
     assert "second signal (SIGINT): exiting now without saving" in proc.stderr.read()
+
+
+def test_a_signal_repeated_within_milliseconds_is_one_notice():
+    """A scheduler signalling every process reaches a supervised child twice: directly and via its supervisor."""
+    script = (
+        "import os, signal, time\n"
+        "from train.faults import PreemptionGuard\n"
+        "with PreemptionGuard() as guard:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    print(guard.signal_name, flush=True)\n"
+        "    time.sleep(0.6)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(120)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.stdout == "SIGINT\n"  # still running after the echo: it would otherwise have exited
+    assert proc.returncode == 128 + signal.SIGINT  # the one after the echo window is a second signal
+    assert proc.stderr.count("saving a checkpoint and stopping") == 1
+    assert proc.stderr.count("second signal (SIGINT)") == 1
