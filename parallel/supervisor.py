@@ -96,7 +96,7 @@ class StderrFilter:
         self.held = b""
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: be killed when the supervisor dies (Linux; elsewhere a no-op)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
@@ -136,7 +136,7 @@ def supervise(describe_loss: Callable[[str], str], lost_status: int, command: li
         stderr=writer,
         pass_fds=(address_writer,),
         start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
     )
     os.close(writer)
     os.close(address_writer)

@@ -57,6 +57,14 @@ def register_sweep(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--shard", metavar="I/K", help="run only shard I of K (0 <= I < K); shards never overlap")
     run.add_argument("--sweep-dir", type=Path, default=None, help="sweep directory (default: sweeps/<spec name>)")
     run.add_argument("--quiet", action="store_true", help="no per-run summary or progress bar; keep the sweep bar")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the sweep as N shards side by side on this host, each on its own CPU cores (or GPUs), with their "
+        "output in SWEEP_DIR/workers/; small models run several times faster this way than one per host",
+    )
     add_distributed_arguments(run)  # a shard may span hosts: every run then uses all of them
     add_dry_run_arguments(run)
     run.set_defaults(func=run_run)
@@ -104,8 +112,8 @@ def run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_utilization(plan, sweep_dir: Path) -> None:
-    """The sweep's compute utilization against the machine's measured peak, from its records."""
+def _print_utilization(plan, sweep_dir: Path, runs) -> None:
+    """The compute utilization of `runs` (the shard's) against the machine's measured peak, from their records."""
     import jax
 
     from scalelab.runtime.peak import peak_flops_per_device
@@ -113,7 +121,7 @@ def _print_utilization(plan, sweep_dir: Path) -> None:
 
     config = plan.runs[0].config
     per_device, _ = peak_flops_per_device(config.logging.peak_flops, config.model.dtype)
-    usage = sweep_utilization(plan, sweep_dir, per_device * jax.device_count())
+    usage = sweep_utilization(plan, sweep_dir, per_device * jax.device_count(), runs)
     if usage is not None:
         print(usage.describe())
 
@@ -131,9 +139,11 @@ def run_run(args: argparse.Namespace) -> int:
     from scalelab.errors import UserError
     from scalelab.parallel.distributed import initialize, initialize_kwargs
     from scalelab.parallel.supervisor import supervise, supervised
-    from scalelab.scaling.sweep.results import IncompleteRunError
+    from scalelab.scaling.sweep.results import RESULTS_CSV, IncompleteRunError
     from scalelab.scaling.sweep.runner import run_sweep
 
+    if args.workers != 1:
+        return _run_workers(args)
     if args.dry_run:  # what the shard's launch decides, before jax.distributed starts
         from scalelab.cli.dry_run import dry_run_sweep
 
@@ -145,7 +155,7 @@ def run_run(args: argparse.Namespace) -> int:
 
         return supervise(_lost_coordinator_line, EXIT_PEER_LOST)
     initialize(distributed)  # join the shard's other hosts before anything touches a device
-    plan, shard, _ = _plan(args)
+    plan, shard, runs = _plan(args)
     sweep_dir = args.sweep_dir or Path("sweeps") / plan.spec.name
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise UserError(f"--sweep-dir {sweep_dir} is a file, not a directory; give a directory for the sweep")
@@ -158,9 +168,9 @@ def run_run(args: argparse.Namespace) -> int:
     print(
         f"sweep {plan.spec.name}: {len(report.ran)} run(s) trained, {report.skipped} already done, "
         f"{len(report.diverged)} diverged, {len(report.failed)} failed; "
-        f"{report.rows} row(s) in {sweep_dir / 'results.csv'}"
+        f"{report.rows} row(s) in {sweep_dir / RESULTS_CSV}"
     )
-    _print_utilization(plan, sweep_dir)
+    _print_utilization(plan, sweep_dir, runs)
     if report.failed:
         print(
             f"scalelab sweep: error: {len(report.failed)} run(s) failed ({', '.join(report.failed)}); see the "
@@ -168,4 +178,64 @@ def run_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def _run_workers(args: argparse.Namespace) -> int:
+    """`sweep run --workers N`: the sweep's shards side by side on this host, reported as one sweep."""
+    import os
+
+    from scalelab.errors import UserError
+    from scalelab.parallel.distributed import initialize_kwargs
+    from scalelab.scaling.sweep.results import RESULTS_CSV
+    from scalelab.scaling.sweep.runner import check_sweep_dir
+    from scalelab.scaling.sweep.workers import log_tail, probe_host, run_workers, split_host
+    from scalelab.train.faults import EXIT_PREEMPTED
+
+    if args.shard or args.dry_run or initialize_kwargs(args) is not None:
+        given = "--shard" if args.shard else "--dry-run" if args.dry_run else "a multi-process launch"
+        raise UserError(
+            f"--workers splits one host into shards itself, so it cannot be combined with {given}; drop --workers "
+            "(or run one `sweep run --shard i/k` per host)"
+        )
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    plan, _, _ = _plan(args)
+    sweep_dir = args.sweep_dir or Path("sweeps") / plan.spec.name
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise UserError(f"--sweep-dir {sweep_dir} is a file, not a directory; give a directory for the sweep")
+    check_sweep_dir(plan, sweep_dir, plan.runs)  # once here, rather than in every worker's log
+    config = plan.runs[0].config
+    host = probe_host(config.logging.peak_flops, config.model.dtype)
+    shares = split_host(host, args.workers, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    parts = ", ".join(
+        f"{i}: cores {','.join(map(str, share.cores))}" + "".join(f" {k}={v}" for k, v in share.env.items())
+        for i, share in enumerate(shares)
+    )
+    print(
+        f"sweep {plan.spec.name}: {len(plan.runs)} runs as {args.workers} shards side by side ({parts}); "
+        f"their output goes to {sweep_dir / 'workers'}/",
+        flush=True,
+    )
+    report = run_workers(plan, args.spec, sweep_dir, host, shares)
+    print(
+        f"sweep {plan.spec.name}: {len(report.trained)} run(s) trained, {report.skipped} already done, "
+        f"{len(report.diverged)} diverged, {len(report.unfinished)} unfinished; "
+        f"{report.rows} row(s) in {sweep_dir / RESULTS_CSV}"
+    )
+    if report.usage is not None:
+        print(report.usage.describe())
+    broken = [i for i, status in enumerate(report.statuses) if status not in (0, EXIT_PREEMPTED)]
+    for i in broken:
+        print(
+            f"scalelab sweep: error: worker {i} (shard {i}/{args.workers}) exited with status "
+            f"{report.statuses[i]}; the end of {report.logs[i]}:\n{log_tail(report.logs[i])}",
+            file=sys.stderr,
+        )
+    if broken:
+        print("scalelab sweep: fix the cause and run the same command again to go on", file=sys.stderr)
+        return 2 if all(report.statuses[i] == 2 for i in broken) else 1
+    if EXIT_PREEMPTED in report.statuses:
+        print("scalelab sweep: stopped; finished runs are kept, and the same command resumes the rest", file=sys.stderr)
+        return EXIT_PREEMPTED
     return 0

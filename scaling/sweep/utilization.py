@@ -10,10 +10,11 @@ between the two is the per-run fixed cost.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 from scalelab.scaling.sweep.branches import trunk_dir, trunk_finished
-from scalelab.scaling.sweep.plan import Plan
+from scalelab.scaling.sweep.plan import Plan, PlannedRun
 from scalelab.scaling.sweep.results import WALL_FILE, read_result
 from scalelab.train.metrics import read_metrics
 
@@ -27,6 +28,7 @@ class Utilization:
     step_s: float
     peak: float  # FLOP/s of the whole machine the runs used
     units: int  # finished runs and trunks counted
+    workers: int = 1  # shards run side by side, each on its share of the machine (wall and step seconds weighted)
 
     @property
     def of_peak(self) -> float:
@@ -40,9 +42,14 @@ class Utilization:
 
     def describe(self) -> str:
         """One line for the end of `sweep run`."""
+        time = (
+            f"{self.wall_s:.0f} s of wall time"
+            if self.workers == 1
+            else f"{self.wall_s:.0f} machine-seconds ({self.workers} workers' wall time, each at its share)"
+        )
         return (
             f"compute utilization {self.of_peak:.1%} of the measured peak ({self.flops:.3g} FLOPs in "
-            f"{self.wall_s:.0f} s of wall time over {self.units} runs and trunks, peak {self.peak:.3g} FLOP/s); "
+            f"{time} over {self.units} runs and trunks, peak {self.peak:.3g} FLOP/s); "
             f"the training steps alone ran at {self.steps_of_peak:.1%} MFU, the rest went to start-up, "
             "compilation, evaluation and checkpoints"
         )
@@ -60,11 +67,17 @@ def _wall_seconds(run_dir: Path) -> float:
         return 0.0
 
 
-def sweep_utilization(plan: Plan, sweep_dir: Path, peak: float) -> Utilization | None:
-    """The utilization of the finished runs (and finished trunks) of `plan` in `sweep_dir`; None if none finished."""
+def sweep_utilization(
+    plan: Plan, sweep_dir: Path, peak: float, runs: Sequence[PlannedRun] | None = None
+) -> Utilization | None:
+    """The utilization of the finished runs (and finished trunks) of `plan` in `sweep_dir`; None if none finished.
+
+    `runs` limits it to some of the plan's runs (a shard's) and the trunks they branch from.
+    """
+    runs = plan.runs if runs is None else runs
     flops = wall = step = 0.0
     units = 0
-    for run in plan.runs:
+    for run in runs:
         run_dir = Path(sweep_dir) / "runs" / run.name
         row = read_result(run_dir)
         if row is None or row["status"] != "done":
@@ -73,8 +86,11 @@ def sweep_utilization(plan: Plan, sweep_dir: Path, peak: float) -> Utilization |
         wall += float(row["wall_s"])
         step += _step_seconds(run_dir, run.branch_step or 0)  # a branch's curve starts with its trunk's lines
         units += 1
+    branched = {run.trunk for run in runs}
     for trunk in plan.trunks:
         path = trunk_dir(sweep_dir, trunk)
+        if trunk.name not in branched:
+            continue
         if trunk_finished(trunk, path):
             flops += trunk.flops
             wall += _wall_seconds(path)
@@ -83,3 +99,22 @@ def sweep_utilization(plan: Plan, sweep_dir: Path, peak: float) -> Utilization |
     if not units or wall <= 0 or step <= 0:
         return None
     return Utilization(flops, wall, step, peak, units)
+
+
+def side_by_side(parts: Sequence[tuple[Utilization | None, float]], peak: float) -> Utilization | None:
+    """The utilization of shards that ran side by side, from (a shard's utilization, its share of the machine).
+
+    Each shard's wall and step seconds count at its share: two shards that each held half the
+    machine for 100 s used 100 machine-seconds, not 200.
+    """
+    done = [(usage, share) for usage, share in parts if usage is not None]
+    if not done:
+        return None
+    return Utilization(
+        flops=sum(usage.flops for usage, _ in done),
+        wall_s=sum(usage.wall_s * share for usage, share in done),
+        step_s=sum(usage.step_s * share for usage, share in done),
+        peak=peak,
+        units=sum(usage.units for usage, _ in done),
+        workers=len(parts),
+    )
