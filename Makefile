@@ -22,11 +22,11 @@ test: setup
 
 # The demo isoFLOP sweep on the default corpus, then its fit and plots (docs/sweeps.md).
 # Preparing skips an existing corpus and tokenizer and the sweep skips finished runs, so re-running
-# `make demo` resumes an interrupted sweep.
+# `make demo` resumes an interrupted sweep. The demo's small models run fastest as one shard per core.
 demo: setup
 	$(BIN)/scalelab data prepare
 	$(BIN)/scalelab tokenizer train
-	$(BIN)/scalelab sweep run demo --sweep-dir sweeps/demo
+	$(BIN)/scalelab sweep run demo --sweep-dir sweeps/demo --workers auto
 	$(BIN)/scalelab fit sweeps/demo --budget 1e12 --out sweeps/demo/fit
 	$(BIN)/scalelab plot sweeps/demo/fit --out sweeps/demo/fit
 

@@ -10,6 +10,7 @@ from scalelab.cli.options import add_group
 
 DEFAULT_PROBE_STEPS = 20
 DEFAULT_PROBE_MAX_FLOPS = 3e11  # per step: a 20-step probe then takes well under a minute on a 2-core CPU
+MAX_AUTO_CPU_WORKERS = 8  # each worker holds a JAX runtime and its own compiled programs in memory
 
 
 def register_sweep(subparsers: argparse._SubParsersAction) -> None:
@@ -59,15 +60,26 @@ def register_sweep(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--quiet", action="store_true", help="no per-run summary or progress bar; keep the sweep bar")
     run.add_argument(
         "--workers",
-        type=int,
+        type=_workers,
         default=1,
         metavar="N",
         help="run the sweep as N shards side by side on this host, each on its own CPU cores (or GPUs), with their "
-        "output in SWEEP_DIR/workers/; small models run several times faster this way than one per host",
+        "output in SWEEP_DIR/workers/; small models finish sooner this way. auto: one per GPU, or one per CPU core "
+        f"up to {MAX_AUTO_CPU_WORKERS} (default: 1, in this process)",
     )
     add_distributed_arguments(run)  # a shard may span hosts: every run then uses all of them
     add_dry_run_arguments(run)
     run.set_defaults(func=run_run)
+
+
+def _workers(text: str) -> int | str:
+    """--workers: a count, or auto."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of workers or auto, got {text!r}") from None
 
 
 def _plan(args: argparse.Namespace):
@@ -143,7 +155,9 @@ def run_run(args: argparse.Namespace) -> int:
     from scalelab.scaling.sweep.runner import run_sweep
 
     if args.workers != 1:
-        return _run_workers(args)
+        status = _run_workers(args)
+        if status is not None:
+            return status
     if args.dry_run:  # what the shard's launch decides, before jax.distributed starts
         from scalelab.cli.dry_run import dry_run_sweep
 
@@ -181,15 +195,18 @@ def run_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_workers(args: argparse.Namespace) -> int:
-    """`sweep run --workers N`: the sweep's shards side by side on this host, reported as one sweep."""
+def _run_workers(args: argparse.Namespace) -> int | None:
+    """`sweep run --workers N`: the sweep's shards side by side on this host, reported as one sweep.
+
+    None when `--workers auto` picks one worker: the sweep then runs in this process as usual.
+    """
     import os
 
     from scalelab.errors import UserError
     from scalelab.parallel.distributed import initialize_kwargs
     from scalelab.scaling.sweep.results import RESULTS_CSV
     from scalelab.scaling.sweep.runner import check_sweep_dir
-    from scalelab.scaling.sweep.workers import log_tail, probe_host, run_workers, split_host
+    from scalelab.scaling.sweep.workers import auto_workers, log_tail, probe_host, run_workers, split_host
     from scalelab.train.faults import EXIT_PREEMPTED
 
     if args.shard or args.dry_run or initialize_kwargs(args) is not None:
@@ -198,7 +215,7 @@ def _run_workers(args: argparse.Namespace) -> int:
             f"--workers splits one host into shards itself, so it cannot be combined with {given}; drop --workers "
             "(or run one `sweep run --shard i/k` per host)"
         )
-    if args.workers < 1:
+    if args.workers != "auto" and args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     plan, _, _ = _plan(args)
     sweep_dir = args.sweep_dir or Path("sweeps") / plan.spec.name
@@ -207,6 +224,11 @@ def _run_workers(args: argparse.Namespace) -> int:
     check_sweep_dir(plan, sweep_dir, plan.runs)  # once here, rather than in every worker's log
     config = plan.runs[0].config
     host = probe_host(config.logging.peak_flops, config.model.dtype)
+    if args.workers == "auto":
+        args.workers = auto_workers(host, len(plan.runs), MAX_AUTO_CPU_WORKERS)
+        if args.workers == 1:
+            print(f"sweep {plan.spec.name}: --workers auto: one worker on this {host.platform} host", flush=True)
+            return None
     shares = split_host(host, args.workers, os.environ.get("CUDA_VISIBLE_DEVICES"))
     parts = ", ".join(
         f"{i}: cores {','.join(map(str, share.cores))}" + "".join(f" {k}={v}" for k, v in share.env.items())

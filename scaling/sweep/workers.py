@@ -80,8 +80,20 @@ def probe_host(configured_peak: float | None, dtype: str) -> Host:
     if done.returncode != 0:
         raise UserError(f"--workers: could not start JAX to see this host's devices:\n{done.stderr.strip()}")
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    cores = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else ()
-    return Host(found["platform"], found["devices"], cores, found["peak"])
+    # Where the OS has no affinity masks (macOS), the workers share every core, unpinned.
+    cores = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    return Host(found["platform"], found["devices"], tuple(cores), found["peak"])
+
+
+def auto_workers(host: Host, runs: int, max_cpu: int) -> int:
+    """`--workers auto`: one per GPU; on a CPU one per core, at most `max_cpu`; never more than there are runs."""
+    if host.platform == "gpu":
+        count = host.devices
+    elif host.platform == "cpu":
+        count = min(len(host.cores), max_cpu)
+    else:  # a TPU host's chips are not split between processes here
+        count = 1
+    return max(1, min(count, runs))
 
 
 def split_host(host: Host, workers: int, visible: str | None) -> list[Share]:

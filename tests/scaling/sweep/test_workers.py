@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from scalelab.scaling.sweep.results import RESULTS_CSV, read_csv, read_result
 from scalelab.scaling.sweep.runner import run_sweep
 from scalelab.scaling.sweep.spec import spec_from_dict
 from scalelab.scaling.sweep.utilization import Utilization, side_by_side
-from scalelab.scaling.sweep.workers import Host, split_host
+from scalelab.scaling.sweep.workers import Host, auto_workers, split_host
 from tests.scaling.sweep.specs import micro, write_spec
 
 ROOT = Path(__file__).resolve().parents[3]  # the repo root: tests/scaling/sweep/<file>
@@ -37,6 +38,14 @@ def test_a_gpu_host_is_split_into_disjoint_visible_devices():
     assert [share.env["CUDA_VISIBLE_DEVICES"] for share in shares] == ["4,6", "5,7"]
     assert [share.cores for share in shares] == [(0, 2, 4, 6), (1, 3, 5, 7)]
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in split_host(host, 4, None)] == ["0", "1", "2", "3"]
+
+
+def test_auto_picks_one_worker_per_gpu_or_per_core_up_to_a_cap_and_the_runs():
+    cpu = Host("cpu", 8, tuple(range(16)), 1e12)
+    assert [auto_workers(cpu, runs, max_cpu=8) for runs in (26, 3, 0)] == [8, 3, 1]
+    assert auto_workers(Host("cpu", 1, (0, 1), 1e12), 26, max_cpu=8) == 2
+    assert auto_workers(Host("gpu", 4, tuple(range(64)), 4e15), 26, max_cpu=8) == 4
+    assert auto_workers(Host("tpu", 4, tuple(range(64)), 4e15), 26, max_cpu=8) == 1
 
 
 @pytest.mark.parametrize(
@@ -70,6 +79,7 @@ def test_side_by_side_shards_count_at_their_share_of_the_machine():
         (["--workers", "2", "--shard", "0/2"], "cannot be combined with --shard"),
         (["--workers", "0"], "--workers must be at least 1, got 0"),
         (["--workers", "2", "--dry-run"], "cannot be combined with --dry-run"),
+        (["--workers", "auto", "--shard", "1/2"], "cannot be combined with --shard"),
     ],
 )
 def test_workers_with_options_that_contradict_them_are_refused(tmp_path, capsys, extra, message):
@@ -77,6 +87,13 @@ def test_workers_with_options_that_contradict_them_are_refused(tmp_path, capsys,
     assert main(["sweep", "run", str(spec), "--sweep-dir", str(tmp_path / "sweep"), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "sweep").exists()
+
+
+def test_workers_must_be_a_number_or_auto(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["sweep", "run", str(write_spec(tmp_path, micro())), "--workers", "two"])
+    assert stop.value.code == 2
+    assert "--workers: expected a number of workers or auto, got 'two'" in capsys.readouterr().err
 
 
 def _wait_for(condition, process: subprocess.Popen, timeout: float = 300.0) -> None:
@@ -87,6 +104,7 @@ def _wait_for(condition, process: subprocess.Popen, timeout: float = 300.0) -> N
         time.sleep(0.05)
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two workers need two CPU cores")
 def test_two_workers_run_the_sweep_stop_on_ctrl_c_and_resume_to_the_results_of_one_process(tmp_path):
     # One shape at three budgets: the largest run goes to shard 0, the two others to shard 1.
     spec = micro(isoflop__sizes=[3e3], isoflop__budgets=[2e8, 1.6e9, 3.2e9], rules__checkpoints_per_run=4)
@@ -105,9 +123,10 @@ def test_two_workers_run_the_sweep_stop_on_ctrl_c_and_resume_to_the_results_of_o
     assert process.returncode == 75, output  # each worker saved and stopped: try again
     assert "SIGINT: each worker saves and stops" in output and "the same command resumes the rest" in output
     assert read_result(largest_dir) is None  # stopped mid-run, not recorded
-    for index, cores in enumerate(("0", "1")):
+    usable = sorted(os.sched_getaffinity(0))
+    for index in range(2):
         log = (sweep_dir / "workers" / f"shard-{index}-of-2.log").read_text()
-        assert f"--shard {index}/2 --quiet on cores [{cores}]" in log  # each worker on a core of its own
+        assert f"--shard {index}/2 --quiet on cores {usable[index::2]}" in log  # each worker on cores of its own
 
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
