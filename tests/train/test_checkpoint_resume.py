@@ -138,7 +138,7 @@ def test_kills_and_preemption_resume_bitwise_exactly(tmp_path):
 def test_second_signal_exits_at_once():
     script = (
         "import time\n"
-        "from train.faults import PreemptionGuard\n"
+        "from scalelab.train.faults import PreemptionGuard\n"
         "with PreemptionGuard() as guard:\n"
         "    print('ready', flush=True)\n"
         "    while guard.signal_name is None:\n"
@@ -159,7 +159,7 @@ def test_a_signal_repeated_within_milliseconds_is_one_notice():
     """A scheduler signalling every process reaches a supervised child twice: directly and via its supervisor."""
     script = (
         "import os, signal, time\n"
-        "from train.faults import PreemptionGuard\n"
+        "from scalelab.train.faults import PreemptionGuard\n"
         "with PreemptionGuard() as guard:\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"

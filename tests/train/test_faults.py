@@ -37,7 +37,7 @@ def test_single_process_first_signal_requests_a_stop_and_the_second_exits_at_onc
         assert not guard.requested(0)
         signal.raise_signal(signal.SIGINT)
         assert guard.signal_name == "SIGINT" and guard.requested(0)
-        with pytest.raises(_Exited) as exited:
+        with pytest.raises(_Exited) as exited:  # another signal than the first is never an echo
             signal.raise_signal(signal.SIGTERM)
     assert exited.value.args == (128 + signal.SIGTERM,)
 
@@ -49,6 +49,8 @@ def test_multi_process_sigint_is_forwarded_to_the_preemption_service_as_sigterm(
         signal.raise_signal(signal.SIGINT)
         assert sigterms == [signal.SIGTERM]
         assert guard.signal_name == "SIGINT"
+        later = faults.time.monotonic() + faults.ECHO_S  # past the echo window: a true second signal
+        monkeypatch.setattr(faults.time, "monotonic", lambda: later)
         with pytest.raises(_Exited) as exited:
             signal.raise_signal(signal.SIGINT)
     assert exited.value.args == (128 + signal.SIGINT,)
