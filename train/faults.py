@@ -64,26 +64,41 @@ class PreemptionGuard:
     Handlers are installed only in the main thread. With several processes, JAX's preemption
     service owns SIGTERM and picks a step that every process reaches, so all of them save the
     same checkpoint; it ignores SIGINT, so the guard forwards a first SIGINT to it as SIGTERM.
+
+    A guard entered while another is active yields that outer guard: a sweep holds one across its
+    runs, so a signal that lands after a run's last step (or between runs) still stops the sweep.
     """
 
-    def __init__(self) -> None:
+    _active: PreemptionGuard | None = None  # the outermost guard entered in this process
+
+    def __init__(self, command: str = "train") -> None:
+        self.command = command  # the `scalelab COMMAND` its notices name
         self.signal_name: str | None = None
         self._first: tuple[int, float] | None = None  # the first signal and when it came
         self._previous: dict[int, Any] = {}
+        self._nested = False
 
     def __enter__(self) -> PreemptionGuard:
         import jax  # here, not at the top: the CLI imports this module for EXIT_PREEMPTED without JAX
 
+        if PreemptionGuard._active is not None:
+            self._nested = True
+            return PreemptionGuard._active
         if threading.current_thread() is threading.main_thread():
             handler = self._handle if jax.process_count() == 1 else self._forward
             for signum in _SIGNALS if jax.process_count() == 1 else (signal.SIGINT,):
                 self._previous[signum] = signal.signal(signum, handler)
+            PreemptionGuard._active = self
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._nested:
+            return
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+        if PreemptionGuard._active is self:
+            PreemptionGuard._active = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> bool:
         """Note a signal; False when it repeats the first one (an echo), and a true second one exits."""
@@ -91,17 +106,28 @@ class PreemptionGuard:
         if self.signal_name is not None:
             if self._first is not None and self._first[0] == signum and now - self._first[1] < ECHO_S:
                 return False
-            os.write(2, f"\nscalelab train: second signal ({name}): exiting now without saving\n".encode())
+            os.write(2, f"\nscalelab {self.command}: second signal ({name}): exiting now without saving\n".encode())
             os._exit(128 + signum)
         self._first, self.signal_name = (signum, now), name
         # os.write, not print: a handler may interrupt a print already in progress.
-        os.write(2, f"\nscalelab train: {name}: saving a checkpoint and stopping; send it again to exit now\n".encode())
+        notice = f"\nscalelab {self.command}: {name}: saving a checkpoint and stopping; send it again to exit now\n"
+        os.write(2, notice.encode())
         return True
 
     def _forward(self, signum: int, frame: FrameType | None) -> None:
         """Multi-process SIGINT: hand it to the preemption service as SIGTERM, so every process stops together."""
         if self._handle(signum, frame):
             os.kill(os.getpid(), signal.SIGTERM)
+
+    def signalled_anywhere(self) -> bool:
+        """Whether any process has had a signal (a collective with several): for a point between runs."""
+        import jax
+        from jax.experimental import multihost_utils
+
+        if jax.process_count() == 1:
+            return self.signal_name is not None
+        flags = multihost_utils.process_allgather(np.asarray(self.signal_name is not None))
+        return bool(np.any(flags))
 
     def requested(self, step: int) -> bool:
         """Whether the run should save and stop after `step` (a sync point every process must call)."""

@@ -90,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Preempted as stop:  # a clean stop on SIGTERM/SIGINT; re-running the command resumes
         print(f"scalelab {args.command}: {stop}", file=sys.stderr)
         return EXIT_PREEMPTED
+    except KeyboardInterrupt:  # Ctrl-C where no guard is up (start-up, fit, plot): nothing was half-written
+        print(f"\nscalelab {args.command}: interrupted (Ctrl-C) before it finished", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

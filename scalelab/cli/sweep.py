@@ -175,10 +175,9 @@ def run_run(args: argparse.Namespace) -> int:
         raise UserError(f"--sweep-dir {sweep_dir} is a file, not a directory; give a directory for the sweep")
     try:
         report = run_sweep(plan, sweep_dir, shard, quiet=args.quiet)
-    except (IncompleteRunError, KeyboardInterrupt) as error:
-        reason = str(error) or "interrupted"
-        print(f"scalelab sweep: stopped: {reason}; run the same command again to resume", file=sys.stderr)
-        return 130 if isinstance(error, KeyboardInterrupt) else 1
+    except IncompleteRunError as error:
+        print(f"scalelab sweep: stopped: {error}; run the same command again to resume", file=sys.stderr)
+        return 1
     print(
         f"sweep {plan.spec.name}: {len(report.ran)} run(s) trained, {report.skipped} already done, "
         f"{len(report.diverged)} diverged, {len(report.failed)} failed; "

@@ -42,6 +42,7 @@ from scalelab.scaling.sweep.results import (
 from scalelab.scaling.sweep.spec import SpecError
 from scalelab.train.config import Config
 from scalelab.train.config_io import to_dict
+from scalelab.train.faults import Preempted, PreemptionGuard
 from scalelab.train.loop import NonFiniteLossError, train
 from scalelab.units import flatten, si
 
@@ -282,8 +283,8 @@ def run_sweep(plan: Plan, sweep_dir: Path, shard: tuple[int, int] = (0, 1), quie
     """Train every unfinished run of this shard in `sweep_dir`, committing each row as it ends.
 
     A run that raises is reported and skipped (the next call retries it), except for a ConfigError,
-    which stops the sweep; divergence is a result (status `diverged`); a run that returns early (a
-    preemption) stops the sweep.
+    which stops the sweep; divergence is a result (status `diverged`); a signal (SIGTERM, SIGINT)
+    stops the sweep with Preempted, mid-run after a save or between runs after a row is committed.
     """
     sweep_dir = Path(sweep_dir)
     names = [run.name for run in plan.runs]
@@ -296,39 +297,53 @@ def run_sweep(plan: Plan, sweep_dir: Path, shard: tuple[int, int] = (0, 1), quie
     report = SweepReport(shard_runs=len(mine), skipped=len(mine) - len(todo))
     label = f"sweep {plan.spec.name}" + (f" shard {shard[0]}/{shard[1]}" if shard[1] > 1 else "")
     progress = SweepProgress(label, mine, todo, enabled=is_writer, costs=plan.costs(mine))
-    try:  # a preemption (Preempted, IncompleteRunError) or Ctrl-C ends the sweep; the next call resumes it
-        for run in todo:
-            progress.start(run)
-            run_dir = sweep_dir / "runs" / run.name
-            start = time.perf_counter()
-            wall_s, trunk_s = None, [0.0]
-            try:
-                status = _train_run(plan, run, sweep_dir, quiet, is_writer, trunk_s)
-            except ConfigError as error:
-                # A user error (missing data, a config the trainer rejects) would fail every run alike.
-                raise ConfigError(
-                    f"run {run.name}: {error} (the sweep stopped; its finished runs are kept, and the same "
-                    "command continues it once this is fixed)"
-                ) from error
-            except Exception:
-                # One broken run (out of memory, a bad shape) must not stop a shard's other runs.
-                tqdm.write(f"{run.name}: failed:\n{traceback.format_exc()}", file=sys.stderr)
-                report.failed.append(run.name)
-                progress.finish(run, None)
-                continue
-            finally:
-                jax.clear_caches()  # drop this run's compiled programs before the next shape compiles
-                seconds = time.perf_counter() - start  # the trunk's time too: the progress bar counts its FLOPs
-                if is_writer and run_dir.is_dir():  # every session that started the run counts, finished or not
-                    wall_s = add_wall_time(run_dir, seconds - trunk_s[0])
-            if is_writer:
-                total = seconds - trunk_s[0] if wall_s is None else wall_s  # no directory yet: its only session
-                write_result(run_dir, result_row(run, run_dir, status, total))
-                report.rows = rebuild_csv(sweep_dir, names)
-            (report.ran if status == DONE else report.diverged).append(run.name)
-            progress.finish(run, seconds)
-    finally:
-        progress.close()
+    # One guard across every run: a signal after a run's last step, or between runs, stops the sweep
+    # once that run's row is committed, instead of being forgotten when the run's own guard closes.
+    with PreemptionGuard("sweep") as guard:
+        try:  # a preemption (Preempted, IncompleteRunError) ends the sweep; the next call resumes it
+            for run in todo:
+                if guard.signalled_anywhere():
+                    name = guard.signal_name or "a signal to another process"
+                    raise Preempted(f"stopped by {name} between runs; {_done(report, mine)}", step=0)
+                progress.start(run)
+                run_dir = sweep_dir / "runs" / run.name
+                start = time.perf_counter()
+                wall_s, trunk_s = None, [0.0]
+                try:
+                    status = _train_run(plan, run, sweep_dir, quiet, is_writer, trunk_s)
+                except Preempted as stop:  # the run saved and stopped: say which run, and how far the sweep got
+                    raise Preempted(f"run {run.name} {stop}; {_done(report, mine)}", stop.step) from None
+                except ConfigError as error:
+                    # A user error (missing data, a config the trainer rejects) would fail every run alike.
+                    raise ConfigError(
+                        f"run {run.name}: {error} (the sweep stopped; its finished runs are kept, and the same "
+                        "command continues it once this is fixed)"
+                    ) from error
+                except Exception:
+                    # One broken run (out of memory, a bad shape) must not stop a shard's other runs.
+                    tqdm.write(f"{run.name}: failed:\n{traceback.format_exc()}", file=sys.stderr)
+                    report.failed.append(run.name)
+                    progress.finish(run, None)
+                    continue
+                finally:
+                    jax.clear_caches()  # drop this run's compiled programs before the next shape compiles
+                    seconds = time.perf_counter() - start  # the trunk's time too: the bar counts its FLOPs
+                    if is_writer and run_dir.is_dir():  # every session that started the run counts
+                        wall_s = add_wall_time(run_dir, seconds - trunk_s[0])
+                if is_writer:
+                    total = seconds - trunk_s[0] if wall_s is None else wall_s  # no directory yet: its only session
+                    write_result(run_dir, result_row(run, run_dir, status, total))
+                    report.rows = rebuild_csv(sweep_dir, names)
+                (report.ran if status == DONE else report.diverged).append(run.name)
+                progress.finish(run, seconds)
+        finally:
+            progress.close()
     if is_writer:
         report.rows = rebuild_csv(sweep_dir, names)
     return report
+
+
+def _done(report: SweepReport, mine: list[PlannedRun]) -> str:
+    """How far the shard got, for the line a stopped sweep ends with."""
+    done = report.skipped + len(report.ran) + len(report.diverged)
+    return f"{done} of {len(mine)} run(s) finished and kept; run the same command again to resume the rest"
