@@ -11,8 +11,12 @@ from __future__ import annotations
 import csv
 import fcntl
 import io
+import itertools
 import json
 import math
+import os
+import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -106,22 +110,60 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _table(sweep_dir: Path, run_names: Iterable[str]) -> tuple[str, int]:
+    """The text of results.csv for the committed rows of `run_names` (in that order), and its row count."""
+    unique = dict.fromkeys(run_names)  # one row per run, whatever the caller passes
+    rows = [row for name in unique if (row := read_result(sweep_dir / "runs" / name)) is not None]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow((*COLUMNS, *EXTRA_COLUMNS))
+    for row in rows:
+        writer.writerow([_cell(row[c]) for c in (*COLUMNS, *EXTRA_COLUMNS)])
+    return buffer.getvalue(), len(rows)
+
+
+def _keep_hand_edits(sweep_dir: Path) -> None:
+    """Move aside a results.csv that is not the table of the rows it lists, so a rebuild never loses an edit."""
+    path = sweep_dir / RESULTS_CSV
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return
+    try:
+        names = [row.get("run") or "" for row in csv.DictReader(io.StringIO(text))]
+    except csv.Error:
+        names = None
+    if names is not None and _table(sweep_dir, names)[0] == text:
+        return
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backup = next(
+        candidate
+        for i in itertools.count()
+        if not (candidate := sweep_dir / f"results.edited-{stamp}{f'-{i}' if i else ''}.csv").exists()
+    )
+    os.replace(path, backup)
+    print(
+        f"scalelab sweep: warning: {path} differed from the runs' {RESULT_FILE} files (edited by hand, or a "
+        f"run's {RESULT_FILE} removed); it is kept as {backup.name}, and {RESULTS_CSV} is rebuilt from "
+        f"runs/*/{RESULT_FILE} (change a row there, or fit the kept copy: scalelab fit {backup})",
+        file=sys.stderr,
+    )
+
+
 def rebuild_csv(sweep_dir: Path, run_names: Iterable[str]) -> int:
-    """Rewrite results.csv from the committed rows of `run_names` (in that order); returns the row count."""
+    """Rewrite results.csv from the committed rows of `run_names` (in that order); returns the row count.
+
+    A results.csv that is not what the last rebuild wrote (edited by hand) is moved aside first.
+    """
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with open(sweep_dir / f".{RESULTS_CSV}.lock", "a") as lock:
         # Serialise rebuilds: a shard that commits a row and then rebuilds must not be overwritten
         # by another shard's rebuild that listed the rows before that commit.
         fcntl.lockf(lock, fcntl.LOCK_EX)
-        unique = dict.fromkeys(run_names)  # one row per run, whatever the caller passes
-        rows = [row for name in unique if (row := read_result(sweep_dir / "runs" / name)) is not None]
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow((*COLUMNS, *EXTRA_COLUMNS))
-        for row in rows:
-            writer.writerow([_cell(row[c]) for c in (*COLUMNS, *EXTRA_COLUMNS)])
-        write_atomic(sweep_dir / RESULTS_CSV, buffer.getvalue())
-    return len(rows)
+        _keep_hand_edits(sweep_dir)
+        text, count = _table(sweep_dir, run_names)
+        write_atomic(sweep_dir / RESULTS_CSV, text)
+    return count
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

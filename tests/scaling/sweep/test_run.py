@@ -166,6 +166,27 @@ def test_rebuild_lists_committed_runs_once_in_plan_order(tmp_path, monkeypatch):
     assert [row["run"] for row in read_csv(tmp_path / RESULTS_CSV)] == committed
 
 
+def test_a_hand_edited_results_csv_is_kept_aside_not_overwritten(tmp_path, capsys):
+    for name in ("a", "b"):
+        write_result(tmp_path / "runs" / name, dict.fromkeys((*COLUMNS, *EXTRA_COLUMNS), 1) | {"run": name})
+    rebuild_csv(tmp_path, ["a"])
+    assert rebuild_csv(tmp_path, ["a", "b"]) == 2  # a table the rebuild wrote, with a row more since: not an edit
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".results.csv.lock", RESULTS_CSV, "runs"]
+    assert capsys.readouterr().err == ""
+
+    edited = (tmp_path / RESULTS_CSV).read_text().replace("\nb,1,", "\nb,2,")  # N of run b changed by hand
+    (tmp_path / RESULTS_CSV).write_text(edited)
+    assert rebuild_csv(tmp_path, ["a", "b"]) == 2
+    [kept] = tmp_path.glob("results.edited-*.csv")
+    assert kept.read_text() == edited  # the edit survives, byte for byte
+    assert [row["N"] for row in read_csv(tmp_path / RESULTS_CSV)] == ["1", "1"]  # the table is the committed rows
+    err = capsys.readouterr().err
+    assert "differed from the runs' result.json files (edited by hand" in err and kept.name in err
+    assert f"scalelab fit {kept}" in err
+    rebuild_csv(tmp_path, ["a", "b"])
+    assert len(list(tmp_path.glob("results.edited-*.csv"))) == 1  # the rebuilt table is not an edit
+
+
 def test_sweep_eta_fits_a_fixed_cost_per_run_plus_a_flop_rate():
     plan = make_plan(spec_from_dict(micro()))
     runs = list(plan.runs)
