@@ -10,7 +10,7 @@ import numpy as np
 
 from scalelab.scaling.fit import allocation
 from scalelab.scaling.fit.bootstrap import bootstrap_law, percentile_interval
-from scalelab.scaling.fit.degenerate import degenerate_reason, single_optimum_reason
+from scalelab.scaling.fit.degenerate import ZERO_ATOL, degenerate_reason, single_optimum_reason
 from scalelab.scaling.fit.formulas import APPROACH3, HUBER_DELTA, KAPLAN, SINGLE_LAWS, Law
 from scalelab.scaling.fit.isoflop import AllocationFit, approach1, approach2
 from scalelab.scaling.fit.parametric import LawFit, fit_law, law_points
@@ -163,6 +163,7 @@ def summarize_law(
         # Never report numbers from a fit that did not converge.
         return out | dict.fromkeys(law.to_public(fit.theta), None) | {"ci": None}
     public = {k: float(v) for k, v in law.to_public(fit.theta).items()}
+    _warn_rising(law, public)
     samples = law.to_public(boot) if boot is not None else None
     out |= public
     out["objective"] = fit.objective
@@ -200,6 +201,21 @@ def summarize_law(
         if samples:
             out["ci"]["loss_pred"] = _interval(samples["E"] + samples["A"] * s.budget ** -samples["alpha"], s.level)
     return _settle(out, s, undetermined, degenerate_reason(out, _fixed(law)))
+
+
+def _warn_rising(law: Law, public: dict[str, float]) -> None:
+    """A loss exponent below zero says the loss rises with N, D or C: worth a look before anyone quotes it."""
+    for name in ("alpha", "beta", "alpha_N", "alpha_D"):
+        value = public.get(name)
+        if value is not None and value < -ZERO_ATOL:
+            variable = {"beta": "D", "alpha_D": "D", "alpha_N": "N"}.get(name, law.features[0])
+            warnings.warn(
+                f"{law.name}: {name} = {value:.3g} is negative, so the fitted loss rises with {variable}; the runs do "
+                f"not show loss falling as {variable} grows (look for larger runs that diverged or were undertrained, "
+                "or a learning rate too high for them)",
+                FitWarning,
+                stacklevel=3,
+            )
 
 
 def summarize_allocation(fit: AllocationFit, table: FitTable, s: FitSettings) -> dict:

@@ -148,8 +148,8 @@ def _envelope_inputs(table: FitTable, c_rtol: float) -> tuple[np.ndarray, np.nda
                 "approach 1 needs runs that end at different FLOP counts; all curves end at "
                 f"C = {finals[0]:.4g}; add runs with other budgets"
             )
-        # From the earliest finished run to the second-largest budget: before the first finish every curve is
-        # mid-schedule, and beyond the second-largest budget only one run is left to compare.
+        # From the earliest finished run to the largest FLOP count two runs reach (the second-largest end):
+        # before the first finish every curve is mid-schedule, and beyond it one run is left to compare.
         grid = np.geomspace(finals[0], finals[-2], ENVELOPE_POINTS)
         loss = np.full((len(grid), len(runs)), np.inf)
         tokens = np.zeros_like(loss)

@@ -131,3 +131,14 @@ def test_a_fit_that_did_not_converge_reports_no_numbers():
     text = format_report({"meta": meta, "L_N": obj})
     block = text.split("\n\n")[1].splitlines()
     assert block == ["L_N: L = E + A/N^alpha", "  NOT CONVERGED (max_evals); no parameters are reported"]
+
+
+def test_a_loss_that_rises_with_model_size_is_fitted_but_warned_about():
+    N = np.geomspace(1e7, 1e9, 6)
+    t = _table(N, np.full(6, 1e10), 2.0 * (N / 1e7) ** 0.05)  # larger models did worse: undertrained, say
+    with pytest.warns(FitWarning) as caught:
+        result = run_fits(t, FitSettings(approaches=("single", "kaplan"), bootstrap=0))  # two: skips listed
+    assert result["L_N_E0"]["alpha"] == pytest.approx(-0.05, rel=1e-3)
+    rising = [str(w.message) for w in caught if "is negative" in str(w.message)]
+    assert any(m.startswith("L_N_E0: alpha = -0.05 is negative, so the fitted loss rises with N") for m in rising)
+    assert not any(m.startswith("L_D") for m in rising)  # L_D was not fitted (one D): nothing to say about it
