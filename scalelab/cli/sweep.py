@@ -37,7 +37,10 @@ def register_sweep(subparsers: argparse._SubParsersAction) -> None:
     plan.add_argument("--shard", metavar="I/K", help="show only shard I of K (0 <= I < K)")
     plan.add_argument("--no-probe", action="store_true", help="skip the measured wall-time estimate")
     plan.add_argument(
-        "--probe-steps", type=int, default=DEFAULT_PROBE_STEPS, help="steps per probed shape (default: %(default)s)"
+        "--probe-steps",
+        type=_probe_steps,
+        default=DEFAULT_PROBE_STEPS,
+        help="steps per probed shape, 2 or more (default: %(default)s)",
     )
     plan.add_argument(
         "--probe-max-flops",
@@ -70,6 +73,17 @@ def register_sweep(subparsers: argparse._SubParsersAction) -> None:
     add_distributed_arguments(run)  # a shard may span hosts: every run then uses all of them
     add_dry_run_arguments(run)
     run.set_defaults(func=run_run)
+
+
+def _probe_steps(text: str) -> int:
+    """--probe-steps: 2 or more (the first step pays one-off costs; the time per step comes from the rest)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected a whole number of steps, 2 or more, got {text!r}")
+    return value
 
 
 def _workers(text: str) -> int | str:

@@ -205,7 +205,11 @@ def make_plan(spec: SweepSpec) -> Plan:
     try:
         base = config_from_dict(spec.base)
     except ConfigError as error:
-        raise SpecError(f"base config: {error}") from None
+        where = f"{spec.path}: " if spec.path else ""
+        raise SpecError(
+            f"{where}the base config with the spec's config: overrides: {error} (fix it under config: in the spec, "
+            "or in the base config it names)"
+        ) from None
     family = Family(spec, base)
     runs: list[PlannedRun] = []
     if isinstance(spec.runs, GridRuns):

@@ -89,7 +89,8 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / RESULT_FILE
     if not path.exists():
         return None
-    fix = f"delete {run_dir} to retrain that run"
+    # The row is re-read from the run's own files; a run whose final checkpoint is intact is not retrained.
+    fix = f"delete {path} and run the sweep again to record that run anew"
     row = read_json(path, fix)
     missing = _missing(row)
     if missing:

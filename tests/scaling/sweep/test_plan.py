@@ -183,6 +183,22 @@ def test_a_malformed_spec_file_is_a_one_line_cli_error(tmp_path, capsys):
     assert err.startswith(f"scalelab sweep: error: {path}: rules.lr.value is missing") and err.count("\n") == 1
 
 
+def test_a_mistake_under_config_names_the_spec_file_and_where_to_fix_it(tmp_path, capsys):
+    path = write_spec(tmp_path, micro(config__train__stepz=3))
+    assert main(["sweep", "plan", str(path), "--no-probe"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"scalelab sweep: error: {path}: the base config with the spec's config: overrides")
+    assert "unknown key 'train.stepz'; did you mean 'train.steps'?" in err and "under config: in the spec" in err
+
+
+@pytest.mark.parametrize("steps", ["0", "1", "-3", "ten"])
+def test_too_few_probe_steps_is_a_usage_error_naming_the_option(tmp_path, capsys, steps):
+    with pytest.raises(SystemExit) as stop:
+        main(["sweep", "plan", str(write_spec(tmp_path, micro())), "--probe-steps", steps])
+    assert stop.value.code == 2
+    assert f"--probe-steps: expected a whole number of steps, 2 or more, got '{steps}'" in capsys.readouterr().err
+
+
 def test_shards_partition_the_runs_exactly_and_balance_compute():
     runs = make_plan(spec_from_dict(auto_spec(seeds=[0, 1, 2]))).runs
     assert len(runs) == 18

@@ -278,7 +278,10 @@ def test_a_result_json_missing_columns_is_an_error_naming_the_file_and_the_fix(t
         run_sweep(plan, tmp_path, quiet=True)
     message = str(error.value)
     assert f"{run_dir / 'result.json'}: not a complete run record" in message and lacks in message
-    assert message.endswith(f"delete {run_dir} to retrain that run")
+    assert message.endswith(f"delete {run_dir / 'result.json'} and run the sweep again to record that run anew")
+    (run_dir / "result.json").unlink()  # as the message says
+    assert run_sweep(plan, tmp_path, quiet=True).ran == [plan.runs[2].name]
+    assert len(read_csv(tmp_path / RESULTS_CSV)) == len(plan.runs)
 
 
 def test_a_sweep_dir_that_is_a_file_is_refused_before_anything_uses_it(tmp_path, capsys):
