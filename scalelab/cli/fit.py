@@ -57,14 +57,21 @@ def _count(text: str) -> int:
     return value
 
 
-def _add_input_args(p: argparse.ArgumentParser) -> None:
+def _add_input_args(p: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The column and fitting options of fit and plot; returns them, so plot can tell which were given."""
+    added: list[argparse.Action] = []
+
+    def add(group: argparse._ArgumentGroup, *flags: str, **options: Any) -> None:
+        added.append(group.add_argument(*flags, **options))
+
     cols = p.add_argument_group("columns (defaults: N, D, C; loss: first of loss, eval_loss, final_loss)")
-    cols.add_argument("--n-col", default="N", metavar="NAME", help="column with parameter counts N (default: N)")
-    cols.add_argument("--d-col", default="D", metavar="NAME", help="column with training tokens D (default: D)")
-    cols.add_argument("--c-col", default="C", metavar="NAME", help="column with training FLOPs C (default: C)")
-    cols.add_argument("--loss-col", default=None, metavar="NAME", help="column with the loss to fit")
+    add(cols, "--n-col", default="N", metavar="NAME", help="column with parameter counts N (default: N)")
+    add(cols, "--d-col", default="D", metavar="NAME", help="column with training tokens D (default: D)")
+    add(cols, "--c-col", default="C", metavar="NAME", help="column with training FLOPs C (default: C)")
+    add(cols, "--loss-col", default=None, metavar="NAME", help="column with the loss to fit")
     fit = p.add_argument_group("fitting")
-    fit.add_argument(
+    add(
+        fit,
         "--approach",
         choices=APPROACH_CHOICES,
         default="all",
@@ -72,43 +79,49 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
         "kaplan: Kaplan et al. L(N, D); single: L(N), L(D), L(C) with and without E; all (default: the laws); "
         "lr: the best learning rate of each size in a learning-rate grid, fit as lr* = a N^b, for a spec's rules.lr",
     )
-    fit.add_argument(
+    add(
+        fit,
         "--bootstrap",
         type=_count,
         default=1000,
         metavar="K",
         help="bootstrap resamples for intervals; 0 turns them off (default: 1000)",
     )
-    fit.add_argument(
+    add(
+        fit,
         "--budget",
         type=_number_in("the budget", 0, math.inf),
         default=None,
         metavar="C",
         help="FLOP budget for N_opt, D_opt and the predicted loss, e.g. 1e21",
     )
-    fit.add_argument(
+    add(
+        fit,
         "--ci",
         type=_number_in("the interval level", 0, 1),
         default=0.95,
         metavar="LEVEL",
         help="interval coverage (default: 0.95)",
     )
-    fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default: 0)")
-    fit.add_argument(
+    add(fit, "--seed", type=int, default=0, help="seed of the bootstrap resamples (default: 0)")
+    add(
+        fit,
         "--huber-delta",
         type=_number_in("the Huber delta", 0, math.inf),
         default=1e-3,
         metavar="DELTA",
         help="Huber delta on log residuals, above 0 (default: 1e-3)",
     )
-    fit.add_argument(
+    add(
+        fit,
         "--c-rtol",
         type=_number_in("the isoFLOP tolerance", 0, math.inf),
         default=0.1,
         metavar="R",
         help="runs whose C differ by less than this fraction share an isoFLOP group (default: 0.1)",
     )
-    fit.add_argument(
+    add(
+        fit,
         "--grid",
         action="append",
         default=[],
@@ -116,6 +129,7 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
         help="replace a start grid: VALUES is START:STOP:STEP or a comma list; LAW defaults to approach3 "
         "(parameters a, b, e, alpha, beta; kaplan: n_c, d_c, r, alpha_D). Repeatable",
     )
+    return added
 
 
 def register_fit(subparsers: argparse._SubParsersAction) -> None:
@@ -152,8 +166,8 @@ def register_plot(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, default=None, metavar="DIR", help="where the plots go (default: the fit directory)"
     )
-    _add_input_args(p)
-    p.set_defaults(func=run_plot)
+    fitting = _add_input_args(p)
+    p.set_defaults(func=run_plot, fit_options=[(a.option_strings[0], a.dest, a.default) for a in fitting])
 
 
 def _parse_values(spec: str) -> tuple[float, ...]:
@@ -382,6 +396,18 @@ def run_plot(args: argparse.Namespace) -> int:
     fit_json = path if path.suffix == ".json" else path / "fit.json"
     if fit_json.is_file():
         fit, table = _read_fit(fit_json)
+        given = [
+            f"{flag} {v}"
+            for flag, dest, default in args.fit_options
+            if (value := getattr(args, dest)) != default
+            for v in (value if isinstance(value, list) else [value])
+        ]
+        if given:  # a saved fit is drawn as it was made: these options would be silently ignored
+            raise UserError(
+                f"{fit_json} is a saved fit, drawn as it was made, so {', '.join(given)} would change nothing; "
+                f"refit with `scalelab fit {fit['meta']['input']} {' '.join(given)} --out {fit_json.parent}`, "
+                "then plot that"
+            )
         out = _writable_dir(args.out or fit_json.parent)
     else:
         out = args.out or _default_out(path)

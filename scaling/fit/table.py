@@ -120,9 +120,21 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = [h.strip() for h in (reader.fieldnames or [])]
     reader.fieldnames = header
-    rows = [(reader.line_num, {k: (v or "").strip() for k, v in row.items() if k}) for row in reader]
+    rows = []
+    for row in reader:
+        extra = row.get(None)  # DictReader's place for fields beyond the header's columns
+        if extra:
+            raise FitInputError(
+                f"{path}: line {reader.line_num} has {len(header) + len(extra)} fields but the header names "
+                f"{len(header)} columns; remove the extra fields or name them in the header"
+            )
+        rows.append((reader.line_num, {k: (v or "").strip() for k, v in row.items() if k}))
     if not header:
         raise FitInputError(f"{path} is empty; it needs a header row with N, D (or C) and loss columns")
+    if not rows and (path.parent / f".{path.name}.lock").exists():  # a sweep's table, before any run finished
+        raise FitInputError(
+            f"{path} lists no finished run yet; run the sweep (scalelab sweep run) until some runs finish"
+        )
     if not rows:
         raise FitInputError(f"{path} has a header but no rows; add one row per run (N, D or C, and the loss)")
     return header, rows

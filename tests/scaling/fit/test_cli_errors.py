@@ -92,6 +92,20 @@ def test_plot_of_a_csv_never_replaces_a_saved_fit(table, capsys):
     assert main(["plot", str(saved.parent)]) == 0  # the fix the message names works
 
 
+def test_fitting_options_on_a_saved_fit_are_an_error_with_the_refit_not_ignored(table, capsys):
+    assert main(["fit", str(table), "--approach", "3", "--bootstrap", "0"]) == 0
+    saved = table.parent / "fit" / "fit.json"
+    before = saved.read_bytes()
+    assert main(["plot", str(saved.parent), "--budget", "1e21", "--grid", "alpha=0.3,0.5"]) == 2
+    err = capsys.readouterr().err
+    assert f"{saved} is a saved fit, drawn as it was made, so --budget 1e+21, --grid alpha=0.3,0.5 would" in err
+    refit = f"scalelab fit {table.resolve()} --budget 1e+21 --grid alpha=0.3,0.5 --out {saved.parent}"
+    assert f"refit with `{refit}`" in err
+    assert saved.read_bytes() == before and not list(saved.parent.glob("*.png"))
+    assert main([*refit.split()[1:], "--approach", "3", "--bootstrap", "0"]) == 0  # the refit it names works
+    assert json.loads(saved.read_text())["approach3"]["budget"] == 1e21
+
+
 def test_plot_of_a_fit_json_without_meta_names_the_fix(tmp_path, capsys):
     (tmp_path / "fit.json").write_text(json.dumps({"approach3": {}}))
     assert main(["plot", str(tmp_path)]) == 2

@@ -124,6 +124,24 @@ def test_no_done_rows_is_an_error_with_the_fix_that_applies(tmp_path, statuses, 
             load_table(path)
 
 
+def test_a_row_with_more_fields_than_the_header_is_an_error_naming_its_line(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("N,D,loss\n1e6,1e8,3.0\n2e6,1e8,2.9,7\n")  # a stray field shifts nothing visibly: refuse it
+    with pytest.raises(FitInputError, match="line 3 has 4 fields but the header names 3 columns; remove the extra"):
+        load_table(path)
+
+
+def test_a_sweep_with_no_finished_run_says_to_run_the_sweep(tmp_path):
+    from scalelab.scaling.sweep.results import rebuild_csv
+
+    rebuild_csv(tmp_path, ["a", "b"])  # what `sweep run` leaves before its first run finishes
+    with pytest.raises(FitInputError, match=r"lists no finished run yet; run the sweep \(scalelab sweep run\)"):
+        load_table(tmp_path)
+    (tmp_path / "t.csv").write_text("N,D,loss\n")  # any other CSV: the fix is to add rows
+    with pytest.raises(FitInputError, match="has a header but no rows; add one row per run"):
+        load_table(tmp_path / "t.csv")
+
+
 def test_group_by_c_splits_on_relative_gaps():
     c = np.array([1.0e18, 1.04e18, 3e18, 0.97e18, 3.1e18, 1e19])
     groups = group_by_c(c, rtol=0.1)
