@@ -145,9 +145,11 @@ def find_store(data, vocab_size: int) -> TokenStore:
         message = (
             f"model.vocab_size={vocab_size} is below the smallest tokenizer with data.sentinels={data.sentinels} "
             f"sentinels ({min_vocab_size(data.sentinels)} pieces: the {BYTE_PIECES} byte pieces, the special pieces and one "
-            f"more); set model.vocab_size={suggested} and train its tokenizer for dataset {data.name!r} with: "
-            f"{tokenizer_command(data, suggested)}"
+            f"more); set model.vocab_size={suggested}"
         )
+        if (tokenizer_dir(version_dir, data.tokenizer, suggested, data.sentinels) / TOKENIZER_META).is_file():
+            raise DataError(f"{message}, whose tokenizer dataset {data.name!r} already has")
+        message += f" and train its tokenizer for dataset {data.name!r} with: {tokenizer_command(data, suggested)}"
     others = available_tokenizers(version_dir)
     if others:
         message += f"; or use one it has ({', '.join(others)}) by setting model.vocab_size, data.tokenizer and data.sentinels (the -s suffix)"

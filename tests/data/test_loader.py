@@ -164,6 +164,11 @@ def test_a_vocab_below_any_tokenizer_suggests_one_that_trains(tmp_path, tiny_cor
     assert command.startswith("scalelab tokenizer train ") and f"--set model.vocab_size={suggested}" in command
     assert main([*shlex.split(command)[1:], "--quiet"]) == 0, capsys.readouterr().err
     assert find_store(make_cfg(tmp_path, vocab_size=suggested).data, suggested).meta["vocab_size"] == suggested
+    with pytest.raises(DataError) as again:  # now that it is trained, the fix is only to use it
+        make_source(cfg)
+    assert str(again.value).endswith(
+        f"set model.vocab_size={suggested}, whose tokenizer dataset 'tiny_text' already has"
+    )
 
 
 def test_a_store_must_match_the_config(prepared, tmp_path):
