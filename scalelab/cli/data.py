@@ -127,8 +127,8 @@ def run_tokenizer_train(args: argparse.Namespace) -> int:
     store, built = build_store(
         cfg.data, cfg.model.vocab_size, force=args.force, max_chars=args.max_chars, progress=not args.quiet
     )
-    verb = "trained" if built else "found (--force retrains it)"
-    print(f"{verb} {store.meta['kind']} tokenizer with {store.meta['vocab_size']} pieces in {store.path}")
+    what = f"{store.meta['kind']} tokenizer with {store.meta['vocab_size']} pieces in {store.path}"
+    print(f"trained the {what}" if built else f"the {what} exists already (--force retrains it)")
     for role, split in store.meta["splits"].items():
         print(f"  {split['split']:>10} ({role}): {split['documents']:,} documents, {split['tokens']:,} tokens")
     special = store.tokenizer.special

@@ -27,7 +27,8 @@ class Utilization:
     wall_s: float
     step_s: float
     peak: float  # FLOP/s of the whole machine the runs used
-    units: int  # finished runs and trunks counted
+    runs: int  # finished runs counted
+    trunks: int = 0  # finished trunks counted (a branched sweep's shared prefixes)
     workers: int = 1  # shards run side by side, each on its share of the machine (wall and step seconds weighted)
 
     @property
@@ -47,12 +48,17 @@ class Utilization:
             if self.workers == 1
             else f"{self.wall_s:.0f} machine-seconds ({self.workers} workers' wall time, each at its share)"
         )
+        counted = _count(self.runs, "run") + (f" and {_count(self.trunks, 'trunk')}" if self.trunks else "")
         return (
             f"compute utilization {self.of_peak:.1%} of the measured peak ({self.flops:.3g} FLOPs in "
-            f"{time} over {self.units} runs and trunks, peak {self.peak:.3g} FLOP/s); "
+            f"{time} over {counted}, peak {self.peak:.3g} FLOP/s); "
             f"the training steps alone ran at {self.steps_of_peak:.1%} MFU, the rest went to start-up, "
             "compilation, evaluation and checkpoints"
         )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _step_seconds(run_dir: Path, first_step: int) -> float:
@@ -76,7 +82,7 @@ def sweep_utilization(
     """
     runs = plan.runs if runs is None else runs
     flops = wall = step = 0.0
-    units = 0
+    counted = {"runs": 0, "trunks": 0}
     for run in runs:
         run_dir = Path(sweep_dir) / "runs" / run.name
         row = read_result(run_dir)
@@ -85,7 +91,7 @@ def sweep_utilization(
         flops += run.trained_flops
         wall += float(row["wall_s"])
         step += _step_seconds(run_dir, run.branch_step or 0)  # a branch's curve starts with its trunk's lines
-        units += 1
+        counted["runs"] += 1
     branched = {run.trunk for run in runs}
     for trunk in plan.trunks:
         path = trunk_dir(sweep_dir, trunk)
@@ -95,10 +101,10 @@ def sweep_utilization(
             flops += trunk.flops
             wall += _wall_seconds(path)
             step += _step_seconds(path, 0)
-            units += 1
-    if not units or wall <= 0 or step <= 0:
+            counted["trunks"] += 1
+    if not sum(counted.values()) or wall <= 0 or step <= 0:
         return None
-    return Utilization(flops, wall, step, peak, units)
+    return Utilization(flops, wall, step, peak, **counted)
 
 
 def side_by_side(parts: Sequence[tuple[Utilization | None, float]], peak: float) -> Utilization | None:
@@ -115,6 +121,7 @@ def side_by_side(parts: Sequence[tuple[Utilization | None, float]], peak: float)
         wall_s=sum(usage.wall_s * share for usage, share in done),
         step_s=sum(usage.step_s * share for usage, share in done),
         peak=peak,
-        units=sum(usage.units for usage, _ in done),
+        runs=sum(usage.runs for usage, _ in done),
+        trunks=sum(usage.trunks for usage, _ in done),
         workers=len(parts),
     )

@@ -30,7 +30,7 @@ def test_prepare_and_tokenize_a_local_corpus(tmp_path, capsys):
     assert "already prepared" in capsys.readouterr().out
     assert main(["tokenizer", "train", *flags, "--set", f"model.vocab_size={VOCAB}"]) == 0
     out = capsys.readouterr().out
-    assert f"trained bpe tokenizer with {VOCAB} pieces" in out and "(eval)" in out
+    assert f"trained the bpe tokenizer with {VOCAB} pieces" in out and "(eval)" in out
 
 
 def test_errors_exit_2_with_the_fix(tmp_path, capsys):

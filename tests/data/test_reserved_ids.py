@@ -154,7 +154,7 @@ def test_gpt_still_reads_an_old_tokenizer_and_tokenizer_train_warns_about_it(old
     flags += ["--set", f"data.sentinels={SENTINELS}", "--set", f"model.vocab_size={VOCAB}"]
     assert main(["tokenizer", "train", *flags]) == 0
     captured = capsys.readouterr()
-    assert "found (--force retrains it)" in captured.out
+    assert "exists already (--force retrains it)" in captured.out
     assert "warning: it has no reserved [MASK] or sentinel pieces" in captured.err
     assert main(["tokenizer", "train", *flags, "--force"]) == 0
     captured = capsys.readouterr()

@@ -118,7 +118,7 @@ def test_branch_runs_equal_independent_wsd_runs(tmp_path, capsys):
     assert "warning" not in capsys.readouterr().err  # a branch's settings differ from its trunk's by design
     # The trunk keeps its own wall time and the first branch does not count it again.
     usage = sweep_utilization(plan, tmp_path / "sweep", peak=1e9)
-    assert usage is not None and usage.units == 3 and usage.wall_s <= elapsed
+    assert usage is not None and (usage.runs, usage.trunks) == (2, 1) and usage.wall_s <= elapsed
     assert sorted(report.ran) == sorted(run.name for run in plan.runs) and not report.failed
     (trunk,) = plan.trunks
     assert saved_steps(tmp_path / "sweep" / TRUNK_DIR / trunk.name / "checkpoints") == list(trunk.branch_steps)
@@ -156,7 +156,13 @@ def test_utilization_is_computed_from_the_sweeps_own_records(tmp_path):
     usage = sweep_utilization(plan, tmp_path, peak=1e9)
     flops = trunk.flops + first.trained_flops + second.trained_flops
     step_s = 2.0 * trunk.steps + 0.5 * (first.steps - first.branch_step + second.steps - second.branch_step)
-    assert (usage.flops, usage.wall_s, usage.step_s, usage.units) == (pytest.approx(flops), 40.0, step_s, 3)
+    assert (usage.flops, usage.wall_s, usage.step_s, usage.runs, usage.trunks) == (
+        pytest.approx(flops),
+        40.0,
+        step_s,
+        2,
+        1,
+    )
     assert usage.of_peak == pytest.approx(flops / (40.0 * 1e9))
     assert f"compute utilization {flops / 4e10:.1%} of the measured peak" in usage.describe()
     assert f"the training steps alone ran at {flops / (step_s * 1e9):.1%} MFU" in usage.describe()

@@ -60,7 +60,7 @@ def test_sigkill_mid_sweep_then_rerun_completes_without_rerunning_or_duplicating
     (tmp_path / "rerun.log").write_text(output)  # kept for diagnosis
     assert process.returncode == 0, output
     assert "1 run(s) trained, 1 already done" in output
-    assert re.search(r"compute utilization \d+\.\d% of the measured peak .* over 2 runs and trunks", output)
+    assert re.search(r"compute utilization \d+\.\d% of the measured peak .* over 2 runs, peak", output)
     resumed = re.search(r"resuming from step (\d+)", output)
     assert resumed and 0 < int(resumed.group(1)) < second.steps, output  # B went on from its checkpoint
     assert f"[1/2] {first.name}" not in output  # A, finished before the kill, did not run again

@@ -64,9 +64,9 @@ def test_a_split_the_host_cannot_give_is_an_error_naming_the_limit(host, workers
 
 def test_side_by_side_shards_count_at_their_share_of_the_machine():
     # two shards, each on half the machine for 100 s of wall time: 100 machine-seconds, not 200
-    half = Utilization(flops=5e12, wall_s=100.0, step_s=80.0, peak=1e12, units=3)
+    half = Utilization(flops=5e12, wall_s=100.0, step_s=80.0, peak=1e12, runs=3)
     usage = side_by_side([(half, 0.5), (half, 0.5)], peak=2e12)
-    assert (usage.flops, usage.wall_s, usage.step_s, usage.units, usage.workers) == (1e13, 100.0, 80.0, 6, 2)
+    assert (usage.flops, usage.wall_s, usage.step_s, usage.runs, usage.workers) == (1e13, 100.0, 80.0, 6, 2)
     assert usage.of_peak == pytest.approx(1e13 / (100.0 * 2e12))
     assert "100 machine-seconds (2 workers' wall time, each at its share)" in usage.describe()
     assert side_by_side([(None, 0.5), (half, 0.5)], peak=2e12).flops == 5e12  # a shard with nothing finished
