@@ -311,14 +311,27 @@ def _writable_dir(out: Path) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def _output_dir(out: Path) -> Iterator[Path]:
+    """`_writable_dir` for as long as the command runs: a directory it created goes again if the command fails."""
+    created = not out.exists()
+    _writable_dir(out)
+    try:
+        yield out
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # only ever empty: nothing was written
+        raise
+
+
 def _require_a_fit(fit: dict) -> None:
     """A fit in which no approach could be fitted is an error listing what each approach lacked."""
     from scalelab.errors import UserError
 
     if any(k not in ("meta", "skipped") for k in fit):
         return
-    reasons = "; ".join(f"{name}: {why}" for name, why in fit.get("skipped", {}).items())
-    raise UserError(f"no approach could be fitted to {fit['meta']['input']} ({reasons})")
+    reasons = "".join(f"\n  {name}: {why}" for name, why in fit.get("skipped", {}).items())
+    raise UserError(f"no approach could be fitted to {fit['meta']['input']}:{reasons}")
 
 
 def _write_fit(fit: dict, out: Path) -> Path:
@@ -353,12 +366,12 @@ def run_fit(args: argparse.Namespace) -> int:
     """Fit, write fit.json, print the table."""
     from scalelab.scaling.fit.report import format_report
 
-    out = _writable_dir(args.out or _default_out(args.input))
-    if args.approach == "lr":
-        return run_lr_fit(args, out)
-    fit, _ = fit_input(args, "fit")
-    _require_a_fit(fit)
-    path = _write_fit(fit, out)
+    with _output_dir(args.out or _default_out(args.input)) as out:
+        if args.approach == "lr":
+            return run_lr_fit(args, out)
+        fit, _ = fit_input(args, "fit")
+        _require_a_fit(fit)
+        path = _write_fit(fit, out)
     print(format_report(fit), end="")
     print(f"wrote {path}")
     return 0
@@ -417,10 +430,10 @@ def run_plot(args: argparse.Namespace) -> int:
                 f"{out / 'fit.json'} already holds a fit; plot it with `scalelab plot {out}`, refit with "
                 f"`scalelab fit {path} --out {out}`, or pass --out with another directory"
             )
-        _writable_dir(out)
-        fit, table = fit_input(args, "plot")
-        _require_a_fit(fit)
-        print(f"wrote {_write_fit(fit, out)}")
+        with _output_dir(out):
+            fit, table = fit_input(args, "plot")
+            _require_a_fit(fit)
+            print(f"wrote {_write_fit(fit, out)}")
     with _report_warnings("plot"):
         written, skipped = draw_all(fit, table, out)
     for p in written:

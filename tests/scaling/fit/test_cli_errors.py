@@ -39,9 +39,12 @@ def test_no_fittable_approach_exits_2_saying_what_each_needs(tmp_path, capsys):
     one = write_csv(tmp_path / "one.csv", {"N": [1e7], "D": [1e9], "loss": [3.0]})
     assert main(["fit", str(one), "--bootstrap", "0"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"scalelab fit: error: no approach could be fitted to {one.resolve()} (approach1: ")
-    assert "approach3: approach3 needs several values of N" in err and "L_C: " in err
-    assert not (tmp_path / "fit" / "fit.json").exists()
+    assert err.startswith(f"scalelab fit: error: no approach could be fitted to {one.resolve()}:\n  approach1: ")
+    assert "\n  approach3: approach3 needs several values of N" in err and "\n  L_C: " in err
+    assert not (tmp_path / "fit").exists()  # no empty output directory left behind
+    (tmp_path / "mine").mkdir()
+    assert main(["fit", str(one), "--bootstrap", "0", "--out", str(tmp_path / "mine")]) == 2
+    assert (tmp_path / "mine").is_dir()  # a directory the user made stays
 
 
 @pytest.mark.parametrize(
