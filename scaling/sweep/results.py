@@ -123,6 +123,11 @@ def _table(sweep_dir: Path, run_names: Iterable[str]) -> tuple[str, int]:
     return buffer.getvalue(), len(rows)
 
 
+def _released(run_dir: Path) -> bool:
+    """A run directory without its result.json: the run is being retrained or recorded anew."""
+    return run_dir.is_dir() and not (run_dir / RESULT_FILE).exists()
+
+
 def _keep_hand_edits(sweep_dir: Path) -> None:
     """Move aside a results.csv that is not the table of the rows it lists, so a rebuild never loses an edit."""
     path = sweep_dir / RESULTS_CSV
@@ -130,12 +135,18 @@ def _keep_hand_edits(sweep_dir: Path) -> None:
         text = path.read_text()
     except FileNotFoundError:
         return
+    if not text.strip():
+        return  # nothing to lose
     try:
-        names = [row.get("run") or "" for row in csv.DictReader(io.StringIO(text))]
-    except csv.Error:
-        names = None
-    if names is not None and _table(sweep_dir, names)[0] == text:
-        return
+        header, *rows = csv.reader(io.StringIO(text))
+    except (csv.Error, ValueError):  # not CSV, or not even a header
+        header, rows = [], []
+    if header and header[0] == "run":
+        # A row whose run directory has lost its result.json is being recorded anew: no edit to keep.
+        rows = [row for row in rows if not (row and _released(sweep_dir / "runs" / row[0]))]
+        expected = list(csv.reader(io.StringIO(_table(sweep_dir, [row[0] for row in rows if row])[0])))
+        if [header, *rows] == expected:
+            return
     stamp = time.strftime("%Y%m%d-%H%M%S")
     backup = next(
         candidate
@@ -144,8 +155,8 @@ def _keep_hand_edits(sweep_dir: Path) -> None:
     )
     os.replace(path, backup)
     print(
-        f"scalelab sweep: warning: {path} differed from the runs' {RESULT_FILE} files (edited by hand, or a "
-        f"run's {RESULT_FILE} removed); it is kept as {backup.name}, and {RESULTS_CSV} is rebuilt from "
+        f"scalelab sweep: warning: {path} differed from the runs' {RESULT_FILE} files (edited by hand); it is "
+        f"kept as {backup.name}, and {RESULTS_CSV} is rebuilt from "
         f"runs/*/{RESULT_FILE} (change a row there, or fit the kept copy: scalelab fit {backup})",
         file=sys.stderr,
     )

@@ -185,6 +185,12 @@ def test_a_hand_edited_results_csv_is_kept_aside_not_overwritten(tmp_path, capsy
     assert f"scalelab fit {kept}" in err
     rebuild_csv(tmp_path, ["a", "b"])
     assert len(list(tmp_path.glob("results.edited-*.csv"))) == 1  # the rebuilt table is not an edit
+    (tmp_path / "runs" / "b" / "result.json").unlink()  # how a run is recorded anew: not an edit either
+    assert rebuild_csv(tmp_path, ["a", "b"]) == 1
+    assert len(list(tmp_path.glob("results.edited-*.csv"))) == 1 and capsys.readouterr().err == ""
+    (tmp_path / RESULTS_CSV).write_text("not,a\nsweep table\n")  # whatever else is there is kept too
+    assert rebuild_csv(tmp_path, ["a", "b"]) == 1
+    assert len(list(tmp_path.glob("results.edited-*.csv"))) == 2
 
 
 def test_sweep_eta_fits_a_fixed_cost_per_run_plus_a_flop_rate():
