@@ -23,11 +23,13 @@ class _Lines:
 
     def __init__(self, stream: TextIO):
         self.stream = stream
+        self.last = ""  # the bar's last line: a redraw that changed nothing (closing after the last update) is dropped
 
     def write(self, text: str) -> int:
         for piece in _CURSOR_CODES.sub("", text).replace("\r", "\n").split("\n"):
-            if piece.strip():
-                self.stream.write(piece.rstrip() + "\n")
+            if piece.strip() and piece.rstrip() != self.last:
+                self.last = piece.rstrip()
+                self.stream.write(self.last + "\n")
         return len(text)
 
     def flush(self) -> None:

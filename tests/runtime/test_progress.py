@@ -52,3 +52,11 @@ def test_off_a_terminal_a_nested_bar_writes_no_cursor_codes():
     text = log.getvalue()
     assert "\x1b" not in text and all(line.strip() for line in text.splitlines())
     assert any(line.startswith("run: 100%") for line in text.splitlines())
+
+
+def test_off_a_terminal_closing_does_not_repeat_the_last_line():
+    log = io.StringIO()
+    with progress_bar(file=log, total=2, desc="sweep", bar_format="{desc} {percentage:3.0f}% {n}/{total}") as bar:
+        bar.update(2)
+        bar.refresh()  # what a sweep does after each run, before the close draws the same state
+    assert log.getvalue().splitlines() == ["sweep   0% 0/2", "sweep 100% 2/2"]
