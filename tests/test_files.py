@@ -1,6 +1,7 @@
 """Broken YAML and JSON files are errors that name the file, the place and the fix; files are written atomically."""
 
 import os
+import re
 
 import pytest
 
@@ -38,9 +39,10 @@ def test_broken_spec_says_to_fix_it(tmp_path):
         load_spec(path)
 
 
-def test_truncated_result_says_how_to_retrain(tmp_path):
+def test_truncated_result_says_how_to_record_it_anew(tmp_path):
     (tmp_path / "result.json").write_text('{"run": "a", "final_loss": 3.')
-    with pytest.raises(ConfigError, match=rf"result\.json: not valid JSON at line 1, .*; delete {tmp_path} to retrain"):
+    fix = f"delete {tmp_path / 'result.json'} and run the sweep again to record that run anew"
+    with pytest.raises(ConfigError, match=rf"result\.json: not valid JSON at line 1, .*; {re.escape(fix)}$"):
         read_result(tmp_path)
 
 
