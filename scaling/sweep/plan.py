@@ -272,10 +272,15 @@ def shard_runs(runs: Sequence[PlannedRun], index: int, count: int) -> list[Plann
     lowest shard), so independent jobs agree without talking to each other. The branches of one trunk
     go to one shard, which trains the trunk once.
     """
-    units: dict[str, float] = {}  # a trunk (with its branches) or an independent run -> its compute
+    units: dict[str, float] = {}  # a trunk (with its branches) or an independent run -> the FLOPs it trains
+    trunk_steps: dict[str, int] = {}  # a trunk trains to its latest branch point, once for all its branches
     for run in runs:
         key = run.trunk or run.name
-        units[key] = units.get(key, 0.0) + (run.flops if run.trunk is None else run.steps * run.flops_per_step)
+        units[key] = units.get(key, 0.0) + run.trained_flops
+        if run.trunk is not None:
+            trunk_steps[key] = max(trunk_steps.get(key, 0), run.branch_step or 0)
+    for key, steps in trunk_steps.items():
+        units[key] += steps * next(run.flops_per_step for run in runs if run.trunk == key)
     loads = [0.0] * count
     owner: dict[str, int] = {}
     for key, flops in sorted(units.items(), key=lambda item: (-item[1], item[0])):
