@@ -187,17 +187,20 @@ def run_run(args: argparse.Namespace) -> int:
     sweep_dir = args.sweep_dir or Path("sweeps") / plan.spec.name
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise UserError(f"--sweep-dir {sweep_dir} is a file, not a directory; give a directory for the sweep")
+    import jax
+
     try:
         report = run_sweep(plan, sweep_dir, shard, quiet=args.quiet)
     except IncompleteRunError as error:
         print(f"scalelab sweep: stopped: {error}; run the same command again to resume", file=sys.stderr)
         return 1
-    print(
-        f"sweep {plan.spec.name}: {len(report.ran)} run(s) trained, {report.skipped} already done, "
-        f"{len(report.diverged)} diverged, {len(report.failed)} failed; "
-        f"{report.rows} row(s) in {sweep_dir / RESULTS_CSV}"
-    )
-    _print_utilization(plan, sweep_dir, runs)
+    if jax.process_index() == 0:  # another process would repeat it, with no rows: only process 0 writes them
+        print(
+            f"sweep {plan.spec.name}: {len(report.ran)} run(s) trained, {report.skipped} already done, "
+            f"{len(report.diverged)} diverged, {len(report.failed)} failed; "
+            f"{report.rows} row(s) in {sweep_dir / RESULTS_CSV}"
+        )
+        _print_utilization(plan, sweep_dir, runs)
     if report.failed:
         print(
             f"scalelab sweep: error: {len(report.failed)} run(s) failed ({', '.join(report.failed)}); see the "

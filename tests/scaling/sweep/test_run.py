@@ -297,3 +297,15 @@ def test_a_sweep_dir_that_is_a_file_is_refused_before_anything_uses_it(tmp_path,
     assert main(["sweep", "run", str(write_spec(tmp_path, micro())), "--sweep-dir", str(afile)]) == 2
     assert "is a file, not a directory" in capsys.readouterr().err
     assert jax.config.jax_compilation_cache_dir == cache and afile.read_text() == "not a directory"
+
+
+def test_only_process_0_prints_the_sweeps_summary(tmp_path, monkeypatch, capsys):
+    path = write_spec(tmp_path, micro(isoflop__sizes=[3e3]))
+    report = runner.SweepReport(shard_runs=2, skipped=2, rows=2)
+    monkeypatch.setattr(runner, "run_sweep", lambda *args, **kwargs: report)
+    command = ["sweep", "run", str(path), "--sweep-dir", str(tmp_path / "sweep")]
+    assert main(command) == 0
+    assert "sweep micro: 0 run(s) trained, 2 already done" in capsys.readouterr().out
+    monkeypatch.setattr(jax, "process_index", lambda: 1)  # another process of a multi-process shard
+    assert main(command) == 0
+    assert capsys.readouterr().out == ""
