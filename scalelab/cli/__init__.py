@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib.metadata
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -58,9 +59,21 @@ def describe_os_error(error: OSError) -> str:
     return f"{where}: {error.strerror or error}; {fix}"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, reading "-1e12" as the number it is (subcommand parsers are of this class too).
+
+    Python 3.11's argparse takes a negative number in exponent notation for an option, so `--budget
+    -1e12` said "expected one argument" instead of the option's own message; 3.13 reads it as a number.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="scalelab",
         description="Train transformer language models with JAX and measure how their loss scales.",
     )

@@ -21,6 +21,8 @@ def table(tmp_path):
         ("--huber-delta", "-1", "'-1': the Huber delta must be a number above 0"),
         ("--c-rtol", "nan", "'nan': the isoFLOP tolerance must be a number above 0"),
         ("--budget", "-1", "'-1': the budget must be a number above 0"),
+        ("--budget", "-1e12", "'-1e12': the budget must be a number above 0"),  # not taken for an option
+        ("--huber-delta", "-.5E-3", "'-.5E-3': the Huber delta must be a number above 0"),
         ("--budget", "inf", "'inf': the budget must be a number above 0 and finite"),
         ("--ci", "1", "'1': the interval level must be a number above 0 and below 1"),
         ("--bootstrap", "-3", "'-3': the number of resamples must be a whole number, 0 or more"),
