@@ -152,6 +152,11 @@ def _print_utilization(plan, sweep_dir: Path, runs) -> None:
         print(usage.describe())
 
 
+def _recorded(names: list[str]) -> str:
+    """The summary's count of runs trained earlier whose rows this call wrote, when there are any."""
+    return f"{len(names)} recorded from their last checkpoint, " if names else ""
+
+
 def _lost_coordinator_line(host: str) -> str:
     from scalelab.parallel.liveness import LostPeer
     from scalelab.train.faults import peer_lost_line
@@ -196,7 +201,8 @@ def run_run(args: argparse.Namespace) -> int:
         return 1
     if jax.process_index() == 0:  # another process would repeat it, with no rows: only process 0 writes them
         print(
-            f"sweep {plan.spec.name}: {len(report.ran)} run(s) trained, {report.skipped} already done, "
+            f"sweep {plan.spec.name}: {len(report.ran)} run(s) trained, {_recorded(report.recorded)}"
+            f"{report.skipped} already done, "
             f"{len(report.diverged)} diverged, {len(report.failed)} failed; "
             f"{report.rows} row(s) in {sweep_dir / RESULTS_CSV}"
         )
@@ -257,7 +263,8 @@ def _run_workers(args: argparse.Namespace) -> int | None:
     )
     report = run_workers(plan, args.spec, sweep_dir, host, shares)
     print(
-        f"sweep {plan.spec.name}: {len(report.trained)} run(s) trained, {report.skipped} already done, "
+        f"sweep {plan.spec.name}: {len(report.trained)} run(s) trained, {_recorded(report.recorded)}"
+        f"{report.skipped} already done, "
         f"{len(report.diverged)} diverged, {len(report.unfinished)} unfinished; "
         f"{report.rows} row(s) in {sweep_dir / RESULTS_CSV}"
     )

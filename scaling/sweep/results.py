@@ -23,6 +23,7 @@ from typing import Any
 
 from scalelab.files import read_json, write_atomic
 from scalelab.model.config import ConfigError
+from scalelab.train.checkpoint_store import CHECKPOINT_DIR, saved_steps
 from scalelab.train.metrics import read_metrics
 
 # DESIGN.md's fixed columns first; the rest describe how the run was configured.
@@ -96,6 +97,11 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
     if missing:
         raise ConfigError(f"{path}: not a complete run record, it lacks {', '.join(missing)}; {fix}")
     return row
+
+
+def trained_unrecorded(run_dir: Path, steps: int) -> bool:
+    """Whether a run holds the checkpoint of its last step: `sweep run` then only records it, training nothing."""
+    return steps in saved_steps(run_dir / CHECKPOINT_DIR)
 
 
 def finished_runs(sweep_dir: Path) -> list[str]:

@@ -37,6 +37,7 @@ from scalelab.scaling.sweep.results import (
     finished_runs,
     read_result,
     rebuild_csv,
+    trained_unrecorded,
     write_result,
 )
 from scalelab.scaling.sweep.spec import SpecError
@@ -59,6 +60,7 @@ class SweepReport:
     ran: list[str] = dataclasses.field(default_factory=list)
     diverged: list[str] = dataclasses.field(default_factory=list)
     failed: list[str] = dataclasses.field(default_factory=list)
+    recorded: list[str] = dataclasses.field(default_factory=list)  # trained before, only their rows written now
     rows: int = 0  # rows in results.csv afterwards (all shards)
 
 
@@ -309,6 +311,7 @@ def run_sweep(plan: Plan, sweep_dir: Path, shard: tuple[int, int] = (0, 1), quie
                 run_dir = sweep_dir / "runs" / run.name
                 start = time.perf_counter()
                 wall_s, trunk_s = None, [0.0]
+                trained = trained_unrecorded(run_dir, run.steps)
                 try:
                     status = _train_run(plan, run, sweep_dir, quiet, is_writer, trunk_s)
                 except Preempted as stop:  # the run saved and stopped: say which run, and how far the sweep got
@@ -334,7 +337,7 @@ def run_sweep(plan: Plan, sweep_dir: Path, shard: tuple[int, int] = (0, 1), quie
                     total = seconds - trunk_s[0] if wall_s is None else wall_s  # no directory yet: its only session
                     write_result(run_dir, result_row(run, run_dir, status, total))
                     report.rows = rebuild_csv(sweep_dir, names)
-                (report.ran if status == DONE else report.diverged).append(run.name)
+                (report.diverged if status != DONE else report.recorded if trained else report.ran).append(run.name)
                 progress.finish(run, seconds)
         finally:
             progress.close()
@@ -345,5 +348,5 @@ def run_sweep(plan: Plan, sweep_dir: Path, shard: tuple[int, int] = (0, 1), quie
 
 def _done(report: SweepReport, mine: list[PlannedRun]) -> str:
     """How far the shard got, for the line a stopped sweep ends with."""
-    done = report.skipped + len(report.ran) + len(report.diverged)
+    done = report.skipped + len(report.ran) + len(report.recorded) + len(report.diverged)
     return f"{done} of {len(mine)} run(s) finished and kept; run the same command again to resume the rest"

@@ -30,7 +30,7 @@ from scalelab.errors import UserError
 from scalelab.parallel.supervisor import die_with_parent
 from scalelab.runtime.progress import progress_bar
 from scalelab.scaling.sweep.plan import Plan, PlannedRun, shard_runs
-from scalelab.scaling.sweep.results import read_result, rebuild_csv
+from scalelab.scaling.sweep.results import read_result, rebuild_csv, trained_unrecorded
 from scalelab.scaling.sweep.utilization import Utilization, side_by_side, sweep_utilization
 
 LOG_DIR = "workers"  # <sweep_dir>/workers/shard-<i>-of-<n>.log
@@ -139,6 +139,7 @@ class WorkerReport:
     """What the workers did, from the sweep's records and their exit statuses."""
 
     trained: list[str]
+    recorded: list[str]  # trained before this call, only their rows written now
     diverged: list[str]
     skipped: int
     unfinished: list[str]
@@ -190,6 +191,9 @@ def run_workers(plan: Plan, spec: str, sweep_dir: Path, host: Host, shares: list
     workers = len(shares)
     sweep_dir = Path(sweep_dir)
     before = _finished(sweep_dir, plan.runs)
+    unrecorded = {
+        r.name for r in plan.runs if r.name not in before and trained_unrecorded(sweep_dir / "runs" / r.name, r.steps)
+    }
     costs = plan.costs(plan.runs)
     logs = [sweep_dir / LOG_DIR / f"shard-{i}-of-{workers}.log" for i in range(workers)]
     procs = [
@@ -240,7 +244,8 @@ def run_workers(plan: Plan, spec: str, sweep_dir: Path, host: Host, shares: list
         for i, share in enumerate(shares)
     ]
     return WorkerReport(
-        trained=[name for name in new if seen[name] == "done"],
+        trained=[name for name in new if seen[name] == "done" and name not in unrecorded],
+        recorded=[name for name in new if seen[name] == "done" and name in unrecorded],
         diverged=[name for name in new if seen[name] != "done"],
         skipped=len(before),
         unfinished=[run.name for run in plan.runs if run.name not in seen],

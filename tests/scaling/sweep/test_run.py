@@ -309,3 +309,20 @@ def test_only_process_0_prints_the_sweeps_summary(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(jax, "process_index", lambda: 1)  # another process of a multi-process shard
     assert main(command) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_a_run_trained_before_but_unrecorded_is_reported_as_recorded_not_trained(tmp_path, capsys):
+    spec = micro(isoflop__sizes=[3e3], isoflop__budgets=[2e8])  # one run
+    command = ["sweep", "run", str(write_spec(tmp_path, spec)), "--sweep-dir", str(tmp_path / "sweep"), "--quiet"]
+    assert main(command) == 0
+    assert "sweep micro: 1 run(s) trained, 0 already done" in capsys.readouterr().out
+    run_dir = tmp_path / "sweep" / "runs" / make_plan(spec_from_dict(spec)).runs[0].name
+    steps = [r["step"] for r in read_metrics(run_dir) if "loss" in r]
+    (run_dir / "result.json").unlink()  # as if it crashed before committing its row
+    assert main(command) == 0
+    assert (
+        "sweep micro: 0 run(s) trained, 1 recorded from their last checkpoint, 0 already done"
+        in capsys.readouterr().out
+    )
+    assert [r["step"] for r in read_metrics(run_dir) if "loss" in r] == steps  # no step trained again
+    assert len(read_csv(tmp_path / "sweep" / RESULTS_CSV)) == 1
