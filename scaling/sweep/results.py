@@ -134,8 +134,8 @@ def _released(run_dir: Path) -> bool:
     return run_dir.is_dir() and not (run_dir / RESULT_FILE).exists()
 
 
-def _keep_hand_edits(sweep_dir: Path) -> None:
-    """Move aside a results.csv that is not the table of the rows it lists, so a rebuild never loses an edit."""
+def _keep_hand_edits(sweep_dir: Path, table: str) -> None:
+    """Move aside a results.csv that is not `table` (the rebuilt one) cut to the rows it lists: an edit to keep."""
     path = sweep_dir / RESULTS_CSV
     try:
         text = path.read_text()
@@ -150,8 +150,9 @@ def _keep_hand_edits(sweep_dir: Path) -> None:
     if header and header[0] == "run":
         # A row whose run directory has lost its result.json is being recorded anew: no edit to keep.
         rows = [row for row in rows if not (row and _released(sweep_dir / "runs" / row[0]))]
-        expected = list(csv.reader(io.StringIO(_table(sweep_dir, [row[0] for row in rows if row])[0])))
-        if [header, *rows] == expected:
+        listed = {row[0] for row in rows if row}
+        rebuilt_header, *rebuilt = csv.reader(io.StringIO(table))
+        if [header, *rows] == [rebuilt_header, *(row for row in rebuilt if row[0] in listed)]:
             return
     stamp = time.strftime("%Y%m%d-%H%M%S")
     backup = next(
@@ -178,8 +179,8 @@ def rebuild_csv(sweep_dir: Path, run_names: Iterable[str]) -> int:
         # Serialise rebuilds: a shard that commits a row and then rebuilds must not be overwritten
         # by another shard's rebuild that listed the rows before that commit.
         fcntl.lockf(lock, fcntl.LOCK_EX)
-        _keep_hand_edits(sweep_dir)
         text, count = _table(sweep_dir, run_names)
+        _keep_hand_edits(sweep_dir, text)
         write_atomic(sweep_dir / RESULTS_CSV, text)
     return count
 
