@@ -35,8 +35,8 @@ from scalelab.posttrain.heads import HEAD, ScalarHeadModel, base_params, head_va
 from scalelab.posttrain.ppo import PPOLearner, ppo_loss, shared_graphdef
 from scalelab.posttrain.ppo_policy import hidden_and_logits, zero_head
 from scalelab.posttrain.records import PostTrainDataError, read_prompts
+from scalelab.posttrain.runs import check_init_from, check_reference_run, load_decoder
 from scalelab.train.checkpoint_compat import CheckpointError, checkpoint_meta
-from scalelab.train.checkpoint_params import load_params
 from scalelab.train.checkpoint_store import CheckpointStore, clear_checkpoints
 from scalelab.train.config import Config
 from scalelab.train.config_io import load_config, save_config
@@ -51,16 +51,6 @@ PROMPT_STREAM = 2  # keeps the prompt order apart from other draws of the data s
 
 class NotARewardModelError(UserError):
     """posttrain.ppo.reward_model names a run that is not a reward model (or does not fit the policy)."""
-
-
-class _DecoderOnly:
-    """The trainer seen without the value head: what an SFT checkpoint holds."""
-
-    def __init__(self, trainer: Trainer):
-        self.trainer = trainer
-
-    def abstract_state(self) -> dict[str, Any]:
-        return {"params": base_params(self.trainer.abstract_state()["params"])}
 
 
 class PPOStage:
@@ -88,8 +78,9 @@ class PPOStage:
         return sums
 
     def init_params(self, cfg: Config, trainer: Trainer, init_from: Path) -> Any:
-        """The decoder of `init_from` (the SFT run) and a zero value head."""
-        decoder, _ = load_params(init_from, cfg, _DecoderOnly(trainer))
+        """The decoder of `init_from` (the SFT run, or an earlier PPO run) and a zero value head."""
+        check_init_from("ppo", init_from)
+        decoder, _ = load_decoder(init_from, cfg, trainer)
         head = jax.jit(lambda: trainer.model.init_head(0), out_shardings=trainer.state_shardings["params"][HEAD])()
         return zero_head({**decoder, HEAD: head})
 
@@ -197,7 +188,7 @@ def check_ppo_config(cfg: Config, init_from: Path | None) -> Config:
 
 def run_ppo(cfg: Config, run_dir: Path, *, init_from: Path | None = None, existing: str = "refuse", quiet: bool = True):
     """Train `cfg` (posttrain.stage=ppo) in `run_dir`, resuming from its newest checkpoint if it has one."""
-    with PreemptionGuard() as guard, RunDirLock(Path(run_dir)):
+    with PreemptionGuard("ppo") as guard, RunDirLock(Path(run_dir)):
         return _run(cfg, Path(run_dir), init_from, existing, quiet, guard)
 
 
@@ -214,14 +205,17 @@ def _run(cfg: Config, run_dir: Path, init_from: Path | None, existing: str, quie
     cfg = check_ppo_config(cfg, init_from)
     settings = cfg.posttrain.ppo
     reference_dir = Path(cfg.posttrain.reference)
-    if (reference_dir / "config.yaml").is_file():  # a mismatch is named before anything is loaded or compiled
+    check_init_from("ppo", init_from)  # mistakes are named before anything is loaded or compiled
+    if (reference_dir / "config.yaml").is_file():
+        check_reference_run(reference_dir)
         check_reference(cfg, load_config(reference_dir / "config.yaml"), reference_dir)
     reference_run = load_reference(cfg)
     tokenizer, _ = open_tokenizer(cfg)
     prompts, lengths = encode_prompts(cfg, tokenizer, read_prompts(Path(cfg.posttrain.train_file)))
     trainer = Trainer.build(cfg)
     scorer = reward_scorer(Path(settings.reward_model), cfg, trainer)
-    reference = jax.device_put(reference_run.params, base_params(trainer.state_shardings["params"]))
+    # A PPO run as the reference leaves its value head behind: the reference is a policy.
+    reference = jax.device_put(base_params(reference_run.params), base_params(trainer.state_shardings["params"]))
 
     store = CheckpointStore(run_dir, cfg, trainer) if cfg.checkpoint.enabled else None
     if existing == "overwrite":

@@ -18,6 +18,7 @@ import numpy as np
 
 from scalelab.errors import ConfigError, UserError
 from scalelab.posttrain.losses import token_logprobs
+from scalelab.posttrain.runs import check_reference_run
 
 
 class ReferenceMismatchError(UserError):
@@ -56,8 +57,16 @@ def load_reference(cfg: Any) -> Any:
             f"posttrain.stage={cfg.posttrain.stage} needs a frozen reference: set posttrain.reference to a run "
             "directory (usually the SFT run the policy starts from)"
         )
-    run = load_run(Path(cfg.posttrain.reference))
-    check_reference(cfg, run.cfg, Path(cfg.posttrain.reference))
+    reference = Path(cfg.posttrain.reference)
+    if not (reference / "config.yaml").is_file():
+        what = "does not exist" if not reference.exists() else "has no config.yaml"
+        raise ConfigError(
+            f"posttrain.reference={reference} {what}; set it to a run directory scalelab wrote (usually the SFT run "
+            "the policy starts from)"
+        )
+    check_reference_run(reference)
+    run = load_run(reference)
+    check_reference(cfg, run.cfg, reference)
     return run
 
 

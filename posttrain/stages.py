@@ -22,8 +22,8 @@ import jax.numpy as jnp
 from scalelab.posttrain.heads import HEAD, ScalarHeadModel
 from scalelab.posttrain.losses import bradley_terry, dpo, pairs, sequence_logprobs
 from scalelab.posttrain.reference import ReferenceSource
+from scalelab.posttrain.runs import check_init_from, load_decoder, run_stage
 from scalelab.posttrain.sources import PairSource, SFTSource
-from scalelab.train.checkpoint_params import load_params
 from scalelab.train.stage import STAGES
 from scalelab.train.steps import cross_entropy
 
@@ -61,18 +61,9 @@ class SFTStage:
         return sums
 
     def init_params(self, cfg: Any, trainer: Any, init_from: Path) -> Any:
-        return load_params(init_from, cfg, trainer)[0]
-
-
-class _DecoderOnly:
-    """A trainer seen without the scalar head: what a pre-trained or SFT checkpoint holds."""
-
-    def __init__(self, trainer: Any):
-        self.trainer = trainer
-
-    def abstract_state(self) -> dict[str, Any]:
-        params = self.trainer.abstract_state()["params"]
-        return {"params": {key: value for key, value in params.items() if key != HEAD}}
+        """The decoder of `init_from`: a pre-trained, SFT, DPO or PPO run (a PPO run's value head is left behind)."""
+        check_init_from(cfg.posttrain.stage, init_from)
+        return load_decoder(init_from, cfg, trainer)[0]
 
 
 class RewardStage(SFTStage):
@@ -105,8 +96,10 @@ class RewardStage(SFTStage):
         return sums
 
     def init_params(self, cfg: Any, trainer: Any, init_from: Path) -> Any:
-        """The decoder from `init_from` (pre-trained or SFT), the head freshly initialised."""
-        decoder, _ = load_params(init_from, cfg, _DecoderOnly(trainer))
+        """The decoder from `init_from` (pre-trained or SFT) and a fresh head; a reward run's head is kept."""
+        decoder, head = load_decoder(init_from, cfg, trainer)
+        if head is not None and run_stage(init_from) == "reward":
+            return {**decoder, HEAD: head}
         head_shardings = trainer.state_shardings["params"][HEAD]
         head = jax.jit(lambda: trainer.model.init_head(cfg.train.seed), out_shardings=head_shardings)()
         return {**decoder, HEAD: head}

@@ -68,18 +68,16 @@ def run_stage(args: argparse.Namespace) -> int:
     """Load the config with posttrain.stage set, train it, and print the outcome."""
     import jax
 
-    from scalelab.errors import UserError
     from scalelab.train.config_io import load_config
     from scalelab.train.loop import train
 
     overrides = [f"posttrain.stage={args.stage}", *args.overrides]
     cfg = load_config(args.config, overrides)
+    check_stage(cfg, args)
     if args.stage == "dpo" and cfg.posttrain.reference is None and args.init_from is not None:
         # The frozen reference is the model the policy starts from, unless the config names another.
         cfg = load_config(args.config, [*overrides, f"posttrain.reference={args.init_from}"])
-    run_dir = args.run_dir or Path("runs") / cfg.name
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} is a file, not a directory; give another --run-dir")
+    run_dir = stage_run_dir(args, cfg)
     existing = "overwrite" if args.overwrite else "refuse"
     result = train(cfg, run_dir, quiet=args.quiet, init_from=args.init_from, existing=existing)
     if jax.process_index() == 0:
@@ -89,6 +87,31 @@ def run_stage(args: argparse.Namespace) -> int:
             f"metrics in {run_dir}/metrics.jsonl"
         )
     return 0
+
+
+def check_stage(cfg, args: argparse.Namespace) -> None:
+    """The config trains this command's stage, and --init-from is a run that stage may start from."""
+    from scalelab.errors import UserError
+    from scalelab.posttrain.runs import check_init_from
+
+    if cfg.posttrain.stage != args.stage:
+        raise UserError(
+            f"scalelab {args.stage} trains posttrain.stage={args.stage}, but --set posttrain.stage="
+            f"{cfg.posttrain.stage} asks for another stage; run `scalelab {cfg.posttrain.stage}` instead, or drop that --set"
+        )
+    check_init_from(args.stage, args.init_from)
+
+
+def stage_run_dir(args: argparse.Namespace, cfg) -> Path:
+    """The run directory: --run-dir or runs/<config name>, refused when it is a file or holds another stage's run."""
+    from scalelab.errors import UserError
+    from scalelab.posttrain.runs import refuse_another_stage
+
+    run_dir = args.run_dir or Path("runs") / cfg.name
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} is a file, not a directory; give another --run-dir")
+    refuse_another_stage(run_dir, args.stage, args.overwrite)
+    return run_dir
 
 
 def run_chat_template(args: argparse.Namespace) -> int:

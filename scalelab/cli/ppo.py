@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from scalelab.cli.options import add_group
-from scalelab.cli.posttrain import add_stage_command
+from scalelab.cli.posttrain import add_stage_command, check_stage, stage_run_dir
 from scalelab.posttrain.sentiment import DEFAULT_MIN_MARGIN
 
 HELP = "RLHF with PPO: sample from the SFT policy, score with a reward model run, KL-penalised clipped updates"
@@ -28,14 +28,12 @@ def register_ppo(subparsers: argparse._SubParsersAction) -> None:
 
 def run_ppo_command(args: argparse.Namespace) -> int:
     """Load the config with posttrain.stage=ppo, run PPO and print the outcome."""
-    from scalelab.errors import UserError
     from scalelab.posttrain.ppo_run import run_ppo
     from scalelab.train.config_io import load_config
 
     cfg = load_config(args.config, ["posttrain.stage=ppo", *args.overrides])
-    run_dir = args.run_dir or Path("runs") / cfg.name
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} is a file, not a directory; give another --run-dir")
+    check_stage(cfg, args)
+    run_dir = stage_run_dir(args, cfg)
     existing = "overwrite" if args.overwrite else "refuse"
     result = run_ppo(cfg, run_dir, init_from=args.init_from, existing=existing, quiet=args.quiet)
     last = result.final
