@@ -66,10 +66,10 @@ def write_demo_data(out: Path, spec: DemoData = DemoData(), data: Any = None) ->
     }
 
 
-def read_prompt_texts(path: Path) -> list[str]:
+def read_prompt_texts(path: Path, setting: str) -> list[str]:
     from scalelab.posttrain.records import read_prompts
 
-    return [text for _, text in read_prompts(Path(path))]
+    return [text for _, text in read_prompts(Path(path), setting)]
 
 
 @dataclasses.dataclass
@@ -140,7 +140,7 @@ def write_pairs(
 
     check_min_margin(min_margin)  # before minutes of sampling
     run = load_run(Path(sft_dir))
-    prompts = read_prompt_texts(prompts_file)
+    prompts = read_prompt_texts(prompts_file, "PROMPTS")
     first = sample_texts(run, prompts, new_tokens, seed)
     second = sample_texts(run, prompts, new_tokens, seed + 1)
     records, dropped = label_pairs(prompts, first.texts, second.texts, min_margin)

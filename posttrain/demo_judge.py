@@ -158,7 +158,7 @@ def reward_accuracy(reward_dir: Path, pairs_file: Path, batch: int = 256) -> dic
 
     run = load_run(Path(reward_dir))
     tok, eos = run.tokenizer, run.tokenizer.eos_id
-    pairs = read_pairs(Path(pairs_file))
+    pairs = read_pairs(Path(pairs_file), "--reward-model's PAIRS")
     rows = []
     for pair in pairs:
         prompt = [eos, *tok.encode(pair.prompt)]
@@ -203,7 +203,7 @@ def judge(
     the reference SFT run started from) adds the SFT target (`sft_target`)."""
     from scalelab.inference.generate import load_run
 
-    prompts = read_prompt_texts(heldout)
+    prompts = read_prompt_texts(heldout, "--prompts")
     ref = load_run(Path(reference))
     judged = [judge_run(Path(r), ref, prompts, new_tokens, samples, seed) for r in runs]
     out.mkdir(parents=True, exist_ok=True)

@@ -46,26 +46,44 @@ class Pair:
     where: str
 
 
-def _lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(file:line, object) for each non-blank line of a JSONL file."""
-    if not path.is_file():
-        raise PostTrainDataError(f"{path} does not exist; set posttrain.train_file (or eval_file) to a JSONL file")
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
+TRAIN_FILE = "posttrain.train_file"
+
+
+def _numbered_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of each non-blank line of a UTF-8 file; bytes that are not UTF-8 name their line."""
+    lines = []
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as error:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a byte-order mark is not JSON
+            except UnicodeDecodeError as error:
                 raise PostTrainDataError(
-                    f"{where}: not valid JSON ({error.msg} at column {error.colno}); fix the line so it holds one "
-                    "JSON object"
+                    f"{path}:{number}: not UTF-8 text (byte {error.start + 1} of the line); give a JSONL file "
+                    "saved as UTF-8"
                 ) from None
-            if not isinstance(obj, dict):
-                raise PostTrainDataError(f"{where}: expected a JSON object, got {type(obj).__name__}; wrap it in {{}}")
-            rows.append((where, obj))
+            if line.strip():
+                lines.append((number, line))
+    return lines
+
+
+def _lines(path: Path, setting: str = TRAIN_FILE) -> list[tuple[str, dict[str, Any]]]:
+    """(file:line, object) for each non-blank line of a JSONL file; `setting` names where the path came from."""
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise PostTrainDataError(f"{path} {what}; {setting} must name a JSONL file")
+    rows = []
+    for number, line in _numbered_lines(path):
+        where = f"{path}:{number}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise PostTrainDataError(
+                f"{where}: not valid JSON ({error.msg} at column {error.colno}); fix the line so it holds one "
+                "JSON object"
+            ) from None
+        if not isinstance(obj, dict):
+            raise PostTrainDataError(f"{where}: expected a JSON object, got {type(obj).__name__}; wrap it in {{}}")
+        rows.append((where, obj))
     if not rows:
         raise PostTrainDataError(f"{path} holds no examples; give a JSONL file with one JSON object per line")
     return rows
@@ -83,9 +101,9 @@ def _text(obj: dict[str, Any], key: str, where: str, fmt: str, allow_empty: bool
     return value
 
 
-def read_prompts(path: Path) -> list[tuple[str, str]]:
+def read_prompts(path: Path, setting: str = TRAIN_FILE) -> list[tuple[str, str]]:
     """(file:line, prompt) of each line of a JSONL file of {"prompt": ...} objects: PPO's and the demo's prompts."""
-    return [(where, _text(obj, "prompt", where, '{"prompt": "Once upon"}')) for where, obj in _lines(path)]
+    return [(where, _text(obj, "prompt", where, '{"prompt": "Once upon"}')) for where, obj in _lines(path, setting)]
 
 
 def _messages(obj: dict[str, Any], where: str) -> tuple[dict[str, str], ...]:
@@ -109,11 +127,11 @@ def _messages(obj: dict[str, Any], where: str) -> tuple[dict[str, str], ...]:
     return tuple(checked)
 
 
-def read_examples(path: Path) -> list[Example]:
+def read_examples(path: Path, setting: str = TRAIN_FILE) -> list[Example]:
     """Supervised examples of a prompt/completion or chat JSONL file."""
     examples = []
     fmt = "'prompt' and 'completion' (or 'messages' for chat)"
-    for where, obj in _lines(Path(path)):
+    for where, obj in _lines(Path(path), setting):
         if "messages" in obj:
             examples.append(Example(None, None, _messages(obj, where), where))
         else:
@@ -122,11 +140,11 @@ def read_examples(path: Path) -> list[Example]:
     return examples
 
 
-def read_pairs(path: Path) -> list[Pair]:
+def read_pairs(path: Path, setting: str = TRAIN_FILE) -> list[Pair]:
     """Preference pairs of a {prompt, chosen, rejected} JSONL file."""
     pairs = []
     fmt = "'prompt', 'chosen' and 'rejected'"
-    for where, obj in _lines(Path(path)):
+    for where, obj in _lines(Path(path), setting):
         prompt = _text(obj, "prompt", where, fmt, allow_empty=True)
         chosen, rejected = _text(obj, "chosen", where, fmt), _text(obj, "rejected", where, fmt)
         if chosen == rejected:

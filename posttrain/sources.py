@@ -47,9 +47,9 @@ def _records(cfg: Any, read) -> tuple[list, list]:
     post = cfg.posttrain
     if post.train_file is None:
         raise ConfigError(f"posttrain.stage={post.stage} needs posttrain.train_file (a JSONL file); set it")
-    records = read(Path(post.train_file))
+    records = read(Path(post.train_file), "posttrain.train_file")
     if post.eval_file is not None:
-        return records, read(Path(post.eval_file))
+        return records, read(Path(post.eval_file), "posttrain.eval_file")
     return split_records(records, post.eval_fraction)
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from scalelab.posttrain.chat import DEFAULT_TEMPLATE, write_template
 from scalelab.posttrain.encode import Encoder, pack, row_batch, sequence
-from scalelab.posttrain.records import PostTrainDataError, read_examples, read_pairs
+from scalelab.posttrain.records import PostTrainDataError, read_examples, read_pairs, read_prompts
 from tests.posttrain.conftest import write_lines
 
 
@@ -78,3 +78,17 @@ def test_packing_gives_each_example_its_segment_and_positions():
     np.testing.assert_array_equal(batch["segment_ids"][0], [1, 1, 1, 1, 2, 2, 2, 0])
     np.testing.assert_array_equal(batch["positions"][0], [0, 1, 2, 3, 0, 1, 2, 0])
     np.testing.assert_array_equal(batch["weights"][0], [0, 0, 1, 1, 1, 1, 1, 0])
+
+
+def test_a_folder_bytes_that_are_not_utf8_and_a_byte_order_mark(tmp_path):
+    with pytest.raises(PostTrainDataError, match=rf"{tmp_path} is a directory, not a file; posttrain.eval_file must"):
+        read_examples(tmp_path, "posttrain.eval_file")
+    with pytest.raises(PostTrainDataError, match=rf"{tmp_path / 'no.jsonl'} does not exist; PROMPTS must name"):
+        read_prompts(tmp_path / "no.jsonl", "PROMPTS")
+    latin = tmp_path / "latin1.jsonl"
+    latin.write_bytes(b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "b"}\n')
+    with pytest.raises(PostTrainDataError, match=rf"{latin}:2: not UTF-8 text \(byte 16 of the line\)"):
+        read_examples(latin)
+    bom = tmp_path / "bom.jsonl"  # as some editors save UTF-8
+    bom.write_bytes(b'\xef\xbb\xbf{"prompt": "a", "completion": "b"}\r\n')
+    assert [(e.prompt, e.completion) for e in read_examples(bom)] == [("a", "b")]
