@@ -51,6 +51,9 @@ class DemoData:
 
 def write_demo_data(out: Path, spec: DemoData = DemoData(), data: Any = None) -> dict[str, int]:
     """Write sft.jsonl, prompts.jsonl and heldout.jsonl into `out`; the counts written."""
+    for name in ("sft", "prompts", "heldout"):  # a negative count would slice the others' share
+        if getattr(spec, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(spec, name)}")
     train_lines = split_lines("train", spec.min_words, data)
     heldout_lines = split_lines("validation", spec.min_words, data)
     drawn = openings(train_lines, spec.sft + spec.prompts, spec.prompt_words, spec.seed)
@@ -87,22 +90,36 @@ def prompt_rows(tokenizer: Any, prompts: list[str], room: int) -> tuple[np.ndarr
     encoded = [[tokenizer.eos_id, *tokenizer.encode(p)] for p in prompts]
     width = max(len(ids) for ids in encoded)
     if width > room:
-        raise UserError(f"a prompt takes {width} tokens, more than the {room} the model leaves; use shorter prompts")
+        raise UserError(
+            f"a prompt takes {width} tokens, more than the {room} that model.max_seq_len leaves after the new tokens; "
+            "use shorter prompts or lower --new-tokens"
+        )
     rows, lengths = np.zeros((len(prompts), width), np.int32), np.array([len(i) for i in encoded], np.int32)
     for row, ids in enumerate(encoded):
         rows[row, : len(ids)] = ids
     return rows, lengths
 
 
-def sample_texts(run: Any, prompts: list[str], new_tokens: int, seed: int, batch: int = 256) -> Samples:
-    """Continue each prompt once with `run` (inference.generate.LoadedRun) at temperature 1, cut at EOS."""
+def sample_texts(
+    run: Any, prompts: list[str], new_tokens: int, seed: int, batch: int = 256, desc: str = "sampling"
+) -> Samples:
+    """Continue each prompt once with `run` (inference.generate.LoadedRun) at temperature 1, cut at EOS;
+    a progress bar (labelled `desc`) counts the prompts."""
     from scalelab.posttrain.ppo import shared_graphdef
     from scalelab.posttrain.rollout import join
+    from scalelab.runtime.progress import progress_bar
 
     cfg, tokenizer = run.cfg.model, run.tokenizer
     params = base_params(run.params)
-    rows, lengths = prompt_rows(tokenizer, prompts, cfg.max_seq_len - new_tokens)
+    room = cfg.max_seq_len - new_tokens
+    if room < 2:  # EOS and at least one prompt token
+        raise UserError(
+            f"--new-tokens {new_tokens} leaves no room for a prompt in model.max_seq_len={cfg.max_seq_len}; give at "
+            f"most {cfg.max_seq_len - 2}"
+        )
+    rows, lengths = prompt_rows(tokenizer, prompts, room)
     texts, tokens, masks = [], [], []
+    bar = progress_bar(total=len(prompts), desc=desc, unit="prompt", leave=False)
     for start in range(0, len(prompts), batch):
         part = slice(start, start + batch)
         size = len(prompts[part])
@@ -118,6 +135,8 @@ def sample_texts(run: Any, prompts: list[str], new_tokens: int, seed: int, batch
             texts.append(tokenizer.decode(ids))
         tokens.append(np.asarray(joined)[:size])
         masks.append(np.asarray(mask)[:size])
+        bar.update(size)
+    bar.close()
     return Samples(list(prompts), texts, np.concatenate(tokens), np.concatenate(masks))
 
 
@@ -137,12 +156,16 @@ def write_pairs(
     less than `min_margin` are dropped before the split, so training and held-out pairs pass the same filter.
     """
     from scalelab.inference.generate import load_run
+    from scalelab.posttrain.runs import check_policy_run
 
     check_min_margin(min_margin)  # before minutes of sampling
+    if new_tokens < 1:
+        raise UserError(f"--new-tokens must be at least 1, got {new_tokens}")
+    check_policy_run("SFT_RUN", Path(sft_dir))
     run = load_run(Path(sft_dir))
     prompts = read_prompt_texts(prompts_file, "PROMPTS")
-    first = sample_texts(run, prompts, new_tokens, seed)
-    second = sample_texts(run, prompts, new_tokens, seed + 1)
+    first = sample_texts(run, prompts, new_tokens, seed, desc="first continuations")
+    second = sample_texts(run, prompts, new_tokens, seed + 1, desc="second continuations")
     records, dropped = label_pairs(prompts, first.texts, second.texts, min_margin)
     held = round(len(records) * heldout_fraction)
     counts = {

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scalelab.errors import UserError
 from scalelab.posttrain.demo import read_prompt_texts, sample_texts
 from scalelab.posttrain.heads import base_params
 from scalelab.posttrain.losses import token_logprobs
@@ -93,7 +94,7 @@ def judge_run(run_dir: Path, reference: Any, prompts: list[str], new_tokens: int
 
     run = load_run(run_dir)
     repeated = [p for p in prompts for _ in range(samples)]
-    drawn = sample_texts(run, repeated, new_tokens, seed)
+    drawn = sample_texts(run, repeated, new_tokens, seed, desc=f"judging {run_dir.name}")
     scores = vader(drawn.texts)
     own = response_logprobs(run.cfg.model, base_params(run.params), drawn.tokens, drawn.response_mask)
     ref = response_logprobs(reference.cfg.model, base_params(reference.params), drawn.tokens, drawn.response_mask)
@@ -187,6 +188,24 @@ def reward_accuracy(reward_dir: Path, pairs_file: Path, batch: int = 256) -> dic
     return {"pairs": len(pairs), "accuracy": float(right.mean()), "by_vader_margin": buckets}
 
 
+def check_judge_inputs(
+    runs: list[Path], reference: Path, new_tokens: int, samples: int, reward: Any, pretrained: Path | None
+) -> None:
+    """Every run is checked before the first one samples for minutes."""
+    from scalelab.posttrain.runs import check_policy_run, check_reward_run
+
+    if samples < 1 or new_tokens < 1:
+        flag, value = ("--samples", samples) if samples < 1 else ("--new-tokens", new_tokens)
+        raise UserError(f"{flag} must be at least 1, got {value}")
+    for run in runs:
+        check_policy_run("RUN_DIR", Path(run))
+    check_policy_run("--reference", Path(reference))
+    if pretrained is not None:
+        check_policy_run("--pretrained", Path(pretrained))
+    if reward is not None:
+        check_reward_run("--reward-model", Path(reward[0]))
+
+
 def judge(
     runs: list[Path],
     reference: Path,
@@ -203,6 +222,7 @@ def judge(
     the reference SFT run started from) adds the SFT target (`sft_target`)."""
     from scalelab.inference.generate import load_run
 
+    check_judge_inputs(runs, reference, new_tokens, samples, reward, pretrained)
     prompts = read_prompt_texts(heldout, "--prompts")
     ref = load_run(Path(reference))
     judged = [judge_run(Path(r), ref, prompts, new_tokens, samples, seed) for r in runs]

@@ -63,6 +63,30 @@ def saved_stage(run_dir: Path) -> str | None:
     return stage if isinstance(stage, str) else "pretrain"
 
 
+def check_run_dir(label: str, run_dir: Path) -> None:
+    """WrongRunKindError unless `run_dir` (given as `label`) is a run directory: one with a config.yaml."""
+    if not (Path(run_dir) / "config.yaml").is_file():
+        what = "does not exist" if not Path(run_dir).exists() else "has no config.yaml"
+        raise WrongRunKindError(f"{label} {run_dir} {what}; give a run directory that scalelab wrote")
+
+
+def check_policy_run(label: str, run_dir: Path) -> None:
+    """A run directory holding a policy (any run but a reward model), to sample from or to measure KL against."""
+    check_run_dir(label, run_dir)
+    refuse_reward_model(f"{label} {run_dir}", run_dir, "give a pre-trained, SFT, DPO or PPO run")
+
+
+def check_reward_run(label: str, run_dir: Path) -> None:
+    """A run directory holding a reward model (a `scalelab reward` run)."""
+    check_run_dir(label, run_dir)
+    stage = saved_stage(run_dir)
+    if stage != "reward":
+        raise WrongRunKindError(
+            f"{label} {run_dir} is not a reward model (its config.yaml has posttrain.stage={stage}); give the run "
+            "directory of a `scalelab reward` run"
+        )
+
+
 def refuse_reward_model(label: str, source: Path, fix: str) -> None:
     """WrongRunKindError when `source` is a reward-model run, given (as `label`) where a policy belongs."""
     if run_stage(source) == "reward":

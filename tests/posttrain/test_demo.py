@@ -16,8 +16,9 @@ from scalelab.posttrain.demo import (
     write_demo_data,
     write_pairs,
 )
-from scalelab.posttrain.demo_judge import Judged, markdown, plot, word_stats
+from scalelab.posttrain.demo_judge import Judged, judge, markdown, plot, word_stats
 from scalelab.posttrain.records import read_examples, read_pairs
+from scalelab.posttrain.runs import WrongRunKindError
 from scalelab.posttrain.sentiment import vader
 from scalelab.train.config_io import config_from_dict
 
@@ -95,3 +96,27 @@ def test_judge_outputs_name_every_run(tmp_path):
     assert "4.750 (SFT) is NOT below 4.500" in missed
     paths = plot(judged, tmp_path)
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_sentiment_inputs_are_checked_before_any_sampling(text_base, reward_run, tmp_path):
+    base, pretrained = text_base
+    rm, pairs = reward_run
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "the sun"}\n')
+    with pytest.raises(UserError, match="--sft must be at least 1, got -5"):  # it sliced the prompts' share
+        write_demo_data(tmp_path, DemoData(sft=-5), config_from_dict(base).data)
+    with pytest.raises(UserError, match="--new-tokens must be at least 1, got 0"):  # it wrote empty pair files
+        write_pairs(pretrained, prompts, tmp_path, new_tokens=0)
+    with pytest.raises(WrongRunKindError, match=rf"SFT_RUN {rm} is a reward-model run"):
+        write_pairs(rm, prompts, tmp_path, new_tokens=4)
+    with pytest.raises(UserError, match=r"--new-tokens 1000 leaves no room for a prompt in model.max_seq_len=32"):
+        write_pairs(pretrained, prompts, tmp_path, new_tokens=1000)
+    with pytest.raises(UserError, match="--samples must be at least 1, got 0"):  # a traceback before
+        judge([pretrained], pretrained, prompts, tmp_path / "out", 4, samples=0)
+    with pytest.raises(WrongRunKindError, match=rf"--reference {rm} is a reward-model run"):
+        judge([pretrained], rm, prompts, tmp_path / "out", 4)
+    with pytest.raises(WrongRunKindError, match=rf"RUN_DIR {tmp_path / 'nope'} does not exist"):
+        judge([pretrained, tmp_path / "nope"], pretrained, prompts, tmp_path / "out", 4)
+    with pytest.raises(WrongRunKindError, match=rf"--reward-model {pretrained} is not a reward model"):
+        judge([pretrained], pretrained, prompts, tmp_path / "out", 4, reward=(pretrained, pairs))
+    assert not list(tmp_path.glob("pairs*.jsonl")) and not (tmp_path / "out").exists()
