@@ -13,6 +13,18 @@ from pathlib import Path
 import scalelab.posttrain  # noqa: F401  registers the stages, so any command can load their run directories
 from scalelab.cli.options import add_overrides
 
+# Per stage: the --init-from it starts from, and an example that runs as written.
+INIT_FROM = {
+    "sft": "the pre-trained run to start from",
+    "reward": "the run whose decoder the reward model starts from (pre-trained or SFT)",
+    "dpo": "the SFT run to start from; also the frozen reference unless posttrain.reference names one",
+    "ppo": "the SFT run to start from; also the frozen reference unless posttrain.reference names one",
+}
+EXAMPLES = {
+    "sft": "scalelab sft sft-tiny --init-from runs/base --run-dir runs/sft --set posttrain.train_file=sft.jsonl",
+    "reward": "scalelab reward reward-tiny --init-from runs/sft --run-dir runs/rm --set posttrain.train_file=pairs.jsonl",
+    "dpo": "scalelab dpo dpo-tiny --init-from runs/sft --run-dir runs/dpo --set posttrain.train_file=pairs.jsonl",
+}
 STAGE_COMMANDS = {
     "sft": "supervised fine-tuning on prompt/completion or chat JSONL (loss on completions only)",
     "reward": "train a reward model (scalar head, Bradley-Terry loss) on preference JSONL",
@@ -26,8 +38,9 @@ def add_stage_command(subparsers: argparse._SubParsersAction, name: str, help: s
         name,
         help=help,
         description=f"{help[0].upper()}{help[1:]}. CONFIG is a YAML path or a name under configs/ "
-        f"(e.g. {name}-tiny); the run is an ordinary training run with posttrain.stage={name}.",
-        epilog=f"example: scalelab {name} {name}-tiny --init-from runs/gpt-tiny-text --run-dir runs/{name}",
+        f"(e.g. {name}-tiny); the run is an ordinary training run with posttrain.stage={name}, reading the JSONL "
+        "file posttrain.train_file (docs/posttraining.md).",
+        epilog=f"example: {EXAMPLES[name]}" if name in EXAMPLES else None,
     )
     parser.add_argument("config", metavar="CONFIG", help="config path or name under configs/")
     add_overrides(parser, "posttrain.train_file=data.jsonl")
@@ -40,7 +53,7 @@ def add_stage_command(subparsers: argparse._SubParsersAction, name: str, help: s
         type=Path,
         default=None,
         metavar="RUN_DIR",
-        help="the run to start from (pre-trained, or SFT for dpo); ignored when --run-dir holds checkpoints",
+        help=f"{INIT_FROM[name]}; only seeds a new run (ignored when --run-dir holds checkpoints)",
     )
     parser.add_argument("--quiet", action="store_true", help="no summary and no progress bar")
     parser.set_defaults(func=run_stage, stage=name)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 
 from scalelab.cli.options import add_group
@@ -22,7 +23,12 @@ def register_ppo(subparsers: argparse._SubParsersAction) -> None:
         "(the frozen reference defaults to --init-from; posttrain.beta is the KL coefficient, "
         "posttrain.ppo.target_kl makes it adaptive)"
     )
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # the epilog's line break; wrap the description
+    parser.description = textwrap.fill(
+        f"{HELP}. CONFIG is a YAML path or a name under configs/ (e.g. ppo-tiny); the run reads prompts from "
+        "posttrain.train_file and is scored by the reward-model run posttrain.ppo.reward_model (docs/ppo.md).",
+        width=80,
+    )
     parser.set_defaults(func=run_ppo_command)
 
 
