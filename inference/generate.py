@@ -46,6 +46,12 @@ def load_run(run_dir: Path) -> LoadedRun:
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
+        owner = run_dir.parent if run_dir.name == CHECKPOINT_DIR else run_dir.parent.parent
+        if CHECKPOINT_DIR in (run_dir.name, run_dir.parent.name) and (owner / "config.yaml").is_file():
+            raise UserError(
+                f"{run_dir} is a checkpoint folder, not a run directory; give the run directory {owner} (its newest "
+                "intact checkpoint is read)"
+            )
         what = "does not exist" if not run_dir.exists() else "has no config.yaml"
         raise UserError(f"run directory {run_dir} {what}; give a directory that scalelab train wrote (--run-dir)")
     cfg = load_config(run_dir / "config.yaml")
@@ -90,8 +96,9 @@ def parse_ids(texts: list[str], vocab_size: int) -> list[list[int]]:
     prompts = []
     for text in texts:
         try:
-            ids = [int(part) for part in text.replace(" ", "").split(",") if part]
-        except ValueError:
+            spaced = text.replace(" ", "").removesuffix(",")
+            ids = [int(part) for part in spaced.split(",")] if spaced else []
+        except ValueError:  # not a number, or an empty place between commas
             raise UserError(f"--prompt-ids {text!r}: give integers separated by commas, e.g. 3,17,42") from None
         bad = [i for i in ids if not 0 <= i < vocab_size]
         if bad:

@@ -7,8 +7,9 @@ import pytest
 
 from scalelab.cli import main
 from scalelab.data.objectives import START_ID
+from scalelab.errors import UserError
 from scalelab.inference.decode import generate
-from scalelab.inference.generate import load_run
+from scalelab.inference.generate import load_run, parse_ids
 from scalelab.train.config_io import config_from_dict, load_config, save_config, to_dict
 from scalelab.train.loop import train
 from tests.data.conftest import VOCAB, make_cfg, make_documents, write_jsonl
@@ -200,3 +201,14 @@ def test_continuations_show_reserved_pieces_by_name():
 
     # A span-corruption t5 answers in sentinels; plain decoding printed an empty line.
     assert _continuation_text(Pieces(), "", np.array([3, 4, 1, 5])) == "<extra_id_0><extra_id_1>\n"
+
+
+def test_a_checkpoint_folder_names_its_run_and_ids_need_no_gap(synthetic_run, capsys):
+    step = sorted((synthetic_run / "checkpoints").iterdir())[-1]
+    for folder in (synthetic_run / "checkpoints", step):
+        assert main(["generate", str(folder), "--prompt-ids", "3"]) == 2
+        err = capsys.readouterr().err
+        assert f"{folder} is a checkpoint folder, not a run directory; give the run directory {synthetic_run}" in err
+    assert parse_ids(["3,17,"], 64) == [[3, 17]]  # a trailing comma is harmless
+    with pytest.raises(UserError, match=r"--prompt-ids '3,,17': give integers separated by commas"):
+        parse_ids(["3,,17"], 64)  # a missing id was dropped silently
