@@ -7,13 +7,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from scalelab.scaling.sweep.plan import make_plan
 from scalelab.scaling.sweep.results import RESULTS_CSV, read_csv
 from scalelab.scaling.sweep.spec import load_spec
 from scalelab.train.metrics import read_metrics
+from tests.scaling.sweep.processes import wait_for
 from tests.scaling.sweep.specs import micro, write_spec
 
 ROOT = Path(__file__).resolve().parents[3]  # the repo root: tests/scaling/sweep/<file>
@@ -25,14 +25,6 @@ SPEC = micro(isoflop__budgets=[3e8, 1.1e9], isoflop__sizes=[3e3], rules__checkpo
 def _sweep(spec: Path, sweep_dir: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "scalelab", "sweep", "run", str(spec), "--sweep-dir", str(sweep_dir)]
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _wait_for(condition, process: subprocess.Popen, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert process.poll() is None, f"the sweep exited early:\n{process.stdout.read()}"
-        assert time.monotonic() < deadline, "timed out waiting for the sweep"
-        time.sleep(0.05)
 
 
 def _has_committed_checkpoint(run_dir: Path) -> bool:
@@ -48,7 +40,7 @@ def test_sigkill_mid_sweep_then_rerun_completes_without_rerunning_or_duplicating
     dir_a, dir_b = sweep_dir / "runs" / first.name, sweep_dir / "runs" / second.name
 
     process = _sweep(spec, sweep_dir)
-    _wait_for(lambda: _has_committed_checkpoint(dir_b), process)
+    wait_for(lambda: _has_committed_checkpoint(dir_b), process)
     os.kill(process.pid, signal.SIGKILL)  # no chance to clean up: mid-run, maybe mid-save
     process.wait()
     assert [row["run"] for row in read_csv(sweep_dir / RESULTS_CSV)] == [first.name]

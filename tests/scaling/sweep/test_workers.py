@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from scalelab.scaling.sweep.runner import run_sweep
 from scalelab.scaling.sweep.spec import spec_from_dict
 from scalelab.scaling.sweep.utilization import Utilization, side_by_side
 from scalelab.scaling.sweep.workers import Host, auto_workers, split_host
+from tests.scaling.sweep.processes import wait_for
 from tests.scaling.sweep.specs import micro, write_spec
 
 ROOT = Path(__file__).resolve().parents[3]  # the repo root: tests/scaling/sweep/<file>
@@ -96,14 +96,6 @@ def test_workers_must_be_a_number_or_auto(tmp_path, capsys):
     assert "--workers: expected a number of workers or auto, got 'two'" in capsys.readouterr().err
 
 
-def _wait_for(condition, process: subprocess.Popen, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert process.poll() is None, f"the sweep exited early:\n{process.communicate()[0]}"
-        assert time.monotonic() < deadline, "timed out waiting for the sweep"
-        time.sleep(0.05)
-
-
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two workers need two CPU cores")
 def test_two_workers_run_the_sweep_stop_on_ctrl_c_and_resume_to_the_results_of_one_process(tmp_path):
     # One shape at three budgets: the largest run goes to shard 0, the two others to shard 1.
@@ -117,7 +109,7 @@ def test_two_workers_run_the_sweep_stop_on_ctrl_c_and_resume_to_the_results_of_o
 
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     largest_dir = sweep_dir / "runs" / largest.name
-    _wait_for(lambda: any((largest_dir / "checkpoints").glob("*/scalelab_manifest.json")), process)
+    wait_for(lambda: any((largest_dir / "checkpoints").glob("*/scalelab_manifest.json")), process)
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 75, output  # each worker saved and stopped: try again
