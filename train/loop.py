@@ -226,7 +226,7 @@ def train(
     Raises ConfigError when another trainer holds `run_dir`, or when the processes of a multi-process
     run were given different configs.
     """
-    with PreemptionGuard() as guard:
+    with PreemptionGuard(cfg.posttrain.command) as guard:
         check_same_config(cfg)  # before the processes first meet in a collective that the difference would hang
         with RunDirLock(Path(run_dir)), watch_for_lost_peers(Path(run_dir)):
             return _train(cfg, Path(run_dir), quiet, init_from, existing, guard)
@@ -286,7 +286,7 @@ def _train(
     if is_writer:
         save_config(cfg, run_dir / "config.yaml")
         if not quiet:
-            print(f"scalelab train: {cfg.name} -> {run_dir}" + (f"; {origin}" if origin else ""))
+            print(f"scalelab {cfg.posttrain.command}: {cfg.name} -> {run_dir}" + (f"; {origin}" if origin else ""))
             print(summary(cfg, trainer, (peak, peak_source), compile_s, memory), flush=True)
     progress = progress_bar(
         total=cfg.train.steps,

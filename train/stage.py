@@ -83,6 +83,11 @@ class PostTrainConfig:
     beta: float = 0.1  # dpo: strength of the implicit KL penalty; ppo: the KL coefficient (start value if adaptive)
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
 
+    @property
+    def command(self) -> str:
+        """The `scalelab COMMAND` that trains this stage (each post-training stage has its own)."""
+        return "train" if self.stage == "pretrain" else self.stage
+
     def __post_init__(self) -> None:
         if self.stage not in STAGE_NAMES:
             raise ConfigError(f"posttrain.stage: unknown value {self.stage!r}; choose one of {', '.join(STAGE_NAMES)}")

@@ -115,3 +115,13 @@ def test_ctrl_c_in_ppo_saves_the_step_it_finished_and_names_ppo(reward_run, text
     assert "scalelab ppo: SIGINT: saving a checkpoint" in capfd.readouterr().err
     assert saved_steps(tmp_path / "ppo" / CHECKPOINT_DIR) == [1]
     assert [r["step"] for r in read_metrics(tmp_path / "ppo")] == [0]
+
+
+def test_ctrl_c_in_sft_names_sft_not_train(text_base, tmp_path, monkeypatch, capfd):
+    base, pretrained = text_base
+    data = write_lines(tmp_path / "sft.jsonl", sft_rows(20))
+    cfg = stage_cfg(base, "posttrain.stage=sft", f"posttrain.train_file={data}", "train.steps=2", "checkpoint.every=0")
+    monkeypatch.setattr("scalelab.train.loop.check_same_config", lambda cfg: signal.raise_signal(signal.SIGINT))
+    with compile_cache(tmp_path / "jax-cache"), pytest.raises(Preempted, match="after 0 steps"):
+        train(cfg, tmp_path / "sft", quiet=True, init_from=pretrained)
+    assert "scalelab sft: SIGINT: saving a checkpoint" in capfd.readouterr().err
