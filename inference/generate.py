@@ -40,14 +40,14 @@ def load_run(run_dir: Path) -> LoadedRun:
     from scalelab.parallel.config import MeshConfig
     from scalelab.train.checkpoint_compat import read_meta
     from scalelab.train.checkpoint_params import load_params
-    from scalelab.train.checkpoint_store import CHECKPOINT_DIR, saved_steps
+    from scalelab.train.checkpoint_store import CHECKPOINT_DIR, run_root, saved_steps
     from scalelab.train.config_io import load_config
     from scalelab.train.trainer import Trainer
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
-        owner = run_dir.parent if run_dir.name == CHECKPOINT_DIR else run_dir.parent.parent
-        if CHECKPOINT_DIR in (run_dir.name, run_dir.parent.name) and (owner / "config.yaml").is_file():
+        owner = run_root(run_dir)
+        if owner is not None:
             raise UserError(
                 f"{run_dir} is a checkpoint folder, not a run directory; give the run directory {owner} (its newest "
                 "intact checkpoint is read)"

@@ -19,8 +19,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from scalelab.errors import UserError
 from scalelab.files import read_yaml
 from scalelab.posttrain.heads import HEAD, base_params
+from scalelab.train.checkpoint_store import run_root
 
-CHECKPOINTS = "checkpoints"  # train/checkpoint_store.py's CHECKPOINT_DIR
 WITH_HEAD = ("reward", "ppo")  # stages whose checkpoints carry the scalar head
 KINDS = {
     "pretrain": "a pre-trained run",
@@ -33,16 +33,6 @@ KINDS = {
 
 class WrongRunKindError(UserError):
     """A run of one kind was given where another kind belongs; the message names both."""
-
-
-def run_root(source: Path) -> Path | None:
-    """The run directory `source` (a run directory, its checkpoints/ folder or one step folder) belongs to."""
-    source = Path(source)
-    if source.name == CHECKPOINTS:
-        source = source.parent
-    elif source.parent.name == CHECKPOINTS:
-        source = source.parent.parent
-    return source if (source / "config.yaml").is_file() else None
 
 
 def run_stage(source: Path) -> str | None:

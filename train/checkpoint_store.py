@@ -100,6 +100,17 @@ def _barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def run_root(source: Path) -> Path | None:
+    """The run directory `source` (a run directory, its checkpoints/ folder or one step folder) belongs to;
+    None when that directory has no config.yaml."""
+    source = Path(source)
+    if source.name == CHECKPOINT_DIR:
+        source = source.parent
+    elif source.parent.name == CHECKPOINT_DIR:
+        source = source.parent.parent
+    return source if (source / "config.yaml").is_file() else None
+
+
 def saved_steps(root: Path) -> list[int]:
     """Steps of the committed checkpoints under `root` (orbax names each step folder by its number)."""
     if not root.is_dir():

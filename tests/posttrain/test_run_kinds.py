@@ -13,9 +13,9 @@ from scalelab.inference.generate import load_run
 from scalelab.posttrain.heads import HEAD
 from scalelab.posttrain.ppo import PPOLearner
 from scalelab.posttrain.ppo_run import run_ppo
-from scalelab.posttrain.runs import WrongRunKindError, check_init_from, check_reference_run, run_root, run_stage
+from scalelab.posttrain.runs import WrongRunKindError, check_init_from, check_reference_run, run_stage
 from scalelab.posttrain.stages import RewardStage
-from scalelab.train.checkpoint_store import CHECKPOINT_DIR, saved_steps
+from scalelab.train.checkpoint_store import CHECKPOINT_DIR, run_root, saved_steps
 from scalelab.train.config_io import save_config
 from scalelab.train.faults import Preempted
 from scalelab.train.loop import train
