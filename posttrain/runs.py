@@ -115,7 +115,8 @@ def refuse_another_stage(run_dir: Path, stage: str, overwrite: bool) -> None:
         raise WrongRunKindError(
             f"--run-dir {run_dir} holds {KINDS.get(saved, 'a run of stage ' + saved)} (posttrain.stage={saved}), "
             f"not a {stage} run; give this run its own --run-dir (--init-from {run_dir} starts from that run), "
-            "or add --overwrite to replace it"
+            f"or add --overwrite to replace it; `scalelab train {run_dir / 'config.yaml'} --run-dir {run_dir}` "
+            "resumes it"
         )
 
 

@@ -54,6 +54,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     """Load the config, train, and print the outcome."""
     from scalelab.errors import UserError
+    from scalelab.posttrain.runs import refuse_another_stage
     from scalelab.train.config_io import load_config
     from scalelab.train.loop import train
 
@@ -61,6 +62,8 @@ def run_train(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or Path("runs") / cfg.name
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} is a file, not a directory; give another --run-dir")
+    # `train` trains whatever stage the config names, so a config of one stage must not continue another's run.
+    refuse_another_stage(run_dir, cfg.posttrain.stage, args.overwrite)
     if args.dry_run:
         from scalelab.cli.dry_run import dry_run_train
 

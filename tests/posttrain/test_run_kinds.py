@@ -13,7 +13,13 @@ from scalelab.inference.generate import load_run
 from scalelab.posttrain.heads import HEAD
 from scalelab.posttrain.ppo import PPOLearner
 from scalelab.posttrain.ppo_run import run_ppo
-from scalelab.posttrain.runs import WrongRunKindError, check_init_from, check_reference_run, run_stage
+from scalelab.posttrain.runs import (
+    WrongRunKindError,
+    check_init_from,
+    check_reference_run,
+    refuse_another_stage,
+    run_stage,
+)
 from scalelab.posttrain.stages import RewardStage
 from scalelab.train.checkpoint_store import CHECKPOINT_DIR, run_root, saved_steps
 from scalelab.train.config_io import save_config
@@ -95,6 +101,21 @@ def test_a_stage_command_refuses_the_run_directory_of_another_stage(text_base, t
     assert (
         f"scalelab {command} trains posttrain.stage={command}, but --set posttrain.stage=sft" in capsys.readouterr().err
     )
+
+
+def test_train_with_a_pretrain_config_refuses_a_post_training_run_directory(text_base, tmp_path, capsys):
+    base, _ = text_base
+    held = tmp_path / "sft-run"
+    held.mkdir()
+    save_config(stage_cfg(base, "posttrain.stage=sft"), held / "config.yaml")
+    before = (held / "config.yaml").read_text()
+    save_config(stage_cfg(base), tmp_path / "base.yaml")
+    assert main(["train", str(tmp_path / "base.yaml"), "--run-dir", str(held)]) == 2
+    err = capsys.readouterr().err
+    assert f"--run-dir {held} holds an SFT run (posttrain.stage=sft), not a pretrain run" in err
+    assert f"`scalelab train {held / 'config.yaml'} --run-dir {held}` resumes it" in err
+    assert (held / "config.yaml").read_text() == before
+    refuse_another_stage(held, "sft", overwrite=False)  # the run's own config.yaml is what resumes it
 
 
 def test_ctrl_c_in_ppo_saves_the_step_it_finished_and_names_ppo(reward_run, text_base, tmp_path, monkeypatch, capfd):
