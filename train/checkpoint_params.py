@@ -32,6 +32,12 @@ def _init_source(source: Path, flag: str, command: str) -> Path:
         return source
     root = source / CHECKPOINT_DIR if (source / CHECKPOINT_DIR).is_dir() else source
     steps = saved_steps(root)
+    if not steps and (source / "config.yaml").is_file():
+        raise CheckpointError(
+            f"{flag} {source}: that run saved no checkpoint (they are off unless checkpoint.every or "
+            "checkpoint.every_minutes is set); train it again with --overwrite --set checkpoint.every=STEPS, "
+            "which also saves at its last step"
+        )
     if not steps:
         raise CheckpointError(
             f"{flag} {source}: no checkpoints there; give a run directory, its checkpoints/ folder or one step folder"

@@ -180,6 +180,7 @@ class RunDirLock:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self._fd: int | None = None
+        self._created = False
 
     def __enter__(self) -> RunDirLock:
         import jax
@@ -187,6 +188,7 @@ class RunDirLock:
 
         refused: ConfigError | None = None
         if jax.process_index() == 0:  # several processes of one job may share a host, and the lock
+            self._created = not self.run_dir.exists()
             try:
                 self._fd = lock_run_dir(self.run_dir)
             except ConfigError as error:
@@ -199,10 +201,18 @@ class RunDirLock:
             raise refused
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the lock
-            self._fd = None
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if self._fd is None:
+            return
+        # A run that failed before writing anything (a bad --init-from, a config refused at start-up)
+        # leaves no directory behind that holds only its lock, if the lock made that directory.
+        abandoned = exc_type is not None and self._created and [p.name for p in self.run_dir.iterdir()] == [LOCK_FILE]
+        if abandoned:
+            (self.run_dir / LOCK_FILE).unlink()
+        os.close(self._fd)  # closing releases the lock
+        self._fd = None
+        if abandoned:
+            self.run_dir.rmdir()
 
 
 def lost_peer_message(lost: LostPeer, run_dir: Path) -> str:

@@ -181,12 +181,17 @@ def test_init_from_starts_a_fresh_run_from_the_parameters(base_run, tmp_path):
     assert result.final_loss == [r["loss"] for r in read_metrics(run) if "loss" in r][-1]
 
 
-def test_init_from_a_different_shape_is_an_error(base_run):
+def test_init_from_a_different_shape_is_an_error(base_run, tmp_path):
     cfg = load_config("gpt-tiny", [*FAST, "model.n_heads=2"])
     with pytest.raises(CheckpointError, match=r"model\.n_heads: checkpoint 4, config 2 \| arrays: params\.layers"):
         load_params(base_run, cfg, Trainer.build(cfg))
     with pytest.raises(CheckpointError, match="no checkpoints there"):
         load_params(base_run / "metrics.jsonl", cfg, Trainer.build(cfg))
+    unsaved = tmp_path / "unsaved"  # a run trained with checkpoints off: its directory has no checkpoints/
+    unsaved.mkdir()
+    shutil.copy(base_run / "config.yaml", unsaved / "config.yaml")
+    with pytest.raises(CheckpointError, match=r"that run saved no checkpoint .* --overwrite --set checkpoint\.every="):
+        load_params(unsaved, cfg, Trainer.build(cfg))
 
 
 @pytest.mark.parametrize(("minutes", "expected"), [(1e-6, [4, 8, 12]), (60.0, [12])])

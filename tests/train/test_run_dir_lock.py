@@ -15,6 +15,7 @@ import pytest
 from scalelab.cli import main
 from scalelab.model.config import ConfigError
 from scalelab.train import faults
+from scalelab.train.checkpoint_compat import CheckpointError
 from scalelab.train.config_io import load_config
 from scalelab.train.faults import LOCK_FILE, RunDirLock, lock_run_dir
 from scalelab.train.loop import train
@@ -80,3 +81,15 @@ def test_without_file_locks_the_run_goes_ahead_unlocked(tmp_path, monkeypatch):
     assert lock_run_dir(tmp_path / "run") is None
     with RunDirLock(tmp_path / "run"):
         pass
+
+
+def test_a_run_that_fails_at_start_up_leaves_no_directory_it_made(tmp_path):
+    cfg = load_config("gpt-tiny", FAST)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        train(cfg, tmp_path / "new", init_from=tmp_path / "missing")
+    assert not (tmp_path / "new").exists()  # not an empty run directory holding only .lock
+
+    (tmp_path / "kept").mkdir()  # a directory the user made stays, as does its lock file
+    with pytest.raises(CheckpointError, match="does not exist"):
+        train(cfg, tmp_path / "kept", init_from=tmp_path / "missing")
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == [LOCK_FILE]
