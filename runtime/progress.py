@@ -16,6 +16,9 @@ from tqdm import tqdm
 
 LOG_INTERVAL_S = 30.0
 _CURSOR_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # ANSI cursor moves and clears
+# What a redraw changes when only time passed: "|####  |" (its width follows the rest of the line) and
+# "[00:01<00:00, 16.03step/s" (elapsed, left, rate).
+_TIMING = re.compile(r"\|[^|]*\||\[[0-9:<?]+, *[0-9.?]+ ?[A-Za-z/]*")
 
 
 class _Lines:
@@ -23,13 +26,16 @@ class _Lines:
 
     def __init__(self, stream: TextIO):
         self.stream = stream
-        self.last = ""  # the bar's last line: a redraw that changed nothing (closing after the last update) is dropped
+        # The bar's last line without its timing: a redraw that changed nothing else (closing after the last
+        # update, a moment later and so at another rate) is dropped.
+        self.last = ""
 
     def write(self, text: str) -> int:
         for piece in _CURSOR_CODES.sub("", text).replace("\r", "\n").split("\n"):
-            if piece.strip() and piece.rstrip() != self.last:
-                self.last = piece.rstrip()
-                self.stream.write(self.last + "\n")
+            line = piece.rstrip()
+            if line.strip() and _TIMING.sub("[", line) != self.last:
+                self.last = _TIMING.sub("[", line)
+                self.stream.write(line + "\n")
         return len(text)
 
     def flush(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 from scalelab.runtime.progress import progress_bar
 
@@ -60,3 +61,14 @@ def test_off_a_terminal_closing_does_not_repeat_the_last_line():
         bar.update(2)
         bar.refresh()  # what a sweep does after each run, before the close draws the same state
     assert log.getvalue().splitlines() == ["sweep   0% 0/2", "sweep 100% 2/2"]
+
+
+def test_off_a_terminal_closing_a_moment_later_does_not_repeat_the_last_line_at_another_rate():
+    log = io.StringIO()
+    with progress_bar(file=log, total=5, desc="run", unit="step") as bar:
+        bar.update(5)
+        bar.set_postfix(loss=1.5)  # what training does after its last step: a redraw at 100%
+        time.sleep(0.05)  # the close comes later, so its rate differs
+    lines = log.getvalue().splitlines()
+    assert [line.split("|")[0] for line in lines] == ["run:   0%", "run: 100%"], lines
+    assert "loss=1.5" in lines[-1]
