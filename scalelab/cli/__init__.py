@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
-from scalelab.cli import bench, data, fit, generate, posttrain, ppo, sweep, train
+from scalelab.cli import bench, data, fit, generate, plot, posttrain, ppo, sweep, train
 from scalelab.errors import UserError
 from scalelab.runtime.compile_cache import use_compile_cache
 from scalelab.runtime.host import keep_freed_memory
@@ -31,7 +31,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     data.register_tokenizer,
     sweep.register_sweep,
     fit.register_fit,
-    fit.register_plot,
+    plot.register_plot,
     bench.register_bench,
 )
 

@@ -1,4 +1,4 @@
-"""`scalelab fit` and `scalelab plot`: power-law fits of a results table, fit.json, and the plots.
+"""`scalelab fit`: power-law fits of a results table into fit.json, and the options `scalelab plot` shares.
 
 Heavy modules (jax, matplotlib, the fitting code) are imported inside the command functions so that
 `scalelab --help` stays fast.
@@ -26,11 +26,6 @@ EPILOG_FIT = """examples:
   scalelab fit table.csv --n-col params --d-col tokens --loss-col val_loss
   scalelab fit sweeps/lr-grid --approach lr            # best lr per size -> lr rule for a sweep spec
   scalelab fit sweeps/demo --grid alpha=0:2:0.25 --grid kaplan.r=0.5,1,2"""
-EPILOG_PLOT = """examples:
-  scalelab plot sweeps/demo/fit                        # the plots of a saved fit, next to its fit.json
-  scalelab plot sweeps/demo/fit --out plots/demo       # ... somewhere else
-  scalelab plot table.csv --n-col params --d-col tokens --loss-col val_loss --bootstrap 200
-                                                       # fit a CSV into table.csv's fit/ first, then plot"""
 
 
 def _number_in(name: str, low: float, high: float) -> Callable[[str], float]:
@@ -57,7 +52,7 @@ def _count(text: str) -> int:
     return value
 
 
-def _add_input_args(p: argparse.ArgumentParser) -> list[argparse.Action]:
+def add_input_args(p: argparse.ArgumentParser) -> list[argparse.Action]:
     """The column and fitting options of fit and plot; returns them, so plot can tell which were given."""
     added: list[argparse.Action] = []
 
@@ -146,28 +141,8 @@ def register_fit(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, default=None, metavar="DIR", help="output directory (default: fit/ next to INPUT)"
     )
-    _add_input_args(p)
+    add_input_args(p)
     p.set_defaults(func=run_fit)
-
-
-def register_plot(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `plot` subcommand."""
-    p = subparsers.add_parser(
-        "plot",
-        help="draw loss curves, isoFLOP profiles, N_opt(C), L(N, D) contours and residuals",
-        description="Draw the fit plots as PNG and SVG. INPUT is a fit directory (with fit.json) or, to fit first, "
-        "a sweep directory or CSV (then the fitting options apply, and the fit is saved in fit/ next to it).",
-        epilog=EPILOG_PLOT,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "input", metavar="INPUT_OR_FIT_DIR", type=Path, help="fit directory, fit.json, sweep directory or CSV"
-    )
-    p.add_argument(
-        "--out", type=Path, default=None, metavar="DIR", help="where the plots go (default: the fit directory)"
-    )
-    fitting = _add_input_args(p)
-    p.set_defaults(func=run_plot, fit_options=[(a.option_strings[0], a.dest, a.default) for a in fitting])
 
 
 def _parse_values(spec: str) -> tuple[float, ...]:
@@ -205,7 +180,7 @@ def parse_grids(specs: list[str]) -> dict[str, dict[str, tuple[float, ...]]]:
 
 
 @contextlib.contextmanager
-def _report_warnings(command: str) -> Iterator[None]:
+def report_warnings(command: str) -> Iterator[None]:
     """Print FitWarnings as one-line messages as they happen."""
     from scalelab.scaling.fit.table import FitWarning
 
@@ -264,7 +239,7 @@ def fit_input(args: argparse.Namespace, command: str) -> tuple[dict, Any]:
         grids=grids,
         progress=args.bootstrap >= 200,
     )
-    with _report_warnings(command):
+    with report_warnings(command):
         try:
             table = load_table(args.input, Columns(args.n_col, args.d_col, args.c_col, args.loss_col))
             result = run_fits(table, settings)
@@ -290,11 +265,11 @@ def fit_input(args: argparse.Namespace, command: str) -> tuple[dict, Any]:
     return _clean({"meta": meta, **result}), table
 
 
-def _default_out(path: Path) -> Path:
+def default_out(path: Path) -> Path:
     return (path if path.is_dir() else path.parent) / "fit"
 
 
-def _writable_dir(out: Path) -> Path:
+def writable_dir(out: Path) -> Path:
     """Create the output directory and check that files can be written there, before any fitting."""
     from scalelab.errors import UserError
 
@@ -312,10 +287,10 @@ def _writable_dir(out: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _output_dir(out: Path) -> Iterator[Path]:
-    """`_writable_dir` for as long as the command runs: a directory it created goes again if the command fails."""
+def output_dir(out: Path) -> Iterator[Path]:
+    """`writable_dir` for as long as the command runs: a directory it created goes again if the command fails."""
     created = not out.exists()
-    _writable_dir(out)
+    writable_dir(out)
     try:
         yield out
     except BaseException:
@@ -324,7 +299,7 @@ def _output_dir(out: Path) -> Iterator[Path]:
         raise
 
 
-def _require_a_fit(fit: dict) -> None:
+def require_a_fit(fit: dict) -> None:
     """A fit in which no approach could be fitted is an error listing what each approach lacked."""
     from scalelab.errors import UserError
 
@@ -334,7 +309,7 @@ def _require_a_fit(fit: dict) -> None:
     raise UserError(f"no approach could be fitted to {fit['meta']['input']}:{reasons}")
 
 
-def _write_fit(fit: dict, out: Path) -> Path:
+def write_fit(fit: dict, out: Path) -> Path:
     from scalelab.files import write_atomic
 
     path = out / "fit.json"
@@ -348,7 +323,7 @@ def run_lr_fit(args: argparse.Namespace, out: Path) -> int:
     from scalelab.scaling.fit.lr_rule import LR_RULE_FILE, fit_lr_rule, format_lr_rule, plot_lr_rule, write_lr_rule
     from scalelab.scaling.fit.table import Columns, FitInputError, load_table
 
-    with _report_warnings("fit"):
+    with report_warnings("fit"):
         try:
             table = load_table(args.input, Columns(args.n_col, args.d_col, args.c_col, args.loss_col), extra=("lr",))
             rule = fit_lr_rule(table)
@@ -366,78 +341,12 @@ def run_fit(args: argparse.Namespace) -> int:
     """Fit, write fit.json, print the table."""
     from scalelab.scaling.fit.report import format_report
 
-    with _output_dir(args.out or _default_out(args.input)) as out:
+    with output_dir(args.out or default_out(args.input)) as out:
         if args.approach == "lr":
             return run_lr_fit(args, out)
         fit, _ = fit_input(args, "fit")
-        _require_a_fit(fit)
-        path = _write_fit(fit, out)
+        require_a_fit(fit)
+        path = write_fit(fit, out)
     print(format_report(fit), end="")
     print(f"wrote {path}")
-    return 0
-
-
-def _read_fit(fit_json: Path) -> tuple[dict, Any]:
-    """A saved fit and the table it was fitted from, read again the way the fit read it."""
-    from scalelab.errors import UserError
-    from scalelab.files import read_json
-    from scalelab.scaling.fit.table import Columns, FitInputError, load_table
-
-    fix = "re-run scalelab fit to write it again"
-    fit = read_json(fit_json, fix)
-    meta = fit.get("meta") if isinstance(fit, dict) else None
-    if not isinstance(meta, dict) or not {"input", "column_flags"} <= meta.keys():
-        raise UserError(f"{fit_json} has no 'meta' with the input and its columns, so it is not a scalelab fit; {fix}")
-    try:
-        with _report_warnings("plot"):
-            table = load_table(meta["input"], Columns(**meta["column_flags"]))
-    except FitInputError as error:
-        raise UserError(f"{fit_json} was fitted from {meta['input']}, which cannot be read now: {error}") from error
-    return fit, table
-
-
-def run_plot(args: argparse.Namespace) -> int:
-    """Draw the plots from a fit directory, or fit INPUT first."""
-    from scalelab.errors import UserError
-    from scalelab.scaling.fit.plots import draw_all
-
-    path: Path = args.input
-    if args.approach == "lr":
-        raise UserError(
-            f"plot draws the scaling-law fits; `scalelab fit {path} --approach lr` draws the learning-rate rule itself"
-        )
-    fit_json = path if path.suffix == ".json" else path / "fit.json"
-    if fit_json.is_file():
-        fit, table = _read_fit(fit_json)
-        given = [
-            f"{flag} {v}"
-            for flag, dest, default in args.fit_options
-            if (value := getattr(args, dest)) != default
-            for v in (value if isinstance(value, list) else [value])
-        ]
-        if given:  # a saved fit is drawn as it was made: these options would be silently ignored
-            raise UserError(
-                f"{fit_json} is a saved fit, drawn as it was made, so {', '.join(given)} would change nothing; "
-                f"refit with `scalelab fit {fit['meta']['input']} {' '.join(given)} --out {fit_json.parent}`, "
-                "then plot that"
-            )
-        out = _writable_dir(args.out or fit_json.parent)
-    else:
-        out = args.out or _default_out(path)
-        if (out / "fit.json").is_file():
-            # A saved fit may come from other options (an approach, a budget); plotting must not replace it.
-            raise UserError(
-                f"{out / 'fit.json'} already holds a fit; plot it with `scalelab plot {out}`, refit with "
-                f"`scalelab fit {path} --out {out}`, or pass --out with another directory"
-            )
-        with _output_dir(out):
-            fit, table = fit_input(args, "plot")
-            _require_a_fit(fit)
-            print(f"wrote {_write_fit(fit, out)}")
-    with _report_warnings("plot"):
-        written, skipped = draw_all(fit, table, out)
-    for p in written:
-        print(f"wrote {p}")
-    for name, reason in skipped.items():
-        print(f"{name}.png and .svg skipped: {reason}")
     return 0
