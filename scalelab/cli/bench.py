@@ -141,7 +141,7 @@ def _check(args: argparse.Namespace) -> None:
     """Reject unknown names with the valid choices, before anything slow starts."""
     from scalelab.bench.suite import SECTIONS
 
-    known = {s.name for s in LADDER}
+    known = [s.name for s in LADDER]  # in ladder order, as --help lists them
     for flag, values, valid in (
         ("--sections", args.sections or (), SECTIONS),
         ("--rungs", args.rungs or (), known),

@@ -39,7 +39,8 @@ def test_cli_rejects_unknown_names_before_running(capsys):
     args = parser.parse_args(["--rungs", "ref-512,huge", "--sections", "ladder"])
     args.prog = "scalelab"
     assert run_bench(args) == 2
-    assert "huge" in capsys.readouterr().err
+    ladder = ", ".join(rung.name for rung in LADDER)  # the valid names in the order --help lists them
+    assert f"--rungs: unknown huge; choose from {ladder}" in capsys.readouterr().err
 
 
 def test_torch_baseline_has_exactly_our_parameters():
