@@ -59,6 +59,9 @@ def describe_os_error(error: OSError) -> str:
     return f"{where}: {error.strerror or error}; {fix}"
 
 
+_UNRECOGNIZED_IN = "_unrecognized_in"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's parser, reading "-1e12" as the number it is (subcommand parsers are of this class too).
 
@@ -69,6 +72,20 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+    # argparse reports an argument no subcommand knows from the top-level parser ("scalelab: error:
+    # unrecognized arguments"); the innermost parser that met it names itself and shows its own usage.
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras and not hasattr(namespace, _UNRECOGNIZED_IN):
+            setattr(namespace, _UNRECOGNIZED_IN, self)
+        return namespace, extras
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            getattr(namespace, _UNRECOGNIZED_IN, self).error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace
 
 
 def build_parser() -> argparse.ArgumentParser:

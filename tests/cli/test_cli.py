@@ -42,6 +42,23 @@ def test_every_subcommand_explains_itself(capsys):
         assert "usage: scalelab" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("argv", "parser"),
+    [
+        (["data", "prepare", "--corpus", "x"], "scalelab data prepare"),
+        (["train", "gpt-tiny", "--foo"], "scalelab train"),
+        (["--foo", "train", "gpt-tiny"], "scalelab"),
+    ],
+)
+def test_an_unknown_argument_is_named_by_the_command_that_met_it(capsys, argv, parser):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: {parser} ")  # that command's usage, not the top level's
+    assert err.splitlines()[-1].startswith(f"{parser}: error: unrecognized arguments: --")
+
+
 def test_bad_config_is_a_one_line_error_with_status_2(capsys, tmp_path):
     assert main(["train", "gpt-tiny", "--set", "model.n_layer=3", "--run-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
