@@ -273,7 +273,7 @@ def _run(cfg: Config, run_dir: Path, init_from: Path | None, existing: str, quie
     try:
         schedule = learning_rate(cfg)
         for step in range(start, cfg.train.steps):
-            if guard.requested(step):
+            if guard.requested():
                 save(step, "preempted", wait=True)
                 raise Preempted(
                     f"stopped by {guard.signal_name or 'a signal'} after {step} steps; re-run to resume", step

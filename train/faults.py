@@ -70,6 +70,11 @@ class PreemptionGuard:
     """
 
     _active: PreemptionGuard | None = None  # the outermost guard entered in this process
+    # Calls to the preemption service's sync point in this process. The service stops every process
+    # at the call after the fastest one's count when the notice came, so the count must only rise:
+    # a run's own step starts again at 0 (or at a resumed step) in the next run of a sweep, and a
+    # notice that came after a run's last step would then be matched mid-run much later, or never.
+    _sync_calls = 0
 
     def __init__(self, command: str = "train") -> None:
         self.command = command  # the `scalelab COMMAND` its notices name
@@ -120,24 +125,35 @@ class PreemptionGuard:
             os.kill(os.getpid(), signal.SIGTERM)
 
     def signalled_anywhere(self) -> bool:
-        """Whether any process has had a signal (a collective with several): for a point between runs."""
+        """Whether any process has had a signal (a collective with several): for a point between runs.
+
+        With several processes a SIGTERM goes to the preemption service, not to this guard, so the
+        service's sync point is asked too: a notice that came after a run's last step stops here.
+        """
         import jax
         from jax.experimental import multihost_utils
 
         if jax.process_count() == 1:
             return self.signal_name is not None
+        reached = self._reached_sync_point()
         flags = multihost_utils.process_allgather(np.asarray(self.signal_name is not None))
-        return bool(np.any(flags))
+        return reached or bool(np.any(flags))
 
-    def requested(self, step: int) -> bool:
-        """Whether the run should save and stop after `step` (a sync point every process must call)."""
+    def requested(self) -> bool:
+        """Whether the run should save and stop now (after each step: a sync point every process must call)."""
         import jax
-        from jax.experimental import multihost_utils
 
         if jax.process_count() == 1:
             return self.signal_name is not None
+        return self._reached_sync_point()
+
+    def _reached_sync_point(self) -> bool:
+        """The preemption service's verdict at this process's next sync call; False with the service off."""
+        from jax.experimental import multihost_utils
+
+        PreemptionGuard._sync_calls += 1
         try:
-            reached = multihost_utils.reached_preemption_sync_point(step)
+            reached = multihost_utils.reached_preemption_sync_point(PreemptionGuard._sync_calls)
         except RuntimeError:  # the preemption service is off: nothing can request a stop
             return False
         if reached and self.signal_name is None:  # a process that got no signal itself

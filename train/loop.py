@@ -134,7 +134,7 @@ class _Session:
     def run(self, guard: PreemptionGuard) -> None:
         """Train to train.steps; when `guard` reports a signal, save and raise Preempted."""
         while self.step < self.cfg.train.steps:  # a signal after the last step changes nothing
-            if guard.requested(self.step):
+            if guard.requested():
                 self._preempt(guard.signal_name or "a signal")
             try:
                 self._advance()

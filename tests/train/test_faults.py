@@ -34,9 +34,9 @@ def sigterms() -> list[int]:
 
 def test_single_process_first_signal_requests_a_stop_and_the_second_exits_at_once(exits):
     with PreemptionGuard() as guard:
-        assert not guard.requested(0)
+        assert not guard.requested()
         signal.raise_signal(signal.SIGINT)
-        assert guard.signal_name == "SIGINT" and guard.requested(0)
+        assert guard.signal_name == "SIGINT" and guard.requested()
         with pytest.raises(_Exited) as exited:  # another signal than the first is never an echo
             signal.raise_signal(signal.SIGTERM)
     assert exited.value.args == (128 + signal.SIGTERM,)
