@@ -3,6 +3,7 @@
 import argparse
 import errno
 import importlib.metadata
+import sys
 
 import pytest
 
@@ -57,6 +58,25 @@ def test_an_unknown_argument_is_named_by_the_command_that_met_it(capsys, argv, p
     err = capsys.readouterr().err
     assert err.startswith(f"usage: {parser} ")  # that command's usage, not the top level's
     assert err.splitlines()[-1].startswith(f"{parser}: error: unrecognized arguments: --")
+
+
+def test_the_error_line_is_one_write_so_other_output_cannot_split_it(monkeypatch, tmp_path):
+    class Recorder:  # stderr as the OS sees it under PYTHONUNBUFFERED: every write() is a write(2)
+        def __init__(self):
+            self.writes = []
+
+        def write(self, text):
+            self.writes.append(text)
+            return len(text)
+
+        def flush(self):
+            pass
+
+    stderr = Recorder()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    assert main(["train", "no-such-config", "--run-dir", str(tmp_path)]) == 2
+    assert len(stderr.writes) == 1 and stderr.writes[0].startswith("scalelab train: error: ")
+    assert stderr.writes[0].endswith("\n") and stderr.writes[0].count("\n") == 1
 
 
 def test_bad_config_is_a_one_line_error_with_status_2(capsys, tmp_path):
