@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -15,46 +10,15 @@ import pytest
 
 from tests.parallel.helpers import tiny_config, train_steps
 from tests.parallel.multihost_worker import MESHES
-from tests.xla_flags import with_quick_build
+from tests.parallel.processes import run_workers
 
-ROOT = Path(__file__).resolve().parents[2]
 RTOL = 1e-5  # fp32; the processes differ from one process only in how collectives travel
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("multihost")
-    env = {
-        **os.environ,
-        "XLA_FLAGS": with_quick_build("--xla_force_host_platform_device_count=2"),
-        "JAX_PLATFORMS": "cpu",
-        "PYTHONPATH": str(ROOT),
-    }
-    command = [sys.executable, "-m", "tests.parallel.multihost_worker", "--coordinator", f"127.0.0.1:{free_port()}"]
-    workers = [
-        subprocess.Popen(
-            [*command, "--num-processes", "2", "--process-id", str(i), "--out", str(out)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    try:
-        logs = [worker.communicate(timeout=240)[0] for worker in workers]
-    finally:
-        for worker in workers:
-            worker.kill()
-    for worker, log in zip(workers, logs, strict=True):
-        assert worker.returncode == 0, log[-3000:]
+    run_workers("tests.parallel.multihost_worker", "--out", str(out), devices=2, timeout=240)
     return [json.loads((out / f"process_{i}.json").read_text()) for i in range(2)]
 
 

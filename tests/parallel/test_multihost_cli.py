@@ -14,7 +14,7 @@ import pytest
 
 from scalelab.train.faults import EXIT_PEER_LOST, EXIT_PREEMPTED, lock_run_dir
 from scalelab.train.metrics import read_metrics
-from tests.parallel.test_multihost import ROOT, free_port
+from tests.parallel.processes import ROOT, free_port
 from tests.xla_flags import with_quick_build
 
 SCALELAB = Path(sys.executable).parent / "scalelab"
