@@ -76,16 +76,21 @@ jax.tree_util.register_dataclass(
 
 @dataclasses.dataclass(frozen=True)
 class Sampler:
-    """How the next token is chosen: greedy at temperature 0, else sampled from softmax(logits / T), top-k if set."""
+    """How the next token is chosen: greedy at temperature 0, else sampled from softmax(logits / T), among
+    the top_k likeliest tokens if set, then among the fewest likeliest whose probability adds up to top_p
+    (nucleus sampling, Holtzman et al. 2020) if set."""
 
     temperature: float = 0.0
     top_k: int | None = None
+    top_p: float | None = None
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
             raise ConfigError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"top_k must be >= 1 (or unset for the whole vocabulary), got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1] (or unset for the whole vocabulary), got {self.top_p}")
 
 
 def check_decoder(cfg: ModelConfig) -> None:
@@ -226,6 +231,13 @@ def next_token(logits: jax.Array, key: jax.Array, sampler: Sampler) -> jax.Array
     if sampler.top_k is not None and sampler.top_k < logits.shape[-1]:
         kth = jax.lax.top_k(logits, sampler.top_k)[0][:, -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if sampler.top_p is not None and sampler.top_p < 1:
+        ranked = -jnp.sort(-logits, axis=-1)  # likeliest first
+        probs = jax.nn.softmax(ranked, axis=-1)
+        likelier = jnp.cumsum(probs, axis=-1) - probs  # the mass of the tokens ranked above each one
+        # A token stays while the tokens above it hold less than top_p; the likeliest always stays.
+        lowest = jnp.min(jnp.where(likelier < sampler.top_p, ranked, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < lowest, -jnp.inf, logits)
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 

@@ -31,7 +31,7 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
             "Prompts are text (encoded with the run's tokenizer) or, for runs without one, token ids."
         ),
         epilog=(
-            "examples: scalelab generate runs/gpt-tiny-text --prompt 'To be, or not' --max-new-tokens 40 --top-k 20\n"
+            "examples: scalelab generate runs/gpt-tiny-text --prompt 'To be, or not' --max-new-tokens 40 --top-p 0.9\n"
             "          scalelab generate runs/gpt-tiny --prompt-ids 3,17,42 --temperature 0\n"
             "          scalelab generate runs/t5-tiny --prompt-ids 5,9,12,30 --temperature 0   (the ids are the encoder's input)"
         ),
@@ -68,6 +68,14 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--top-k", type=int, default=None, help="sample only among the k likeliest tokens (default: all of them)"
     )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=None,
+        metavar="P",
+        help="nucleus sampling: sample only among the fewest likeliest tokens whose probabilities add up to P, "
+        "after --top-k (default: all of them)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed; the same seed gives the same text")
     parser.add_argument(
         "--quantize",
@@ -100,7 +108,9 @@ def run_generate(args: argparse.Namespace) -> int:
         raise UserError(f"--temperature must be a finite number >= 0 (0 is greedy), got {args.temperature}")
     if args.top_k is not None and args.top_k < 1:
         raise UserError(f"--top-k must be at least 1 (or left out for the whole vocabulary), got {args.top_k}")
-    sampler = Sampler(args.temperature, args.top_k)
+    if args.top_p is not None and not 0 < args.top_p <= 1:  # also refuses nan
+        raise UserError(f"--top-p must be a probability above 0 and at most 1 (1 keeps every token), got {args.top_p}")
+    sampler = Sampler(args.temperature, args.top_k, args.top_p)
     run = load_run(args.run_dir)
     if hasattr(run.model, "base"):  # a PPO policy carries its value head (posttrain/heads.py): decode with the decoder
         decoder = {key: value for key, value in run.params.items() if key in run.model.base.shapes}

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scalelab.inference.decode import Sampler, extend, generate, init_cache, prefill
+from scalelab.inference.decode import Sampler, extend, generate, init_cache, next_token, prefill
 from scalelab.model import ConfigError, ModelConfig
 from tests.inference.helpers import assert_logits_close, eager_model
 
@@ -138,6 +138,22 @@ def test_sampling_is_reproducible_from_a_seed_and_respects_top_k(base):
 
     top1 = generate(BASE, model.graphdef, params, prompt, new_tokens=10, seed=7, sampler=Sampler(2.0, top_k=1))
     np.testing.assert_array_equal(top1, generate(BASE, model.graphdef, params, prompt, new_tokens=10))
+
+
+def test_top_p_samples_the_nucleus_in_proportion_and_after_top_k():
+    # probabilities 0.5, 0.3, 0.15, 0.05: the nucleus of 0.7 is the first two (0.5 < 0.7, 0.8 >= 0.7)
+    logits = jnp.log(jnp.asarray([[0.05, 0.5, 0.15, 0.3]] * 4000, jnp.float32))
+    draw = jax.jit(next_token, static_argnames="sampler")
+    drawn = np.asarray(draw(logits, jax.random.key(0), Sampler(1.0, top_p=0.7)))
+    assert set(drawn) == {1, 3}
+    assert np.mean(drawn == 1) == pytest.approx(0.5 / 0.8, abs=0.03)  # renormalized within the nucleus
+    assert set(np.asarray(draw(logits, jax.random.key(1), Sampler(1.0, top_p=0.85)))) == {1, 3, 2}
+    assert set(np.asarray(draw(logits, jax.random.key(2), Sampler(1.0, top_p=1e-6)))) == {1}  # the likeliest stays
+    assert set(np.asarray(draw(logits, jax.random.key(3), Sampler(1.0, top_p=1.0)))) == {0, 1, 2, 3}
+    # top-k first: of the 2 likeliest (0.5 and 0.3, renormalized 0.625 and 0.375), a 0.6 nucleus is the first
+    assert set(np.asarray(draw(logits, jax.random.key(4), Sampler(1.0, top_k=2, top_p=0.6)))) == {1}
+    with pytest.raises(ConfigError, match=r"top_p must be in \(0, 1\]"):
+        Sampler(top_p=0.0)
 
 
 def test_too_long_prompts_and_other_families_are_errors_that_name_the_fix(base):

@@ -91,6 +91,9 @@ def test_sampling_follows_the_seed_and_int8_reports_its_savings(synthetic_run, c
     a = _generate(capsys, *base, "--seed", "1")[1]
     assert _generate(capsys, *base, "--seed", "1")[1] == a
     assert _generate(capsys, *base, "--seed", "2")[1] != a
+    nucleus = _generate(capsys, *base, "--seed", "1", "--top-p", "0.9")[1]  # the same draws over fewer tokens
+    assert _generate(capsys, *base, "--seed", "1", "--top-p", "0.9")[1] == nucleus
+    assert len(nucleus.split(" | ")[1].split()) == 12
     code, out, err = _generate(capsys, *base, "--seed", "1", "--quantize", "int8")
     assert code == 0, err
     assert "int8 weights: quantized weights" in err and "x of fp32" in err and "saved" in err
@@ -183,6 +186,13 @@ def test_errors_name_the_problem_and_the_fix(synthetic_run, text_run, tmp_path, 
 
     code, out, err = _generate(capsys, synthetic_run, "--prompt-ids", "1", "--top-k", "0")
     assert code == 2 and out == "" and "--top-k must be at least 1" in err
+    for bad in ("0", "1.5", "nan"):
+        code, out, err = _generate(capsys, synthetic_run, "--prompt-ids", "1", "--top-p", bad)
+        assert (
+            code == 2
+            and out == ""
+            and f"--top-p must be a probability above 0 and at most 1 (1 keeps every token), got {float(bad)}" in err
+        )
 
     # No --max-new-tokens and no room left: the message is about the prompt, not a token nobody asked for.
     code, _, err = _generate(capsys, synthetic_run, "--prompt-ids", "1," * 63 + "1")
