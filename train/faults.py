@@ -190,6 +190,26 @@ def lock_run_dir(run_dir: Path) -> int | None:
     return fd
 
 
+def lock_holder(run_dir: Path) -> str | None:
+    """Who holds `run_dir`'s lock now ("PID 12 on host (started ...)"), or None; looks without locking it."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return None  # no locks on this file system: nothing to tell
+        return os.read(fd, 1024).decode(errors="replace").strip() or "another trainer"
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 class RunDirLock:
     """Holds `lock_run_dir` for a run: process 0 locks, and every process stops if that fails."""
 

@@ -75,6 +75,25 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def steps_logged(run_dir: Path) -> int:
+    """How many updates the newest train line of a run's metrics describes (step s is after s + 1); 0 without one.
+
+    Read while the run may be appending: a line still being written is skipped."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return 0
+    with open(path) as f:
+        lines = f.readlines()
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "loss" in record and isinstance(record.get("step"), int):
+            return record["step"] + 1
+    return 0
+
+
 def _stepped_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(line, record) of every parseable line; a record without an integer `step` is an error naming its line."""
     with open(path) as f:

@@ -1,4 +1,4 @@
-"""`scalelab sweep plan SPEC` and `scalelab sweep run SPEC [--shard i/k] [--sweep-dir DIR]`."""
+"""`scalelab sweep plan SPEC`, `scalelab sweep run SPEC [--shard i/k] [--sweep-dir DIR]` and `scalelab sweep status`."""
 
 from __future__ import annotations
 
@@ -74,6 +74,19 @@ def register_sweep(subparsers: argparse._SubParsersAction) -> None:
     add_dry_run_arguments(run)
     run.set_defaults(func=run_run)
 
+    status = actions.add_parser(
+        "status",
+        help="show where each run stands: done, running, stopped or not started, with its steps and loss",
+        description="Read SWEEP_DIR and show each planned run's state (done, diverged, running, trained, stopped, "
+        "not started), its steps and loss, what comes next for it, and the share of the sweep's FLOPs trained. "
+        "It changes nothing, so it is safe while the sweep runs, from any host that sees SWEEP_DIR.",
+        epilog="example: scalelab sweep status demo --sweep-dir sweeps/demo",
+    )
+    status.add_argument("spec", metavar="SPEC", help="sweep spec path or name under configs/sweeps/")
+    status.add_argument("--shard", metavar="I/K", help="show only shard I of K (0 <= I < K)")
+    status.add_argument("--sweep-dir", type=Path, default=None, help="sweep directory (default: sweeps/<spec name>)")
+    status.set_defaults(func=run_status)
+
 
 def _probe_steps(text: str) -> int:
     """--probe-steps: 2 or more (the first step pays one-off costs; the time per step comes from the rest)."""
@@ -135,6 +148,21 @@ def run_plan(args: argparse.Namespace) -> int:
     minutes = result.total_s / 60
     note = f"; {result.beyond} run(s) extrapolated beyond the dearest probe" if result.beyond else ""
     print(f"estimated wall time on this machine: {minutes:.1f} min ({result.total_s / 3600:.2f} h){note}")
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Print each run's state from the sweep directory."""
+    from scalelab.errors import UserError
+    from scalelab.scaling.sweep.runner import check_sweep_dir
+    from scalelab.scaling.sweep.status import format_status
+
+    plan, _, runs = _plan(args)
+    sweep_dir = args.sweep_dir or Path("sweeps") / plan.spec.name
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise UserError(f"--sweep-dir {sweep_dir} is a file, not a directory; give the sweep's directory")
+    check_sweep_dir(plan, sweep_dir, runs)  # a directory of another spec is named, not misread
+    print(format_status(plan, sweep_dir, runs))
     return 0
 
 
