@@ -52,7 +52,7 @@ def find_files(spec: str) -> list[Path]:
     if not chosen:
         raise DataError(
             f"corpus {spec!r} holds no .txt or .jsonl files (found {len(files)} other files); "
-            "point data.corpus at plain-text (.txt) or JSON-lines (.jsonl) files"
+            "give plain-text (.txt) or JSON-lines (.jsonl) files, or a folder of them (as INPUT or data.corpus)"
         )
     return chosen
 
