@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,7 @@ from scalelab.train.checkpoint_store import (
 )
 from scalelab.train.config import Config
 from scalelab.train.config_io import save_config
+from scalelab.train.evaluation import evaluate_all
 from scalelab.train.faults import DataSkips, Preempted, PreemptionGuard, RunDirLock, poison_batch, watch_for_lost_peers
 from scalelab.train.faults import NonFiniteLossError as NonFiniteLossError  # callers catch it from here
 from scalelab.train.metrics import clear_metrics, refuse_replacing
@@ -78,22 +79,6 @@ def summary(cfg: Config, trainer: Trainer, peak: tuple[float, str], compile_s: f
         f"peak     {si(peak[0], 'FLOP/s')} per device ({peak[1]})",
     ]
     return "\n".join(lines)
-
-
-def evaluate(trainer: Trainer, params: Any, source: BatchSource) -> float:
-    """Mean validation loss over the configured number of fixed eval batches."""
-    return evaluate_all(trainer, params, source)["eval_loss"]
-
-
-def evaluate_all(trainer: Trainer, params: Any, source: BatchSource) -> dict[str, float]:
-    """`eval_loss`, and eval_<name> for each further "<name>_sum" a post-training stage's eval step returns."""
-    totals: dict[str, float] = {}
-    for index in range(trainer.cfg.train.eval_batches):
-        sums = trainer.eval_step(params, trainer.put_batch(source.eval_batch(index)))
-        for key, value in sums.items():
-            totals[key] = totals.get(key, 0.0) + float(value)
-    weight = max(totals.pop("weight_sum"), 1.0)
-    return {f"eval_{key.removesuffix('_sum')}": value / weight for key, value in totals.items()}
 
 
 def _start_state(trainer: Trainer, init_from: Path | None) -> TrainState:

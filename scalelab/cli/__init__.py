@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
-from scalelab.cli import bench, data, fit, generate, plot, posttrain, ppo, sweep, train
+from scalelab.cli import bench, data, evaluate, fit, generate, plot, posttrain, ppo, sweep, train
 from scalelab.errors import UserError
 from scalelab.runtime.compile_cache import use_compile_cache
 from scalelab.runtime.host import keep_freed_memory
@@ -27,6 +27,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     ppo.register_ppo,
     ppo.register_sentiment,
     generate.register_generate,
+    evaluate.register_eval,
     data.register_data,
     data.register_tokenizer,
     sweep.register_sweep,

@@ -3,6 +3,7 @@ a policy belongs, and a run whose checkpoint carries a scalar head (reward, PPO)
 
 from __future__ import annotations
 
+import json
 import signal
 
 import numpy as np
@@ -146,3 +147,13 @@ def test_ctrl_c_in_sft_names_sft_not_train(text_base, tmp_path, monkeypatch, cap
     with compile_cache(tmp_path / "jax-cache"), pytest.raises(Preempted, match="after 0 steps"):
         train(cfg, tmp_path / "sft", quiet=True, init_from=pretrained)
     assert "scalelab sft: SIGINT: saving a checkpoint" in capfd.readouterr().err
+
+
+def test_eval_of_a_reward_model_gives_the_loss_and_accuracy_its_run_logged(reward_run, capsys):
+    rm, _ = reward_run
+    logged = [r for r in read_metrics(rm) if "eval_loss" in r][-1]
+    assert main(["eval", str(rm), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["step"] == logged["step"] + 1
+    for key in ("eval_loss", "eval_accuracy"):
+        assert report[key] == pytest.approx(logged[key], rel=1e-5), key
