@@ -8,6 +8,11 @@ import math
 from pathlib import Path
 
 from scalelab.cli.options import add_overrides
+from scalelab.inference.quant_modes import MODES
+
+# The modes whose loss the trainer's own eval step measures: train.qat_bits fake-quantizes each weight on
+# exactly the grid the mode stores (train/qat.py); modes that also quantize activations need the decoder.
+WEIGHT_ONLY = tuple(name for name, mode in MODES.items() if mode.activations == "none" and not mode.float8)
 
 EPILOG = """examples:
   scalelab eval runs/tiny                          # the newest checkpoint on the run's own eval batches
@@ -35,6 +40,14 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="validation batches to average (default: the run's train.eval_batches)",
     )
+    parser.add_argument(
+        "--quantize",
+        choices=WEIGHT_ONLY,
+        default=None,
+        metavar="MODE",
+        help="also evaluate the model with its weights on a quantization grid, as generate --quantize MODE stores "
+        f"them ({', '.join(WEIGHT_ONLY)}), and compare the two losses",
+    )
     add_overrides(parser, "train.batch_size=32")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text line")
     parser.set_defaults(func=run_eval)
@@ -61,6 +74,17 @@ def run_eval(args: argparse.Namespace) -> int:
             "judge, or read its metrics.jsonl"
         )
     step_dir, metrics = evaluate_checkpoint(cfg, args.run)
+    plain = None
+    if args.quantize is not None:
+        if cfg.train.qat_bits:
+            raise UserError(
+                f"{root} already evaluates on a quantization grid (train.qat_bits={cfg.train.qat_bits}); drop "
+                "--quantize, or add --set train.qat_bits=0 to compare against its unquantized weights"
+            )
+        mode = MODES[args.quantize]
+        grid = [f"train.qat_bits={mode.bits}", f"train.qat_group_size={mode.group_size}"]
+        plain = metrics
+        _, metrics = evaluate_checkpoint(load_config(root / "config.yaml", [*overrides, *grid]), args.run)
     train = cfg.train
     data = cfg.data.name if cfg.data.source == "tfds" else cfg.data.source
     report = {
@@ -71,13 +95,19 @@ def run_eval(args: argparse.Namespace) -> int:
         "tokens": train.eval_batches * train.batch_size * train.seq_len,
         **metrics,
     }
+    if plain is not None:
+        report |= {"quantize": args.quantize, "unquantized": plain}
     if args.json:
         print(json.dumps(report))
         return 0
     loss = metrics["eval_loss"]
     others = "".join(f", {key} {value:.4f}" for key, value in metrics.items() if key != "eval_loss")
-    print(
+    weights = "" if plain is None else f" with {args.quantize} weights"
+    line = (
         f"{root} step {report['step']} on {data} validation ({train.eval_batches} batches of {train.batch_size} x "
-        f"{train.seq_len} tokens): eval_loss {loss:.4f} (perplexity {math.exp(min(loss, 700.0)):.4g}){others}"
+        f"{train.seq_len} tokens): eval_loss {loss:.4f}{weights} (perplexity {math.exp(min(loss, 700.0)):.4g}){others}"
     )
+    if plain is not None:
+        line += f"; unquantized {plain['eval_loss']:.4f}, so {loss / plain['eval_loss']:.4f}x"
+    print(line)
     return 0

@@ -73,3 +73,21 @@ def test_bad_input_names_the_problem_and_the_fix(run, tmp_path, capsys):
     train(load_config("gpt-tiny", [*FAST, "train.steps=2", "train.eval_every=0"]), unsaved, quiet=True)
     assert main(["eval", str(unsaved)]) == 2
     assert f"eval of {unsaved.absolute()}: that run saved no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4-g32"])
+def test_quantize_reports_the_loss_of_the_model_generate_would_quantize(run, capsys, mode):
+    from scalelab.bench.quant_bench import eval_loss
+    from scalelab.data import make_source
+    from scalelab.inference.generate import load_run
+    from scalelab.inference.quantize import quantize
+
+    assert main(["eval", str(run), "--quantize", mode, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["quantize"] == mode and report["unquantized"]["eval_loss"] == pytest.approx(_logged(run)[8], rel=1e-6)
+    loaded = load_run(run)  # what `generate --quantize MODE` decodes with: the weights stored on the mode's grid
+    source = make_source(loaded.cfg)
+    batches = [source.eval_batch(i) for i in range(loaded.cfg.train.eval_batches)]
+    stored = eval_loss(loaded.model, quantize(loaded.params, loaded.model.axes, mode), batches)
+    assert report["eval_loss"] == pytest.approx(stored, rel=1e-4)
+    assert report["eval_loss"] != report["unquantized"]["eval_loss"]  # the grid changed the weights
