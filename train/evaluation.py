@@ -29,10 +29,13 @@ def evaluate_all(trainer: Trainer, params: Any, source: BatchSource) -> dict[str
     return {f"eval_{key.removesuffix('_sum')}": value / weight for key, value in totals.items()}
 
 
-def evaluate_checkpoint(cfg: Config, source: Path, command: str = "eval") -> tuple[Path, dict[str, float]]:
+def evaluate_checkpoint(
+    cfg: Config, source: Path, command: str = "eval", devices: list[Any] | None = None
+) -> tuple[Path, dict[str, float]]:
     """(the step folder read, its eval metrics): `source` is a run directory (its newest intact checkpoint),
-    its checkpoints/ folder or one step folder; `cfg` says the model, the mesh and the validation data."""
-    trainer = Trainer.build(cfg)
+    its checkpoints/ folder or one step folder; `cfg` says the model, the mesh (over `devices`, default all)
+    and the validation data."""
+    trainer = Trainer.build(cfg, devices)
     stage = stage_of(cfg)
     make = make_source if stage is None else stage.source
     data = make(cfg, *trainer.data_shard())

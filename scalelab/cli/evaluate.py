@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 from scalelab.cli.options import add_overrides
@@ -53,6 +54,36 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_eval)
 
 
+def _devices(cfg, root: Path) -> list | None:
+    """None (the run's mesh over every device) when that mesh fits this host; else one device, said so."""
+    import jax
+
+    from scalelab.model.config import ConfigError
+    from scalelab.parallel.mesh import MESH_AXES, resolve_axis_sizes
+
+    try:
+        resolve_axis_sizes({axis: getattr(cfg.mesh, axis) for axis in MESH_AXES}, jax.device_count())
+        return None
+    except ConfigError:
+        print(
+            f"scalelab eval: the mesh in {root / 'config.yaml'} does not fit the {jax.device_count()} device(s) here, "
+            "so the checkpoint is evaluated on one device",
+            file=sys.stderr,
+        )
+        return jax.devices()[:1]
+
+
+def _on(cfg, devices: list | None):
+    """`cfg` with a one-device mesh (keeping its axis rules) when `devices` is that one device."""
+    if devices is None:
+        return cfg
+    import dataclasses
+
+    from scalelab.parallel.config import MeshConfig
+
+    return dataclasses.replace(cfg, mesh=MeshConfig(data=1, rules=cfg.mesh.rules))
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Load the run's config, restore the checkpoint onto its mesh and average the eval sums."""
     from scalelab.errors import UserError
@@ -68,12 +99,13 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UserError(f"{args.run} {what}; give a run directory that scalelab train wrote (--run-dir)")
     overrides = [*args.overrides, *([] if args.batches is None else [f"train.eval_batches={args.batches}"])]
     cfg = load_config(root / "config.yaml", overrides)
+    devices = _devices(cfg, root)
     if cfg.posttrain.stage == "ppo":
         raise UserError(
             f"{root} is a PPO run, whose eval is its rollouts' reward; judge its samples with scalelab sentiment "
             "judge, or read its metrics.jsonl"
         )
-    step_dir, metrics = evaluate_checkpoint(cfg, args.run)
+    step_dir, metrics = evaluate_checkpoint(_on(cfg, devices), args.run, devices=devices)
     plain = None
     if args.quantize is not None:
         if cfg.train.qat_bits:
@@ -84,7 +116,8 @@ def run_eval(args: argparse.Namespace) -> int:
         mode = MODES[args.quantize]
         grid = [f"train.qat_bits={mode.bits}", f"train.qat_group_size={mode.group_size}"]
         plain = metrics
-        _, metrics = evaluate_checkpoint(load_config(root / "config.yaml", [*overrides, *grid]), args.run)
+        quantized = _on(load_config(root / "config.yaml", [*overrides, *grid]), devices)
+        _, metrics = evaluate_checkpoint(quantized, args.run, devices=devices)
     train = cfg.train
     data = cfg.data.name if cfg.data.source == "tfds" else cfg.data.source
     report = {

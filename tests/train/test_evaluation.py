@@ -91,3 +91,11 @@ def test_quantize_reports_the_loss_of_the_model_generate_would_quantize(run, cap
     stored = eval_loss(loaded.model, quantize(loaded.params, loaded.model.axes, mode), batches)
     assert report["eval_loss"] == pytest.approx(stored, rel=1e-4)
     assert report["eval_loss"] != report["unquantized"]["eval_loss"]  # the grid changed the weights
+
+
+def test_a_run_whose_mesh_does_not_fit_here_is_evaluated_on_one_device(run, capsys):
+    # 3 devices on the data axis cannot be laid over this host's 8, as a run from a bigger machine's cannot
+    assert main(["eval", str(run), "--set", "mesh.data=3", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "does not fit the 8 device(s) here, so the checkpoint is evaluated on one device" in captured.err
+    assert json.loads(captured.out)["eval_loss"] == pytest.approx(_logged(run)[8], rel=1e-5)
