@@ -180,6 +180,16 @@ def _print_utilization(plan, sweep_dir: Path, runs) -> None:
         print(usage.describe())
 
 
+def _next_step(spec: str, plan, sweep_dir: Path, rows: int) -> str:
+    """What to run next: the fit once every planned run has its row, else where to watch the rest."""
+    if rows == len(plan.runs):
+        return f"next: scalelab fit {sweep_dir}, then scalelab plot {sweep_dir / 'fit'}"
+    return (
+        f"{len(plan.runs) - rows} of the sweep's {len(plan.runs)} runs have no row yet (other shards'); "
+        f"scalelab sweep status {spec} --sweep-dir {sweep_dir} shows where each stands"
+    )
+
+
 def _recorded(names: list[str]) -> str:
     """The summary's count of runs trained earlier whose rows this call wrote, when there are any."""
     return f"{len(names)} recorded from their last checkpoint, " if names else ""
@@ -235,6 +245,8 @@ def run_run(args: argparse.Namespace) -> int:
             f"{report.rows} row(s) in {sweep_dir / RESULTS_CSV}"
         )
         _print_utilization(plan, sweep_dir, runs)
+        if not report.failed:
+            print(_next_step(args.spec, plan, sweep_dir, report.rows))
     if report.failed:
         print(
             f"scalelab sweep: error: {len(report.failed)} run(s) failed ({', '.join(report.failed)}); see the "
@@ -298,6 +310,8 @@ def _run_workers(args: argparse.Namespace) -> int | None:
     )
     if report.usage is not None:
         print(report.usage.describe())
+    if all(status == 0 for status in report.statuses):
+        print(_next_step(args.spec, plan, sweep_dir, report.rows))
     broken = [i for i, status in enumerate(report.statuses) if status not in (0, EXIT_PREEMPTED)]
     for i in broken:
         print(

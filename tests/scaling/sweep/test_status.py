@@ -114,3 +114,18 @@ def test_a_branched_sweep_shows_its_trunks(tmp_path):
     assert f"not started  0/{first.steps}" in text and f"branches off {trunk.name} at step {first.branch_step}" in text
     assert text.splitlines()[-2].split() == ["trunk", "state", "steps", "next"]
     assert text.splitlines()[-1].split() == [trunk.name, "not", "started", f"0/{trunk.steps}"]
+
+
+def test_a_finished_shard_points_to_the_status_and_the_last_one_to_the_fit(tmp_path, capsys):
+    spec, sweep_dir = write_spec(tmp_path, SPEC), tmp_path / "sweep"
+    command = ["sweep", "run", str(spec), "--sweep-dir", str(sweep_dir), "--quiet"]
+    assert main([*command, "--shard", "0/2"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"1 of the sweep's 2 runs have no row yet (other shards'); scalelab sweep status {spec} --sweep-dir "
+        f"{sweep_dir} shows where each stands"
+    )
+    assert main([*command, "--shard", "1/2"]) == 0
+    assert (
+        capsys.readouterr().out.splitlines()[-1]
+        == f"next: scalelab fit {sweep_dir}, then scalelab plot {sweep_dir / 'fit'}"
+    )
