@@ -99,20 +99,20 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UserError(f"{args.run} {what}; give a run directory that scalelab train wrote (--run-dir)")
     overrides = [*args.overrides, *([] if args.batches is None else [f"train.eval_batches={args.batches}"])]
     cfg = load_config(root / "config.yaml", overrides)
-    devices = _devices(cfg, root)
     if cfg.posttrain.stage == "ppo":
         raise UserError(
             f"{root} is a PPO run, whose eval is its rollouts' reward; judge its samples with scalelab sentiment "
             "judge, or read its metrics.jsonl"
         )
+    if args.quantize is not None and cfg.train.qat_bits:
+        raise UserError(
+            f"{root} already evaluates on a quantization grid (train.qat_bits={cfg.train.qat_bits}); drop "
+            "--quantize, or add --set train.qat_bits=0 to compare against its unquantized weights"
+        )
+    devices = _devices(cfg, root)
     step_dir, metrics = evaluate_checkpoint(_on(cfg, devices), args.run, devices=devices)
     plain = None
     if args.quantize is not None:
-        if cfg.train.qat_bits:
-            raise UserError(
-                f"{root} already evaluates on a quantization grid (train.qat_bits={cfg.train.qat_bits}); drop "
-                "--quantize, or add --set train.qat_bits=0 to compare against its unquantized weights"
-            )
         mode = MODES[args.quantize]
         grid = [f"train.qat_bits={mode.bits}", f"train.qat_group_size={mode.group_size}"]
         plain = metrics

@@ -65,6 +65,7 @@ def test_bad_input_names_the_problem_and_the_fix(run, tmp_path, capsys):
         ([str(tmp_path)], f"{tmp_path} is not a run directory or one of its checkpoints"),
         ([str(run), "--batches", "0"], "--batches must be at least 1, got 0"),
         ([str(run), "--set", "model.d_model=32"], "does not fit this config (model.d_model: checkpoint 64, config 32"),
+        ([str(run), "--quantize", "int8", "--set", "train.qat_bits=4"], "already evaluates on a quantization grid"),
     ]
     for args, message in cases:
         assert main(["eval", *args]) == 2
