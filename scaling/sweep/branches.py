@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from scalelab.model.config import ConfigError
-from scalelab.scaling.sweep.spec import SpecError, SweepSpec
+from scalelab.scaling.sweep.spec_types import SpecError, SweepSpec
 from scalelab.train.checkpoint_store import CHECKPOINT_DIR, saved_steps
 from scalelab.train.config import Config
 from scalelab.train.config_io import config_from_dict, merge_config, to_dict

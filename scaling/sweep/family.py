@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from scalelab.data.objectives import model_lengths
 from scalelab.model.config import ModelConfig
 from scalelab.model.counting import ParamCounts, count_params, flops_per_token
-from scalelab.scaling.sweep.spec import SpecError, SweepSpec
+from scalelab.scaling.sweep.spec_types import SpecError, SweepSpec
 from scalelab.train.config import Config
 
 

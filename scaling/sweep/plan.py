@@ -13,7 +13,7 @@ from typing import Any
 from scalelab.model.config import ConfigError, ModelConfig
 from scalelab.scaling.sweep.branches import Trunk, branch_step, on_its_own, plan_trunks
 from scalelab.scaling.sweep.family import Family, budget_sizes, fixed_sizes, window_sizes
-from scalelab.scaling.sweep.spec import GridRuns, IsoFlopRuns, SpecError, SweepSpec
+from scalelab.scaling.sweep.spec_types import GridRuns, IsoFlopRuns, SpecError, SweepSpec
 from scalelab.train.config import Config
 from scalelab.train.config_io import config_from_dict, merge_config
 from scalelab.train.lr_schedules import wsd_decay_start

@@ -40,7 +40,7 @@ from scalelab.scaling.sweep.results import (
     trained_unrecorded,
     write_result,
 )
-from scalelab.scaling.sweep.spec import SpecError
+from scalelab.scaling.sweep.spec_types import SpecError
 from scalelab.train.config import Config
 from scalelab.train.config_io import to_dict
 from scalelab.train.faults import Preempted, PreemptionGuard

@@ -12,7 +12,8 @@ from scalelab.cli import main
 from scalelab.scaling.fit.lr_rule import best_lr, fit_lr_rule
 from scalelab.scaling.fit.table import FitInputError, FitWarning, load_table
 from scalelab.scaling.sweep.plan import make_plan
-from scalelab.scaling.sweep.spec import SpecError, spec_from_dict
+from scalelab.scaling.sweep.spec import spec_from_dict
+from scalelab.scaling.sweep.spec_types import SpecError
 from tests.scaling.sweep.specs import micro
 
 

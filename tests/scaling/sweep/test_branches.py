@@ -13,7 +13,8 @@ from scalelab.scaling.sweep.plan import make_plan, shard_runs
 from scalelab.scaling.sweep.plan_table import format_plan
 from scalelab.scaling.sweep.results import RESULTS_CSV, WALL_FILE, read_csv, write_result
 from scalelab.scaling.sweep.runner import result_row, run_sweep
-from scalelab.scaling.sweep.spec import SpecError, load_spec, spec_from_dict
+from scalelab.scaling.sweep.spec import load_spec, spec_from_dict
+from scalelab.scaling.sweep.spec_types import SpecError
 from scalelab.scaling.sweep.utilization import sweep_utilization
 from scalelab.train.checkpoint_store import saved_steps
 from scalelab.train.loop import train

@@ -12,7 +12,8 @@ from scalelab.model.counting import count_params, flops_per_token
 from scalelab.scaling.sweep.plan import make_plan, parse_shard, shard_runs
 from scalelab.scaling.sweep.plan_table import format_plan
 from scalelab.scaling.sweep.probe import ProbePoint, estimate
-from scalelab.scaling.sweep.spec import PowerRule, SpecError, load_spec, spec_from_dict
+from scalelab.scaling.sweep.spec import load_spec, spec_from_dict
+from scalelab.scaling.sweep.spec_types import PowerRule, SpecError
 from tests.scaling.sweep.specs import micro, write_spec
 
 AUTO = {"budgets": [1e11, 1e12], "sizes_per_budget": 3, "tokens_per_param": [2, 40]}

@@ -29,7 +29,8 @@ from scalelab.scaling.sweep.results import (
     write_result,
 )
 from scalelab.scaling.sweep.runner import SweepProgress, run_sweep
-from scalelab.scaling.sweep.spec import SpecError, spec_from_dict
+from scalelab.scaling.sweep.spec import spec_from_dict
+from scalelab.scaling.sweep.spec_types import SpecError
 from scalelab.train.config_io import save_config
 from scalelab.train.loop import NonFiniteLossError
 from scalelab.train.metrics import read_metrics
