@@ -122,7 +122,10 @@ def summary(parts: dict[str, Any]) -> list[str]:
             lines.append(f"mfu: {100 * part['mfu']:.1f}% (target {100 * MFU_TARGET:.0f}%): {part['verdict']}")
         elif name == "attention":
             ratios = [f"{r['seq_len']}: {r['speedup']:.2f}" for r in part["rows"] if "speedup" in r]
-            lines.append(f"attention: {part['baseline']} ÷ {part['fused']} step time " + (", ".join(ratios) or "-"))
+            impls = (part["fused"], part["baseline"])
+            failed = [f"{r['seq_len']} {i}" for r in part["rows"] for i in impls if "error" in r.get(i, {})]
+            line = f"attention: {part['baseline']} ÷ {part['fused']} step time " + (", ".join(ratios) or "-")
+            lines.append(line + (f"; FAILED: {', '.join(failed)}" if failed else ""))
         elif name == "decode":
             lines.append(f"decode: {part['tokens_per_s']:,.0f} tokens/s")
         else:
@@ -145,7 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"accelerator_check: error: {error}", file=sys.stderr)
         return 2
-    return 1 if any("error" in part for part in result["parts"].values()) else 0
+    return 1 if any(broke(part) for part in result["parts"].values()) else 0
+
+
+def broke(part: dict[str, Any]) -> bool:
+    """True when the part, or one measurement inside it (an attention row's implementation), failed."""
+    if "error" in part:
+        return True
+    return any(isinstance(row.get(impl), dict) and "error" in row[impl] for row in part.get("rows", ()) for impl in row)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -184,6 +185,10 @@ def check_attention(plan: Plan, device: jax.Device, log: Callable[[str], None]) 
                     )
             except ConfigError as error:  # e.g. an implementation this platform or shape cannot run
                 row[impl] = {"skipped": str(error)}
+            except Exception as error:  # a kernel that fails to compile or run (cuDNN, out of memory): keep the other
+                traceback.print_exc()  # implementation's and the other lengths' numbers, and say which one broke
+                row[impl] = {"error": f"{type(error).__name__}: {error}"}
+                log(f"attention {shape.seq_len} tokens: {impl} FAILED ({type(error).__name__}); the traceback is above")
         a, b = row[fused], row[baseline]
         if "step_s" in a and "step_s" in b:
             row["speedup"] = b["step_s"] / a["step_s"]  # > 1: the fused kernel is faster
@@ -201,6 +206,8 @@ def check_attention(plan: Plan, device: jax.Device, log: Callable[[str], None]) 
 
 def _attention_line(impl: str, record: dict[str, Any]) -> str:
     memory = f"{record['memory_bytes'] / 2**30:.2f} GiB" if "memory_bytes" in record else "-"
+    if "error" in record:
+        return f"{impl} FAILED ({record['error']})"
     if "step_s" not in record:
         return f"{impl} skipped ({record['skipped']}), memory {memory}"
     return f"{impl} {record['step_s'] * 1e3:.1f} ms/step, memory {memory}"

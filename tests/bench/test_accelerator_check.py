@@ -133,3 +133,23 @@ def test_each_part_is_written_before_the_next_starts(tmp_path, monkeypatch):
     monkeypatch.setitem(accelerator_parts.CHECKS, "decode", reads_the_file)
     assert main(["--quick", "--parts", "mfu,decode", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["parts"]["decode"]["written_before"] == ["mfu"]
+
+
+def test_a_kernel_that_breaks_loses_only_its_own_measurement(monkeypatch, tmp_path, capsys):
+    # On the lent GPU a fused kernel may fail to compile or run out of memory at 8k tokens: the baseline's
+    # numbers and the other length's must still be recorded, the failure named, and the exit status 1.
+    def timed_train(name, shape, device, plan, overrides=(), marker=None):
+        if name == "einsum" and shape.seq_len == 256:
+            raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+        return {"rung": shape.name, "seq_len": shape.seq_len, "step_s": 0.01, "memory_bytes": 1024}
+
+    monkeypatch.setattr(accelerator_parts, "_timed_train", timed_train)
+    out = tmp_path / "accelerator.json"
+    assert main(["--quick", "--parts", "attention", "--out", str(out)]) == 1
+    result = json.loads(out.read_text())
+    short, long = result["parts"]["attention"]["rows"]
+    assert short["speedup"] == 1.0 and short["einsum"]["step_s"] == 0.01
+    assert long["einsum"] == {"error": "RuntimeError: RESOURCE_EXHAUSTED: out of memory"}
+    assert long["xla"]["step_s"] == 0.01 and "speedup" not in long
+    assert result["verdicts"] == ["attention: xla ÷ einsum step time 64: 1.00; FAILED: 256 einsum"]
+    assert "attention 256 tokens: einsum FAILED (RuntimeError)" in capsys.readouterr().out
