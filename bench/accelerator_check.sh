@@ -24,7 +24,7 @@ if ! "$PY" -c "import scalelab.bench.accelerator_check" 2>/dev/null; then
     shim=$(mktemp -d)/site
     mkdir -p "$shim/scalelab"
     ln -s "$PWD"/scalelab/* "$shim/scalelab/"
-    for pkg in runtime model parallel data train inference scaling bench configs; do
+    for pkg in runtime model parallel data train inference posttrain scaling bench configs; do
       ln -s "$PWD/$pkg" "$shim/scalelab/$pkg"
     done
     export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
