@@ -15,6 +15,10 @@ from pathlib import Path
 from scalelab.data.storage import DataError
 
 SUFFIXES = (".txt", ".jsonl")
+# Windows editors and PowerShell start UTF-8 files with this byte-order mark. It marks the
+# encoding, not text: kept, it would start a .txt document with an invisible U+FEFF (so the
+# same text without it is no duplicate) and make a .jsonl file's first line invalid JSON.
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,16 +62,19 @@ def find_files(spec: str) -> list[Path]:
 
 
 def read_raw(files: list[Path]) -> Iterator[RawDocument]:
-    """Every document in `files`, in file order and then line order."""
+    """Every document in `files`, in file order and then line order, without a leading UTF-8 byte-order mark."""
     for path in files:
         if path.suffix == ".txt":
-            yield RawDocument(path, 0, path.read_bytes())
+            data = path.read_bytes()
+            bom = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
+            yield RawDocument(path, bom, data[bom:])
             continue
         offset = 0
         with open(path, "rb") as f:
             for line in f:
-                if line.strip():
-                    yield RawDocument(path, offset, line)
+                start = len(UTF8_BOM) if offset == 0 and line.startswith(UTF8_BOM) else 0
+                if line[start:].strip():
+                    yield RawDocument(path, offset + start, line[start:])
                 offset += len(line)
 
 

@@ -115,3 +115,19 @@ def test_find_files_errors_and_order(tmp_path):
         (tmp_path / name).write_text("x")
     assert [p.relative_to(tmp_path).as_posix() for p in find_files(str(tmp_path))] == ["a.jsonl", "b/1.txt", "b/2.txt"]
     assert [p.name for p in find_files(str(tmp_path / "b" / "*.txt"))] == ["1.txt", "2.txt"]
+
+
+def test_utf8_byte_order_mark_is_not_text(tmp_path):
+    # Windows tools write UTF-8 with a leading BOM; it must neither break a .jsonl file's first
+    # line nor become part of a .txt document (where it would also defeat exact deduplication).
+    doc = make_documents(1)[0]
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps({"text": doc + "!"}).encode() + b"\n")
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf" + doc.encode())
+    (tmp_path / "plain.txt").write_text(doc)
+    kept, report = clean_all(find_files(str(tmp_path)), CleaningRules())
+    assert sorted(kept["train"] + kept["validation"]) == sorted([doc, doc + "!"])
+    assert report.dropped["duplicate"] == 1
+    # Offsets still count the mark's bytes, so a bad byte is reported where it is in the file.
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfab\xff")
+    with pytest.raises(DataError, match=r"bom\.txt: byte offset 5: not valid UTF-8"):
+        clean_all(find_files(str(tmp_path)), CleaningRules())
