@@ -82,7 +82,8 @@ class LocalText(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _empty_split_error(self, split: str) -> DataError:
         """Why `split` ended up with no documents, and what to change."""
         where = f"corpus {self.corpus}"
-        if next(read_raw(self.files), None) is None:
+        # Blank .txt files are documents (dropped as empty), but no data.min_chars lets them through.
+        if all(not raw.data.strip() for raw in read_raw(self.files)):
             return DataError(f"{where} is empty: its {len(self.files)} files hold no documents; add text to it")
         fraction = f"data.validation_fraction={self.rules.validation_fraction}"
         if split == "validation":

@@ -221,6 +221,15 @@ def test_empty_corpus(tmp_path):
     assert dataset_version_dir(tmp_path / "data", "tiny_text") is None
 
 
+def test_blank_txt_files_are_an_empty_corpus(tmp_path):
+    # Each .txt file is a document, dropped as empty; the fix is text, not data.min_chars.
+    (tmp_path / "blank").mkdir()
+    (tmp_path / "blank" / "a.txt").write_text("  \n")
+    (tmp_path / "blank" / "b.txt").write_text("")
+    with pytest.raises(DataError, match=r"is empty: its 2 files hold no documents; add text to it"):
+        prepare_dataset(make_cfg(tmp_path / "data", corpus=str(tmp_path / "blank")).data, progress=False)
+
+
 def test_missing_corpus_path(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         prepare_dataset(make_cfg(tmp_path, corpus=str(tmp_path / "nowhere")).data, progress=False)
