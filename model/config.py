@@ -144,11 +144,20 @@ class ModelConfig:
                 "change one of them or set model.head_dim"
             )
         if self.n_heads % self.kv_heads:
-            raise ConfigError(f"model.n_heads ({self.n_heads}) is not divisible by model.n_kv_heads ({self.kv_heads})")
+            divisors = ", ".join(str(d) for d in range(1, self.n_heads + 1) if self.n_heads % d == 0)
+            raise ConfigError(
+                f"model.n_heads ({self.n_heads}) is not divisible by model.n_kv_heads ({self.kv_heads}); "
+                f"set model.n_kv_heads to one of {divisors} (null: one per query head)"
+            )
         if self.position == "rope" and self.dim_per_head % 2:
-            raise ConfigError(f"model.position=rope needs an even head dimension, got {self.dim_per_head}")
+            raise ConfigError(
+                f"model.position=rope needs an even head dimension, got {self.dim_per_head}; set model.head_dim "
+                "to an even number, or pick model.d_model and model.n_heads with an even quotient"
+            )
         if self.position == "sinusoidal" and self.d_model % 2:  # sin and cos halves of the width
-            raise ConfigError(f"model.position=sinusoidal needs an even model.d_model, got {self.d_model}")
+            raise ConfigError(
+                f"model.position=sinusoidal needs an even model.d_model, got {self.d_model}; make model.d_model even"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.ffn_dim <= 0:
@@ -179,7 +188,8 @@ class ModelConfig:
         # Encoders see window/2 positions on each side, so the window must split evenly.
         if self.attention != "full" and self.family != "gpt" and self.window % 2:
             raise ConfigError(
-                f"model.window ({self.window}) must be even for the bidirectional attention of {self.family}"
+                f"model.window ({self.window}) must be even for the bidirectional attention of {self.family}; "
+                f"set model.window={self.window + 1}"
             )
         if self.global_tokens < (1 if self.attention == "sparse" else 0):
             raise ConfigError(
