@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from scalelab.data.config import DataConfig, ObjectiveConfig
-from scalelab.data.objectives import validate_objective
+from scalelab.data.objectives import model_lengths, validate_objective
 from scalelab.errors import ConfigError
 from scalelab.model.config import ModelConfig
 from scalelab.parallel.config import MeshConfig
@@ -195,6 +195,7 @@ def validate(cfg: Config) -> None:
             f"train.seq_len ({cfg.train.seq_len}) exceeds model.max_seq_len ({cfg.model.max_seq_len}) "
             "with learned positions; raise model.max_seq_len"
         )
+    _check_attention_reach(cfg)
     if cfg.train.nan_policy == "rollback" and not cfg.checkpoint.enabled:
         raise ConfigError(
             "train.nan_policy=rollback needs checkpoints to roll back to; set checkpoint.every "
@@ -209,4 +210,37 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             "checkpoint.keep_best ranks checkpoints by eval loss; it needs checkpoint.every "
             "(or checkpoint.every_minutes) and train.eval_every to be set"
+        )
+
+
+def _check_attention_reach(cfg: Config) -> None:
+    """Refuse a sliding or sparse pattern that is full attention on every row this run trains.
+
+    A band that reaches every position, or global tokens that are every position, leaves nothing
+    out: the run would silently train a full-attention model under a sliding/sparse name.
+    """
+    model = cfg.model
+    if model.attention == "full":
+        return
+    lengths = model_lengths(cfg)
+    # (causal, positions) of each self-attention stack: t5 has a bidirectional encoder and a causal decoder.
+    stacks = {
+        "gpt": [(True, lengths.inputs)],
+        "bert": [(False, lengths.inputs)],
+        "t5": [(False, lengths.inputs), (True, lengths.targets)],
+    }[model.family]
+    # The smallest window whose band covers a whole row: causal sees w-1 back, bidirectional w/2 each side.
+    covering = max(length if causal else 2 * (length - 1) for causal, length in stacks)
+    rows = f"a row of train.seq_len={cfg.train.seq_len}"
+    if model.window >= covering:
+        raise ConfigError(
+            f"model.window ({model.window}) covers every position of {rows}, so model.attention={model.attention} "
+            f"would be full attention; set model.window below {covering}, or model.attention=full"
+        )
+    longest = max(length for _, length in stacks)
+    if model.attention == "sparse" and model.global_tokens >= longest:
+        raise ConfigError(
+            f"model.global_tokens ({model.global_tokens}) makes every position of {rows} global, so "
+            f"model.attention=sparse would be full attention; set model.global_tokens below {longest}, "
+            "or model.attention=full"
         )

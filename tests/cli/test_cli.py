@@ -87,6 +87,15 @@ def test_bad_config_is_a_one_line_error_with_status_2(capsys, tmp_path):
     assert "not found" in capsys.readouterr().err
 
 
+def test_a_sliding_window_longer_than_the_row_is_a_one_line_error(capsys, tmp_path):
+    args = ["train", "gpt-tiny", "--set", "model.attention=sliding", "--set", "model.window=1000"]
+    assert main([*args, "--run-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "model.window (1000) covers every position of a row of train.seq_len=64" in err
+    assert "set model.window below 64, or model.attention=full" in err
+
+
 @pytest.mark.parametrize(
     ("error", "expected"),
     [

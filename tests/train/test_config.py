@@ -83,6 +83,32 @@ def test_bad_configs_fail_with_a_message_naming_the_key(override, message):
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("config", "overrides", "message"),
+    [
+        (
+            "gpt-tiny",
+            ["model.attention=sliding", "model.window=64"],
+            "model.window (64) covers every position of a row of train.seq_len=64, so model.attention=sliding would be full attention; set model.window below 64, or model.attention=full",
+        ),
+        ("bert-tiny", ["model.attention=sliding", "model.window=126"], "set model.window below 126"),
+        (
+            "gpt-tiny",
+            ["model.attention=sparse", "model.window=8", "model.global_tokens=64"],
+            "model.global_tokens (64) makes every position of a row of train.seq_len=64 global, so model.attention=sparse would be full attention; set model.global_tokens below 64",
+        ),
+    ],
+)
+def test_a_window_or_global_tokens_that_cover_the_row_are_refused(config, overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(config, ["train.steps=20", *overrides])
+    assert message in str(error.value)
+    # One position short of covering the row is a real band, and loads.
+    load_config("gpt-tiny", ["model.attention=sliding", "model.window=63"])
+    load_config("bert-tiny", ["model.attention=sliding", "model.window=124"])
+    load_config("t5-tiny", ["model.attention=sparse", "model.window=8", "model.global_tokens=56"])
+
+
 def test_sinusoidal_positions_need_an_even_width():
     with pytest.raises(ConfigError, match=r"model\.position=sinusoidal needs an even model\.d_model, got 63"):
         load_config("gpt-tiny", ["model.position=sinusoidal", "model.d_model=63", "model.n_heads=3"])
