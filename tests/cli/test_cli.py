@@ -121,6 +121,29 @@ def test_an_os_error_is_one_line_with_status_2(capsys, monkeypatch):
     )
 
 
+def test_out_of_device_memory_is_one_line_with_status_2_and_other_jax_errors_still_raise(capsys, monkeypatch):
+    import jax
+
+    def raise_(error):
+        def load(*args):
+            raise error
+
+        return load
+
+    oom = jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 11529933103428 bytes.\nmore")
+    monkeypatch.setattr("scalelab.train.config_io.load_config", raise_(oom))
+    assert main(["train", "gpt-tiny"]) == 2
+    assert capsys.readouterr().err == (
+        "scalelab train: error: the device ran out of memory (Out of memory allocating 11529933103428 bytes); "
+        "lower train.batch_size or train.seq_len (train.grad_accum keeps the batch), shrink the model, "
+        "or set model.remat=full\n"
+    )
+    other = jax.errors.JaxRuntimeError("INTERNAL: something else")
+    monkeypatch.setattr("scalelab.train.config_io.load_config", raise_(other))
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+        main(["train", "gpt-tiny"])
+
+
 def test_a_run_dir_that_is_a_file_is_refused_before_training(capsys, tmp_path):
     (tmp_path / "afile").write_text("")
     assert main(["train", "gpt-tiny", "--run-dir", str(tmp_path / "afile")]) == 2
