@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import os
 import re
 import shlex
@@ -149,8 +150,13 @@ def _check(args: argparse.Namespace) -> None:
         ("--variants", args.variants, VARIANTS),
     ):
         unknown = [v for v in values if v not in valid]
+        if values == () and getattr(args, flag.removeprefix("--").replace("-", "_")) is not None:
+            # `--sections ,` names nothing: running every default instead would hide the slip for an hour
+            raise ValueError(f"{flag}: no names given; choose from {', '.join(valid)}")
         if unknown:
             raise ValueError(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(valid)}")
+    if args.depths == ():
+        raise ValueError("--depths: no layer counts given, e.g. --depths 4,48")
     for flag, value in (
         ("--rounds", args.rounds),
         ("--devices", args.devices),
@@ -158,8 +164,23 @@ def _check(args: argparse.Namespace) -> None:
     ):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
-    if not args.window > 0:
+    if not (math.isfinite(args.window) and args.window > 0):
         raise ValueError(f"--window must be a positive number of seconds, got {args.window}")
+
+
+def _check_devices(wanted: int) -> None:
+    """--devices must not ask for more devices than JAX sees (the suite would silently time fewer)."""
+    import jax
+
+    devices = jax.devices()
+    if wanted > len(devices):
+        hint = ""
+        if devices[0].platform == "cpu":
+            hint = f"; on a CPU, simulate them with XLA_FLAGS=--xla_force_host_platform_device_count={wanted}"
+        raise ValueError(
+            f"--devices {wanted}, but JAX sees {len(devices)} {devices[0].platform} device(s); "
+            f"pass --devices {len(devices)} or fewer{hint}"
+        )
 
 
 def torch_notice(args: argparse.Namespace) -> str | None:
@@ -202,10 +223,15 @@ def run_bench(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"scalelab bench: error: {error}", file=sys.stderr)
         return 2
+    env = _prepare_process(args.devices)
+    try:
+        _check_devices(args.devices)
+    except ValueError as error:
+        print(f"scalelab bench: error: {error}", file=sys.stderr)
+        return 2
     notice = torch_notice(args)
     if notice:
         print(f"scalelab bench: {notice}", file=sys.stderr, flush=True)
-    env = _prepare_process(args.devices)
     from scalelab.bench.suite import SECTIONS, Options, run
 
     command = f"{args.prog} {shlex.join(sys.argv[1:])}"

@@ -65,15 +65,45 @@ def test_table_prints_missing_values_as_dashes():
 
 @pytest.mark.parametrize(
     ("flags", "message"),
-    [(["--depths", "4,0"], "--depths must be at least 1, got 0"), (["--window", "0"], "--window must be a positive")],
+    [
+        (["--depths", "4,0"], "--depths must be at least 1, got 0"),
+        (["--window", "0"], "--window must be a positive"),
+        (["--window", "inf"], "--window must be a positive number of seconds, got inf"),  # was an OverflowError
+        (["--depths", ","], "--depths: no layer counts given"),
+    ],
 )
-def test_cli_rejects_bad_numbers_before_running(flags, message, capsys):
+def test_cli_rejects_bad_numbers_before_running(flags, message, capsys, monkeypatch):
+    monkeypatch.setattr(suite, "run", lambda opts, env: pytest.fail("the suite started"))
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(flags)
     args.prog = "scalelab"
     assert run_bench(args) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--sections", "--rungs", "--remat-rungs", "--variants"])
+def test_cli_rejects_a_list_that_names_nothing(flag, capsys, monkeypatch):
+    # `--sections ,` used to mean every section: an hour's run for a slip of the keyboard.
+    monkeypatch.setattr(suite, "run", lambda opts, env: pytest.fail("the suite started"))
+    args = _bench_args([flag, ","])
+    assert run_bench(args) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"scalelab bench: error: {flag}: no names given; choose from ")
+
+
+def test_cli_rejects_more_devices_than_jax_sees(capsys, monkeypatch):
+    # jax.devices()[:n] would silently time fewer devices than asked for.
+    for name in ("OMP_WAIT_POLICY", "XLA_PYTHON_CLIENT_PREALLOCATE"):  # run_bench sets them
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(suite, "run", lambda opts, env: pytest.fail("the suite started"))
+    wanted = jax.device_count() + 1
+    assert run_bench(_bench_args(["--devices", str(wanted), "--sections", "peak"])) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"scalelab bench: error: --devices {wanted}, but JAX sees {wanted - 1} cpu device(s); pass --devices "
+        f"{wanted - 1} or fewer; on a CPU, simulate them with XLA_FLAGS=--xla_force_host_platform_device_count={wanted}"
+    ]
 
 
 @pytest.mark.parametrize(("flags", "folder"), [([], RESULTS_DIR), (["--quick"], RESULTS_DIR / "quick")])
