@@ -62,7 +62,10 @@ def check_batch(cfg: Config, batch_sharding: NamedSharding, pipeline: PipelinePl
         what += " / train.grad_accum"
     if pipeline is not None:
         if rows % pipeline.microbatches:
-            raise ConfigError(f"{what} ({rows}) is not divisible by mesh.microbatches ({pipeline.microbatches})")
+            raise ConfigError(
+                f"{what} ({rows}) is not divisible by mesh.microbatches ({pipeline.microbatches}); "
+                "change mesh.microbatches to a divisor of it, or train.batch_size"
+            )
         rows, what = rows // pipeline.microbatches, f"{what} / mesh.microbatches"
     mesh = batch_sharding.mesh
     fix = "change train.batch_size (or the mesh's data and fsdp sizes)"
