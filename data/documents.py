@@ -23,11 +23,13 @@ UTF8_BOM = b"\xef\xbb\xbf"
 
 @dataclasses.dataclass(frozen=True)
 class RawDocument:
-    """One document's bytes and where they came from (`offset` is the byte offset in `path`)."""
+    """One document's bytes and where they came from (`offset` is the byte offset in `path`, `line`
+    the 1-based line of a .jsonl document, which is what an editor shows)."""
 
     path: Path
     offset: int
     data: bytes
+    line: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,11 +73,35 @@ def read_raw(files: list[Path]) -> Iterator[RawDocument]:
             continue
         offset = 0
         with open(path, "rb") as f:
-            for line in f:
+            for number, line in enumerate(f, 1):
                 start = len(UTF8_BOM) if offset == 0 and line.startswith(UTF8_BOM) else 0
                 if line[start:].strip():
-                    yield RawDocument(path, offset + start, line[start:])
+                    yield RawDocument(path, offset + start, line[start:], number)
                 offset += len(line)
+
+
+def _not_text(record: object, text_field: str) -> str:
+    """Why a parsed .jsonl line holds no document, and the fix."""
+    expected = f"expected a JSON string or an object with a string {text_field!r} field"
+    if not isinstance(record, dict):
+        return f"{expected}, got {_json_kind(record)}; fix the line"
+    if text_field in record:
+        return f"{expected}, but {text_field!r} is {_json_kind(record[text_field])}; fix the line"
+    strings = [key for key, value in record.items() if isinstance(value, str)]
+    found = f"its fields: {', '.join(map(repr, record))}" if record else "it is an empty object"
+    hint = (
+        f"set data.text_field={strings[0]}" if len(strings) == 1 else "set data.text_field to the field with the text"
+    )
+    return f"{expected}, but the object has no {text_field!r} ({found}); {hint}, or fix the line"
+
+
+def _json_kind(value: object) -> str:
+    """A JSON value's kind, as an error message names it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {dict: "an object", list: "an array", str: "a string"}.get(type(value), "a number")
 
 
 def decode(raw: RawDocument, text_field: str) -> Decoded:
@@ -86,18 +112,14 @@ def decode(raw: RawDocument, text_field: str) -> Decoded:
         return Decoded(raw, None, raw.offset + error.start)
     if raw.path.suffix != ".jsonl":
         return Decoded(raw, text)
+    where = f"{raw.path}: line {raw.line} (byte offset {raw.offset})"
     try:
         record = json.loads(text)
     except json.JSONDecodeError as error:
-        raise DataError(
-            f"{raw.path}: byte offset {raw.offset}: not valid JSON ({error.msg}); fix or remove that line"
-        ) from None
+        raise DataError(f"{where}: not valid JSON ({error.msg}); fix or remove that line") from None
     value = record.get(text_field) if isinstance(record, dict) else record
     if not isinstance(value, str):
-        raise DataError(
-            f"{raw.path}: byte offset {raw.offset}: expected a JSON string or an object with a string "
-            f"{text_field!r} field; fix the line or set data.text_field"
-        )
+        raise DataError(f"{where}: {_not_text(record, text_field)}")
     try:  # a \ud800-style escape decodes to a lone surrogate, which no UTF-8 text can hold
         value.encode("utf-8")
     except UnicodeEncodeError:

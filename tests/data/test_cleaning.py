@@ -89,17 +89,43 @@ def test_lone_surrogate_escape_is_not_utf8(tmp_path):
     assert sum(report.kept.values()) == 1
 
 
-def test_bad_json_names_file_and_offset(tmp_path):
+def test_bad_json_names_file_line_and_offset(tmp_path):
     path = tmp_path / "j.jsonl"
     first = json.dumps({"text": "a fine first document"}) + "\n"
-    path.write_text(first + "{not json}\n")
-    with pytest.raises(DataError, match=rf"j\.jsonl: byte offset {len(first)}: not valid JSON"):
+    path.write_text(first + "\n{not json}\n")  # a blank line still counts as a line
+    with pytest.raises(DataError, match=rf"j\.jsonl: line 3 \(byte offset {len(first) + 1}\): not valid JSON"):
         clean_all([path], CleaningRules())
-    path.write_text(json.dumps({"body": "text under another key"}) + "\n")
-    with pytest.raises(DataError, match=r"data\.text_field"):
+    path.write_text(json.dumps({"body": "text under another key", "id": 7}) + "\n")
+    with pytest.raises(DataError) as error:
         clean_all([path], CleaningRules())
+    assert str(error.value).endswith(
+        "j.jsonl: line 1 (byte offset 0): expected a JSON string or an object with a string 'text' field, "
+        "but the object has no 'text' (its fields: 'body', 'id'); set data.text_field=body, or fix the line"
+    )
     kept, _ = clean_all([path], CleaningRules(text_field="body", validation_fraction=1e-9))
     assert kept["train"] == ["text under another key"]
+
+
+@pytest.mark.parametrize(
+    ("line", "got"),
+    [
+        ("42", "got a number; fix the line"),
+        ("null", "got null; fix the line"),
+        ('["a"]', "got an array; fix the line"),
+        ('{"text": null}', "but 'text' is null; fix the line"),
+        ('{"text": ["a", "b"]}', "but 'text' is an array; fix the line"),
+        ("{}", "but the object has no 'text' (it is an empty object); set data.text_field to the field"),
+    ],
+)
+def test_a_jsonl_line_without_text_says_what_it_holds(tmp_path, line, got):
+    path = tmp_path / "k.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(DataError) as error:
+        clean_all([path], CleaningRules())
+    assert "k.jsonl: line 1 (byte offset 0): expected a JSON string or an object with a string 'text' field" in str(
+        error.value
+    )
+    assert got in str(error.value)
 
 
 def test_find_files_errors_and_order(tmp_path):
