@@ -60,7 +60,10 @@ class DataConfig:
         if self.min_chars < 1:
             raise ConfigError(f"data.min_chars must be >= 1, got {self.min_chars}")
         if self.max_chars is not None and self.max_chars < self.min_chars:
-            raise ConfigError(f"data.max_chars ({self.max_chars}) is smaller than data.min_chars ({self.min_chars})")
+            raise ConfigError(
+                f"data.max_chars ({self.max_chars}) is smaller than data.min_chars ({self.min_chars}), so every "
+                "document would be dropped; raise data.max_chars (null: no limit) or lower data.min_chars"
+            )
         if not 0.0 < self.validation_fraction < 1.0:
             raise ConfigError(f"data.validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if self.prefetch < 0:

@@ -157,3 +157,15 @@ def test_utf8_byte_order_mark_is_not_text(tmp_path):
     (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfab\xff")
     with pytest.raises(DataError, match=r"bom\.txt: byte offset 5: not valid UTF-8"):
         clean_all(find_files(str(tmp_path)), CleaningRules())
+
+
+def test_a_max_chars_below_min_chars_says_how_to_fix_it():
+    from scalelab.data.config import DataConfig
+    from scalelab.model.config import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        DataConfig(min_chars=100, max_chars=10)
+    assert str(error.value) == (
+        "data.max_chars (10) is smaller than data.min_chars (100), so every document would be dropped; "
+        "raise data.max_chars (null: no limit) or lower data.min_chars"
+    )
