@@ -280,7 +280,7 @@ def _train(
         unit="step",
         disable=quiet or not cfg.logging.progress or not is_writer,
     )
-    metrics = SessionMetrics(cfg, run_dir, progress, start_step)
+    metrics = SessionMetrics(cfg, run_dir, progress, start_step, peak)
     checkpoints = CheckpointPolicy(trainer, store, lambda: _start_state(trainer, init_from))
     session = _Session(trainer, source, metrics, checkpoints, progress, start)
     try:

@@ -11,7 +11,6 @@ from tqdm import tqdm
 
 from scalelab.data.objectives import model_lengths
 from scalelab.model.counting import flops_per_token
-from scalelab.runtime.peak import peak_flops_per_device
 from scalelab.train.config import Config
 from scalelab.train.faults import NonFiniteLossError
 from scalelab.train.metrics import MetricsWriter, truncate_metrics
@@ -32,7 +31,7 @@ class SessionMetrics:
     group is fetched, since that is when the host first sees whether a step was finite.
     """
 
-    def __init__(self, cfg: Config, run_dir: Path, progress: tqdm, start_step: int):
+    def __init__(self, cfg: Config, run_dir: Path, progress: tqdm, start_step: int, peak_per_device: float):
         self.cfg, self.run_dir, self.progress = cfg, run_dir, progress
         self.is_writer = jax.process_index() == 0  # one writer for files shared by all processes
         self.pending: list[tuple[int, int, dict[str, jax.Array]]] = []  # (step, data index, device metrics)
@@ -44,7 +43,7 @@ class SessionMetrics:
         self.tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
         lengths = model_lengths(cfg)  # what each row puts through the model under its objective
         self.flops_per_step = flops_per_token(cfg.model, cfg.train.seq_len, lengths) * self.tokens_per_step
-        self.total_peak = peak_flops_per_device(cfg.logging.peak_flops, cfg.model.dtype)[0] * jax.device_count()
+        self.total_peak = peak_per_device * jax.device_count()
 
     def reopen(self, step: int) -> None:
         """Drop metric lines of steps >= `step` (they are about to be replayed) and append after the rest."""

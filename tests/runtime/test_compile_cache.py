@@ -72,4 +72,6 @@ def test_a_repeated_train_command_compiles_nothing(tmp_path):
     assert asked >= 2 and loaded == 0  # the train and eval steps at least, all compiled afresh
     assert (tmp_path / "cache" / SUBDIR).is_dir()
     again, loaded = run("second")
-    assert again == asked and loaded == asked  # every program came from the cache
+    # Every program the second run asked for came from the cache. It asks for fewer: the first run
+    # searched every matmul size for the peak, the second checks the kept best at one size.
+    assert loaded == again >= 2
