@@ -102,13 +102,19 @@ def test_the_measurement_runs_on_a_device_of_this_process(monkeypatch):
     assert used == [local[0], local[0]]
 
 
+def _record_measurements(monkeypatch, search: tuple[float, int], burst: float) -> list:
+    """Stand in for the size search (which returns `search`) and the one-size burst (`burst`); the calls made."""
+    calls = []
+    monkeypatch.setattr(peak, "fastest_matmul", lambda dtype, rounds=3: calls.append("all sizes") or search)
+    monkeypatch.setattr(
+        peak, "measured_matmul_flops", lambda dtype, size=None, rounds=3: calls.append((size, rounds)) or burst
+    )
+    return calls
+
+
 def test_once_a_best_is_kept_each_run_checks_it_with_one_burst_of_the_size_that_set_it(tmp_path, monkeypatch):
     monkeypatch.setenv("SCALELAB_CACHE", str(tmp_path))
-    calls = []
-    monkeypatch.setattr(peak, "fastest_matmul", lambda dtype, rounds=3: calls.append("all sizes") or (2e11, 2048))
-    monkeypatch.setattr(
-        peak, "measured_matmul_flops", lambda dtype, size=None, rounds=3: calls.append((size, rounds)) or 1.5e11
-    )
+    calls = _record_measurements(monkeypatch, search=(2e11, 2048), burst=1.5e11)
     assert [peak.remembered_matmul_flops("bfloat16")[0] for _ in range(2)] == [2e11, 2e11]
     assert calls == ["all sizes", (2048, 1)]
     (entry,) = json.loads((tmp_path / "peak.json").read_text()).values()
@@ -119,11 +125,7 @@ def test_a_kept_best_without_its_size_is_searched_once_and_then_checked(tmp_path
     monkeypatch.setenv("SCALELAB_CACHE", str(tmp_path))
     key = peak._host_key("bfloat16")
     (tmp_path / "peak.json").write_text(json.dumps({key: {"flops": 3e11, "measured": "2026-01-01T00:00:00+00:00"}}))
-    calls = []
-    monkeypatch.setattr(peak, "fastest_matmul", lambda dtype, rounds=3: calls.append("all sizes") or (2e11, 1024))
-    monkeypatch.setattr(
-        peak, "measured_matmul_flops", lambda dtype, size=None, rounds=3: calls.append((size, rounds)) or 2e11
-    )
+    calls = _record_measurements(monkeypatch, search=(2e11, 1024), burst=2e11)
     assert [peak.remembered_matmul_flops("bfloat16")[0] for _ in range(2)] == [3e11, 3e11]
     assert calls == ["all sizes", (1024, 1)]
     kept = json.loads((tmp_path / "peak.json").read_text())[key]
