@@ -162,6 +162,10 @@ class PeerWatch:
                 values[int(name)] = value
         return self.detector.observe(values, self.clock())
 
+    def await_loss(self) -> None:
+        """Give the watch one timeout (and two beats) to find a lost peer; `on_lost` ends the process if it does."""
+        self._stop.wait(self.timeout + 2 * self.interval)
+
     def _report(self, lost: LostPeer) -> None:
         if not self._stop.is_set() and self._lost.acquire(blocking=False):
             self.on_lost(lost)
@@ -217,8 +221,25 @@ def watch_peers(on_lost: Callable[[LostPeer], None], timeout: float | None = Non
 
     seconds = peer_timeout() if timeout is None else timeout
     watch = PeerWatch(client, jax.process_index(), jax.process_count(), next(_sessions), on_lost, seconds)
+    with watching(watch):
+        yield watch
+
+
+@contextlib.contextmanager
+def watching(watch: PeerWatch) -> Iterator[PeerWatch]:
+    """Run `watch` while the block runs; a JAX runtime error in the block first waits for its verdict.
+
+    A collective fails in the main thread as soon as a peer's socket closes, before the watch (or,
+    for process 0, JAX's own abort) has seen the loss; the job should end with the line naming the
+    lost process, not with this process's traceback. Other errors propagate at once.
+    """
+    import jax
+
     watch.start()
     try:
         yield watch
+    except jax.errors.JaxRuntimeError:
+        watch.await_loss()  # returns only if no peer was lost: then the error is this process's own
+        raise
     finally:
         watch.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import jax
 import pytest
 
 from scalelab.errors import ConfigError
@@ -17,6 +18,7 @@ from scalelab.parallel.liveness import (
     beat_value,
     peer_timeout,
     stopped_value,
+    watching,
 )
 from scalelab.train.faults import lost_peer_message
 
@@ -144,6 +146,38 @@ def test_process_0_never_takes_its_own_store_for_a_lost_process_0():
     lost, took = _first_loss(GoneStore(), process=0, wait=1.5)
     assert lost is None and took >= 1.5  # five timeouts of failing calls, and no report
     assert _first_loss(GoneStore(), process=1, wait=1.5)[0] is not None  # the same store, seen from process 1
+
+
+def _silent_peer_watch(reported: list[LostPeer], timeout: float) -> PeerWatch:
+    """Process 0's watch of a peer that beat once and went silent; losses are appended to `reported`."""
+    store = FakeStore()
+    store.key_value_set("scalelab/liveness/9/1", beat_value(4, "gone-host"))
+    return PeerWatch(store, 0, 2, 9, on_lost=reported.append, timeout=timeout)
+
+
+def test_a_runtime_error_waits_for_the_watch_to_name_the_lost_peer():
+    # A collective with a dead peer fails at once, before the peer's silence has lasted the timeout.
+    reported: list[LostPeer] = []
+    with pytest.raises(jax.errors.JaxRuntimeError), watching(_silent_peer_watch(reported, timeout=0.3)):
+        raise jax.errors.JaxRuntimeError("INTERNAL: Gloo all-reduce failed: connection closed by peer")
+    assert [(lost.process, lost.host) for lost in reported] == [(1, "gone-host")]
+
+
+def test_other_errors_propagate_without_waiting():
+    reported: list[LostPeer] = []
+    start = time.monotonic()
+    with pytest.raises(ConfigError), watching(_silent_peer_watch(reported, timeout=5)):
+        raise ConfigError("a mistake of this process's own")
+    assert reported == [] and time.monotonic() - start < 2
+
+
+def test_a_runtime_error_with_every_peer_alive_is_raised_after_the_timeout():
+    store, reported = FakeStore(), []
+    watch = PeerWatch(store, 0, 1, 11, on_lost=reported.append, timeout=0.3)  # no peers to lose
+    start = time.monotonic()
+    with pytest.raises(jax.errors.JaxRuntimeError, match="its own"), watching(watch):
+        raise jax.errors.JaxRuntimeError("its own")
+    assert reported == [] and 0.3 <= time.monotonic() - start < 3
 
 
 def test_the_timeout_comes_from_the_environment():
