@@ -14,6 +14,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec
 
 from scalelab.model.config import ModelConfig
+from scalelab.model.layers import shapes_only
 from scalelab.model.stack import Batch, LayerRunner
 from scalelab.model.transformer import build_model
 
@@ -51,7 +52,8 @@ class ModelDef:
 
 def describe(cfg: ModelConfig) -> ModelDef:
     """The ModelDef of `cfg`, traced abstractly (no parameter memory is used)."""
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(cfg, seed=0)), nnx.Param)
+    with shapes_only():
+        graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(cfg, seed=0)), nnx.Param)
     shapes = nnx.to_pure_dict(jax.tree.map(lambda v: v.get_value(), state, is_leaf=_is_variable))
     axes = nnx.to_pure_dict(jax.tree.map(lambda v: PartitionSpec(*v.axes), state, is_leaf=_is_variable))
     return ModelDef(cfg=cfg, graphdef=graphdef, shapes=shapes, axes=axes)

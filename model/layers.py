@@ -6,10 +6,12 @@ inputs in the compute dtype and accumulate in fp32; softmax and norm statistics 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -21,10 +23,26 @@ from scalelab.model.config import ModelConfig
 from scalelab.model.masks import BIDIRECTIONAL, Pattern
 from scalelab.model.mup import hidden_init_scale
 
+_SHAPES_ONLY = contextvars.ContextVar("scalelab_shapes_only", default=False)
+
+
+@contextlib.contextmanager
+def shapes_only() -> Iterator[None]:
+    """Build parameters without drawing their random values, for models traced only for their shapes.
+
+    Tracing the random draws of every parameter is most of the cost of describing a model
+    abstractly (a sweep plan counts the parameters of dozens); the shapes, dtypes and axes are the same.
+    """
+    token = _SHAPES_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _SHAPES_ONLY.reset(token)
+
 
 def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], std: float | None) -> nnx.Param:
     """An fp32 parameter: normal(0, std) when std is given, else ones; named by `axes`."""
-    if std is None:
+    if std is None or _SHAPES_ONLY.get():
         value = jnp.ones(shape, jnp.float32)
     else:
         value = std * jax.random.normal(rngs.params(), shape, jnp.float32)

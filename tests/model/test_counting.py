@@ -1,6 +1,12 @@
 """Parameter and FLOP counts against hand calculations."""
 
+import functools
+
+import jax
+import numpy as np
+
 from scalelab.model import ModelConfig, count_params, flops_per_token
+from scalelab.model.functional import describe
 
 
 def test_counts_of_a_tied_rmsnorm_gelu_model():
@@ -39,3 +45,15 @@ def test_counts_of_an_untied_gqa_swiglu_model_with_biases_and_learned_positions(
     assert counts.total == counts.non_embedding + v * d + ctx * d + d * v
     assert counts.matmul == layers * (2 * d * h * hd + 2 * d * kv * hd + 3 * d * f) + v * d
     assert flops_per_token(cfg, 16) == 6 * counts.matmul + 12 * layers * 16 * h * hd
+
+
+def test_describing_a_model_skips_its_random_draws_but_not_its_shapes_and_real_inits_still_draw():
+    for family in ("gpt", "bert", "t5"):
+        cfg = ModelConfig(family=family, vocab_size=40, d_model=32, n_layers=2, n_heads=4, use_bias=True)
+        spec = describe(cfg)  # traced with shapes_only: no random values drawn
+        real = jax.eval_shape(functools.partial(spec.init, 0))
+        assert jax.tree.map(lambda s: (s.shape, s.dtype), spec.shapes) == jax.tree.map(
+            lambda s: (s.shape, s.dtype), real
+        )
+        drawn = spec.init(0)  # after describe, initializers draw again
+        assert any(np.std(np.asarray(leaf)) > 0 for leaf in jax.tree.leaves(drawn))
