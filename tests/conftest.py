@@ -6,7 +6,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tests.xla_flags import with_quick_build
+import pytest
+
+from tests.xla_flags import FULL_BUILD_OPTIONS, with_quick_build
 
 _given = os.environ.get("XLA_FLAGS", "")
 if "--xla_force_host_platform_device_count" not in _given:
@@ -30,3 +32,17 @@ def pytest_sessionfinish(session):
     """The run's cache goes when the run ends, removed by the process that named it."""
     if os.environ.get("JAX_COMPILATION_CACHE_DIR") == str(_CACHE):
         shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def fully_optimized_fit_solver():
+    """The fit's L-BFGS loop is one program that runs many evaluations per call: at the quick build a
+    law fit with 100 bootstrap resamples took 0.9 s instead of 0.17 s. It keeps XLA's defaults, as users get."""
+    import jax
+
+    from scalelab.scaling.fit import lbfgs
+
+    with pytest.MonkeyPatch.context() as patch:
+        solve = jax.jit(lbfgs._solve, static_argnums=(0, 1), compiler_options=FULL_BUILD_OPTIONS)
+        patch.setattr(lbfgs, "_solve_jit", solve)
+        yield

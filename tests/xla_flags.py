@@ -19,3 +19,12 @@ def with_quick_build(flags: str) -> str:
     """`flags` plus the quick-build flags it does not set itself."""
     extra = [flag for flag in QUICK_BUILD.split() if flag.split("=")[0] not in flags]
     return " ".join([flags, *extra]).strip()
+
+
+# XLA's own defaults, for the few programs a test runs long enough that the quick build costs more than it
+# saves (tests/conftest.py names them).
+FULL_BUILD_OPTIONS = {
+    "xla_backend_optimization_level": 3,
+    "xla_llvm_disable_expensive_passes": False,
+    "xla_cpu_use_fusion_emitters": True,
+}
