@@ -7,9 +7,10 @@ embeddings, no linear biases) so the PyTorch baseline in bench/torch_gpt.py matc
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-from scalelab.train.config import Config
-from scalelab.train.config_io import config_from_dict
+if TYPE_CHECKING:
+    from scalelab.train.config import Config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,9 @@ class Shape:
         `overrides` are `--set`-style strings (`model.attention_impl=xla`) applied last, so a benchmark
         can try a config key without this module naming it.
         """
+        # Imported here: the CLI lists the shapes' names, and the config modules import JAX.
+        from scalelab.train.config_io import config_from_dict
+
         return config_from_dict(
             {
                 "name": self.name,

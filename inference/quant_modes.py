@@ -12,9 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-import jax
-import jax.numpy as jnp
-
 from scalelab.errors import UserError
 
 
@@ -52,6 +49,9 @@ KV_CACHE_DTYPES = ("model", "int8")  # the model's compute dtype, or int8 with a
 @functools.cache
 def _runs_fp8(backend: str) -> str | None:
     """None if this backend compiles and runs an fp8 x fp8 matmul, else the error it gave."""
+    import jax  # here, not above: the CLI lists the modes without importing JAX
+    import jax.numpy as jnp
+
     try:
         x = jnp.ones((2, 4), jnp.float8_e4m3fn)
         out = jax.jit(lambda a: jnp.einsum("ik,jk->ij", a, a, preferred_element_type=jnp.float32))(x)
@@ -62,6 +62,8 @@ def _runs_fp8(backend: str) -> str | None:
 
 def backend_problem(mode: QuantMode) -> str | None:
     """Why the default backend cannot run `mode`, or None."""
+    import jax
+
     return _runs_fp8(jax.default_backend()) if mode.float8 else None
 
 
@@ -69,6 +71,8 @@ def check_backend(mode: QuantMode) -> None:
     """UserError naming the backend and the modes it runs, if it cannot run `mode`."""
     problem = backend_problem(mode)
     if problem is not None:
+        import jax
+
         runs = ", ".join(name for name, m in MODES.items() if backend_problem(m) is None)
         raise UserError(
             f"--quantize {mode.name}: the {jax.default_backend()} backend cannot run it ({problem}); it runs {runs}"

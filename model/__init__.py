@@ -1,15 +1,10 @@
-"""Flax NNX transformer models, their configuration and their exact counts."""
+"""Flax NNX transformer models, their configuration and their exact counts.
+
+The package itself imports only the configuration, so that a command that reads configs (the CLI's
+parser, a sweep plan's status) does not import JAX; the models are in `transformer`, the counts in
+`counting`.
+"""
 
 from scalelab.model.config import ConfigError, ModelConfig
-from scalelab.model.counting import ParamCounts, count_params, flops_per_token
-from scalelab.model.transformer import MODEL_FAMILIES, build_model
 
-__all__ = [
-    "MODEL_FAMILIES",
-    "ConfigError",
-    "ModelConfig",
-    "ParamCounts",
-    "build_model",
-    "count_params",
-    "flops_per_token",
-]
+__all__ = ["ConfigError", "ModelConfig"]

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from scalelab.errors import ConfigError
-from scalelab.parallel.pipeline import PIPELINE_SCHEDULES
+from scalelab.parallel.pipeline_plan import PIPELINE_SCHEDULES
 
 
 @dataclasses.dataclass(frozen=True)

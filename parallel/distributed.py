@@ -12,15 +12,18 @@ import hashlib
 import os
 import sys
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
 import numpy as np
-from jax.experimental import multihost_utils
-from jax.sharding import Sharding
 
 from scalelab.model.config import ConfigError
 from scalelab.parallel.supervisor import report_coordinator
+
+if TYPE_CHECKING:
+    from jax.sharding import Sharding
+
+# JAX is imported inside the functions that use it: the CLI reads these flags, and a supervisor
+# (parallel/supervisor.py) decides from them, without importing JAX.
 
 # Environment variables that stand in for the flags (handy in job scripts).
 ENV_VARS = {
@@ -89,6 +92,8 @@ def initialize_kwargs(args: argparse.Namespace, environ: Mapping[str, str] = os.
 
 def initialize(kwargs: dict[str, Any] | None) -> None:
     """Start jax.distributed with `kwargs` (None: single process, nothing to do)."""
+    import jax
+
     if kwargs is None or jax.distributed.is_initialized():
         return
     if kwargs:  # joining blocks until every process has started: say what it waits for
@@ -150,6 +155,9 @@ def config_mismatch(keys: list[str], digests: np.ndarray) -> str | None:
 
 def check_same_config(config: Any) -> None:
     """Refuse a multi-process run whose processes resolved different configs (before they meet in a collective)."""
+    import jax
+    from jax.experimental import multihost_utils
+
     if jax.process_count() == 1:
         return
     keys, digests = config_digests(config)
@@ -165,6 +173,8 @@ def process_rows(sharding: Sharding, shape: tuple[int, ...]) -> tuple[int, int]:
     shards of one data shard) get the same index, so each loads exactly the rows its
     devices need and no more.
     """
+    import jax
+
     rows = shape[0]
     blocks: dict[int, set[tuple[int, int]]] = {}
     for device, index in sharding.devices_indices_map(shape).items():

@@ -24,7 +24,6 @@ from scalelab.errors import UserError
 from scalelab.posttrain.heads import base_params
 from scalelab.posttrain.rollout import sample
 from scalelab.posttrain.sentiment import (
-    DEFAULT_MIN_MARGIN,
     check_min_margin,
     label_pairs,
     openings,
@@ -147,7 +146,8 @@ def write_pairs(
     new_tokens: int,
     heldout_fraction: float = 0.1,
     seed: int = 0,
-    min_margin: float = DEFAULT_MIN_MARGIN,
+    *,
+    min_margin: float,
 ) -> dict[str, Any]:
     """Two continuations per prompt from the SFT run, VADER-labelled, as pairs.jsonl and pairs-heldout.jsonl.
 

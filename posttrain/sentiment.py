@@ -25,11 +25,6 @@ from scalelab.errors import UserError
 
 VERSE_NUMBER = re.compile(r"^\d+\s+")
 WORD = re.compile(r"[A-Za-z]")
-# The smallest VADER difference a kept pair has (`sentiment pairs --min-margin`), chosen from the demo's
-# pairs: a reward model trained on every non-tied pair agreed with VADER on 51% of held-out pairs whose
-# scores differ by less than 0.25, 76% at 0.25-0.5 and 81% from 0.5; trained and judged on pairs of
-# margin >= 0.5 it agreed on 81% and 82% in two runs (docs/ppo.md).
-DEFAULT_MIN_MARGIN = 0.5
 
 
 @functools.cache

@@ -20,7 +20,8 @@ from scalelab.model.layers import shapes_only
 from scalelab.model.stack import LayerRunner
 from scalelab.parallel.distributed import process_rows
 from scalelab.parallel.mesh import build_mesh
-from scalelab.parallel.pipeline import PipelinePlan, make_pipeline_runner, plan_pipeline
+from scalelab.parallel.pipeline import make_pipeline_runner
+from scalelab.parallel.pipeline_plan import PipelinePlan, plan_pipeline
 from scalelab.parallel.rules import (
     MeshAxes,
     activation_resolver,

@@ -15,23 +15,6 @@ from pathlib import Path
 from scalelab.parallel.launch_plan import ProcessPlace, data_shard, devices_per_process, expected_mesh, locate_process
 
 
-def add_dry_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add --dry-run and --devices-per-process to a command that launches training."""
-    group = parser.add_argument_group("dry run")
-    group.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print the cluster, this process's place in it, the mesh on the job's devices and each process's "
-        "batch rows, then exit without touching a device",
-    )
-    group.add_argument(
-        "--devices-per-process",
-        type=int,
-        metavar="N",
-        help="with --dry-run: devices each process has (default: from the cluster's variables, else this host's)",
-    )
-
-
 class JobDevices:
     """The processes of a job and the devices they will have, read once for every config checked."""
 

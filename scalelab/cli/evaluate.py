@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from scalelab.cli.options import add_overrides
+from scalelab.cli.posttrain import load_stages
 from scalelab.inference.quant_modes import MODES
 
 # The modes whose loss the trainer's own eval step measures: train.qat_bits fake-quantizes each weight on
@@ -90,6 +91,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from scalelab.train.checkpoint_store import run_root
     from scalelab.train.config_io import load_config
     from scalelab.train.evaluation import evaluate_checkpoint
+
+    load_stages()  # the run may be a post-training stage's
 
     if args.batches is not None and args.batches < 1:
         raise UserError(f"--batches must be at least 1, got {args.batches}")

@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
+from scalelab.cli.posttrain import load_stages
 from scalelab.errors import UserError
-from scalelab.inference.generate import load_run, parse_ids, right_padded
 from scalelab.inference.quant_modes import KV_CACHE_DTYPES, MODES
 
 DEFAULT_NEW_TOKENS = 64
@@ -97,10 +96,15 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     """Load the run, decode every prompt as one batch and print the continuations."""
+    import jax
+
     from scalelab.data.objectives import START_ID
     from scalelab.inference.calibrate import calibrate
     from scalelab.inference.decode import Sampler, decoder_prefix, generate
+    from scalelab.inference.generate import load_run, parse_ids, right_padded
     from scalelab.inference.quantize import check_params, quantize, report
+
+    load_stages()  # the run may be a post-training stage's
 
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")

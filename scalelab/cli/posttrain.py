@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import scalelab.posttrain  # noqa: F401  registers the stages, so any command can load their run directories
 from scalelab.cli.options import add_overrides
 
 # Per stage: the --init-from it starts from, and an example that runs as written.
@@ -77,9 +76,20 @@ def register_posttrain(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_chat_template)
 
 
+def load_stages() -> None:
+    """Register the post-training stages, for a command that trains them or loads their runs.
+
+    Importing scalelab.posttrain registers them; it imports JAX, Flax and grain, which `--help` and
+    the supervisor of a multi-process run do without, so the commands that need it call this.
+    """
+    import scalelab.posttrain  # noqa: F401
+
+
 def run_stage(args: argparse.Namespace) -> int:
     """Load the config with posttrain.stage set, train it, and print the outcome."""
     import jax
+
+    load_stages()
 
     from scalelab.train.config_io import load_config
     from scalelab.train.loop import train

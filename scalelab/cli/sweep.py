@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from scalelab.cli.options import add_group
+from scalelab.cli.options import add_dry_run_arguments, add_group
+from scalelab.parallel.distributed import add_arguments as add_distributed_arguments
 
 DEFAULT_PROBE_STEPS = 20
 DEFAULT_PROBE_MAX_FLOPS = 3e11  # per step: a 20-step probe then takes well under a minute on a 2-core CPU
@@ -15,9 +16,6 @@ MAX_AUTO_CPU_WORKERS = 8  # each worker holds a JAX runtime and its own compiled
 
 def register_sweep(subparsers: argparse._SubParsersAction) -> None:
     """Add the `sweep` subcommand with its `plan` and `run` actions."""
-    from scalelab.cli.dry_run import add_dry_run_arguments
-    from scalelab.parallel.distributed import add_arguments as add_distributed_arguments
-
     actions = add_group(
         subparsers,
         "sweep",
@@ -208,8 +206,6 @@ def run_run(args: argparse.Namespace) -> int:
     from scalelab.errors import UserError
     from scalelab.parallel.distributed import initialize, initialize_kwargs
     from scalelab.parallel.supervisor import supervise, supervised
-    from scalelab.scaling.sweep.results import RESULTS_CSV, IncompleteRunError
-    from scalelab.scaling.sweep.runner import run_sweep
 
     if args.workers != 1:
         status = _run_workers(args)
@@ -225,6 +221,9 @@ def run_run(args: argparse.Namespace) -> int:
         from scalelab.train.faults import EXIT_PEER_LOST
 
         return supervise(_lost_coordinator_line, EXIT_PEER_LOST)
+    from scalelab.scaling.sweep.results import RESULTS_CSV, IncompleteRunError
+    from scalelab.scaling.sweep.runner import run_sweep
+
     initialize(distributed)  # join the shard's other hosts before anything touches a device
     plan, shard, runs = _plan(args)
     sweep_dir = args.sweep_dir or Path("sweeps") / plan.spec.name

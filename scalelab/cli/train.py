@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import jax
-
-from scalelab.cli.dry_run import add_dry_run_arguments
-from scalelab.cli.options import add_overrides
+from scalelab.cli.options import add_dry_run_arguments, add_overrides
+from scalelab.cli.posttrain import load_stages
 from scalelab.parallel.distributed import add_arguments as add_distributed_arguments
 from scalelab.parallel.distributed import initialize as initialize_distributed
 from scalelab.parallel.distributed import initialize_kwargs
+from scalelab.parallel.liveness import LostPeer
 from scalelab.parallel.supervisor import supervise, supervised
+from scalelab.train.faults import EXIT_PEER_LOST, lost_peer_message
 
 
 def register_train(subparsers: argparse._SubParsersAction) -> None:
@@ -53,10 +53,20 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Load the config, train, and print the outcome."""
+    distributed = initialize_kwargs(args)
+    if distributed is not None and not supervised() and not args.dry_run:
+        # Only another process can report process 0's loss. The supervisor imports no JAX and reads
+        # no config: its child does both, and reports what is wrong with them.
+        return supervise(lambda host: _lost_coordinator_line(args, host), EXIT_PEER_LOST)
+
+    import jax
+
     from scalelab.errors import UserError
     from scalelab.posttrain.runs import refuse_another_stage
     from scalelab.train.config_io import load_config
     from scalelab.train.loop import train
+
+    load_stages()  # `train` trains whatever stage the config names
 
     cfg = load_config(args.config, args.overrides)
     run_dir = args.run_dir or Path("runs") / cfg.name
@@ -68,12 +78,6 @@ def run_train(args: argparse.Namespace) -> int:
         from scalelab.cli.dry_run import dry_run_train
 
         return dry_run_train(args, cfg, run_dir)
-    distributed = initialize_kwargs(args)
-    if distributed is not None and not supervised():  # only another process can report process 0's loss
-        from scalelab.parallel.liveness import LostPeer
-        from scalelab.train.faults import EXIT_PEER_LOST, lost_peer_message
-
-        return supervise(lambda host: lost_peer_message(LostPeer(0, host, 0.0), run_dir), EXIT_PEER_LOST)
     # Multi-host: join the other processes before anything touches a device.
     initialize_distributed(distributed)
     existing = "overwrite" if args.overwrite else "refuse"
@@ -85,3 +89,11 @@ def run_train(args: argparse.Namespace) -> int:
         f"done: {result.steps} steps, final loss {result.final_loss:.4f}{evaluation}; metrics in {run_dir}/metrics.jsonl"
     )
     return 0
+
+
+def _lost_coordinator_line(args: argparse.Namespace, host: str) -> str:
+    """The supervisor's line when process 0 is lost: where a requeue resumes from."""
+    from scalelab.train.config_io import load_config
+
+    run_dir = args.run_dir or Path("runs") / load_config(args.config, args.overrides).name
+    return lost_peer_message(LostPeer(0, host, 0.0), run_dir)

@@ -3,6 +3,7 @@
 import argparse
 import errno
 import importlib.metadata
+import subprocess
 import sys
 
 import pytest
@@ -159,3 +160,32 @@ def test_a_diverged_run_is_one_line_with_its_own_status(capsys, tmp_path):
     assert main(args) == EXIT_DIVERGED != 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("scalelab train: error: step 2 (data batch 2): loss nan")
+
+
+HEAVY = ("jax", "flax", "optax", "orbax", "grain", "tensorflow_datasets", "matplotlib")
+
+
+def _fresh_python(code: str) -> str:
+    """Run `code` in a new interpreter (this one has imported everything already) and return its stdout."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+def test_the_parser_and_help_import_no_jax():
+    # `scalelab --help`, an argument error and every command's parser start in well under a second.
+    code = "import sys; from scalelab.cli import build_parser; build_parser(); print(sorted(m for m in sys.modules))"
+    loaded = {name.split(".")[0] for name in eval(_fresh_python(code))}
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_the_supervisor_of_a_multi_process_run_imports_no_jax():
+    # The supervisor only runs the command again as its child and watches it; the child imports JAX.
+    code = f"""
+import sys
+import scalelab.cli.train as train
+train.supervise = lambda *args: print(sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r})) or 0
+from scalelab.cli import main
+sys.exit(main(["train", "gpt-tiny", "--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "0"]))
+"""
+    assert _fresh_python(code) == "[]"

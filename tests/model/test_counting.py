@@ -5,7 +5,8 @@ import functools
 import jax
 import numpy as np
 
-from scalelab.model import ModelConfig, count_params, flops_per_token
+from scalelab.model import ModelConfig
+from scalelab.model.counting import count_params, flops_per_token
 from scalelab.model.functional import describe
 
 

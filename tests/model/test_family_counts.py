@@ -1,8 +1,8 @@
 """Parameter and FLOP counts of every family and attention pattern against hand calculations."""
 
-from scalelab.model import ModelConfig, count_params, flops_per_token
+from scalelab.model import ModelConfig
 from scalelab.model.config import SequenceLengths
-from scalelab.model.counting import flops_per_sequence
+from scalelab.model.counting import count_params, flops_per_sequence, flops_per_token
 
 V, D, H, HD = 50, 32, 4, 8
 

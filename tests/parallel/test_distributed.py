@@ -120,13 +120,14 @@ def test_a_process_with_another_config_is_named_with_the_keys_that_differ():
 
 
 def test_a_single_process_checks_nothing(monkeypatch):
-    from scalelab.parallel import distributed
+    import jax
+    from jax.experimental import multihost_utils
 
     def no_collective(*args):
         raise AssertionError("a single process has no one to gather configs from")
 
-    monkeypatch.setattr(distributed.multihost_utils, "process_allgather", no_collective)
+    monkeypatch.setattr(multihost_utils, "process_allgather", no_collective)
     assert check_same_config(load_config("gpt-tiny")) is None
-    monkeypatch.setattr(distributed.jax, "process_count", lambda: 2)  # the same call on two processes does gather
+    monkeypatch.setattr(jax, "process_count", lambda: 2)  # the same call on two processes does gather
     with pytest.raises(AssertionError, match="no one to gather"):
         check_same_config(load_config("gpt-tiny"))

@@ -13,7 +13,8 @@ from scalelab.model.config import ConfigError, ModelConfig
 from scalelab.model.functional import describe
 from scalelab.parallel.config import MeshConfig
 from scalelab.parallel.mesh import build_mesh
-from scalelab.parallel.pipeline import PipelinePlan, make_pipeline_runner, plan_pipeline, stage_layout
+from scalelab.parallel.pipeline import make_pipeline_runner, stage_layout
+from scalelab.parallel.pipeline_plan import PipelinePlan, plan_pipeline
 from scalelab.parallel.rules import activation_resolver, make_rules, tree_shardings
 from tests.parallel.helpers import FAST_COMPILE
 

@@ -106,11 +106,11 @@ def test_sentiment_inputs_are_checked_before_any_sampling(text_base, reward_run,
     with pytest.raises(UserError, match="--sft must be at least 1, got -5"):  # it sliced the prompts' share
         write_demo_data(tmp_path, DemoData(sft=-5), config_from_dict(base).data)
     with pytest.raises(UserError, match="--new-tokens must be at least 1, got 0"):  # it wrote empty pair files
-        write_pairs(pretrained, prompts, tmp_path, new_tokens=0)
+        write_pairs(pretrained, prompts, tmp_path, new_tokens=0, min_margin=0.5)
     with pytest.raises(WrongRunKindError, match=rf"SFT_RUN {rm} is a reward-model run"):
-        write_pairs(rm, prompts, tmp_path, new_tokens=4)
+        write_pairs(rm, prompts, tmp_path, new_tokens=4, min_margin=0.5)
     with pytest.raises(UserError, match=r"--new-tokens 1000 leaves no room for a prompt in model.max_seq_len=32"):
-        write_pairs(pretrained, prompts, tmp_path, new_tokens=1000)
+        write_pairs(pretrained, prompts, tmp_path, new_tokens=1000, min_margin=0.5)
     with pytest.raises(UserError, match="--samples must be at least 1, got 0"):  # a traceback before
         judge([pretrained], pretrained, prompts, tmp_path / "out", 4, samples=0)
     with pytest.raises(WrongRunKindError, match=rf"--reference {rm} is a reward-model run"):

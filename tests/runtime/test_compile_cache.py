@@ -54,6 +54,20 @@ def test_a_cache_the_user_chose_wins(tmp_path, monkeypatch, jax_cache_settings):
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "theirs")
 
 
+def test_before_jax_is_imported_the_setting_reaches_it_through_the_environment(tmp_path):
+    # The CLI imports JAX only for the commands that use it, after this call.
+    code = (
+        "import sys; from scalelab.runtime.compile_cache import use_compile_cache; d = use_compile_cache(); "
+        "assert 'jax' not in sys.modules; import jax; "
+        "print(jax.config.jax_compilation_cache_dir == str(d), jax.config.jax_persistent_cache_min_compile_time_secs)"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in (compile_cache.SWITCH, "JAX_COMPILATION_CACHE_DIR")}
+    env.update(SCALELAB_CACHE=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "0.0"]
+
+
 def test_a_repeated_train_command_compiles_nothing(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in (compile_cache.SWITCH, "JAX_COMPILATION_CACHE_DIR")}
     env.update(SCALELAB_CACHE=str(tmp_path / "cache"), JAX_LOG_COMPILES="1")
