@@ -89,11 +89,10 @@ def run_stage(args: argparse.Namespace) -> int:
     """Load the config with posttrain.stage set, train it, and print the outcome."""
     import jax
 
-    load_stages()
-
     from scalelab.train.config_io import load_config
     from scalelab.train.loop import train
 
+    load_stages()
     overrides = [f"posttrain.stage={args.stage}", *args.overrides]
     cfg = load_config(args.config, overrides)
     check_stage(cfg, args)
