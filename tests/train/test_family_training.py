@@ -22,10 +22,9 @@ from scalelab.train.metrics import read_metrics
 from scalelab.train.trainer import Trainer
 from tests.data.conftest import SENTINELS, VOCAB, make_documents, write_jsonl
 from tests.train.ckpt_support import assert_states_equal, compile_cache, exact_metrics, saved_state
+from tests.xla_flags import QUICK_BUILD_OPTIONS
 
 FAST = ["logging.progress=false", "logging.tensorboard=false", "logging.peak_flops=1e12"]
-# Compile-time optimisation changes how fast the machine code runs, not what it computes.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def _train_losses(cfg: Config, devices: list[jax.Device] | None = None) -> np.ndarray:
@@ -33,7 +32,7 @@ def _train_losses(cfg: Config, devices: list[jax.Device] | None = None) -> np.nd
     trainer = Trainer.build(cfg, devices)
     source = make_source(cfg, *trainer.data_shard())
     state = trainer.init_state()  # the same values on every mesh: random draws do not depend on sharding
-    trainer.compile(state, trainer.put_batch(source.batch(0)), FAST_COMPILE)
+    trainer.compile(state, trainer.put_batch(source.batch(0)), QUICK_BUILD_OPTIONS)
     losses = []
     for step in range(cfg.train.steps):
         state, metrics = trainer.train_step(state, trainer.put_batch(source.batch(step)))
@@ -179,7 +178,7 @@ def test_the_classifier_trains_through_the_objective_and_the_train_step():
     source = with_objective(cfg, LabelledSource(cfg), 0, 1)
     assert source.batch(0)["targets"].shape == (16, 1)
     state = trainer.init_state()
-    trainer.compile(state, trainer.put_batch(source.batch(0)), FAST_COMPILE)
+    trainer.compile(state, trainer.put_batch(source.batch(0)), QUICK_BUILD_OPTIONS)
     losses = []
     for index in range(cfg.train.steps):
         state, metrics = trainer.train_step(state, trainer.put_batch(source.batch(index)))
