@@ -14,10 +14,10 @@ from scalelab.errors import ConfigError
 from scalelab.model.config import ModelConfig
 from scalelab.parallel.config import MeshConfig
 from scalelab.train.lr_schedules import LR_SCHEDULES
-from scalelab.train.qat import check_qat
 from scalelab.train.stage import PostTrainConfig
 
 NAN_POLICIES = ("stop", "skip", "rollback")
+QAT_BITS = (0, 4, 8)  # train.qat_bits choices; 0 is off (the grids are in train/qat.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +99,15 @@ class TrainLoopConfig:
             raise ConfigError(
                 f"train.nan_policy: unknown value {self.nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}"
             )
-        check_qat(self.qat_bits, self.qat_group_size)
+        if self.qat_bits not in QAT_BITS:
+            raise ConfigError(
+                f"train.qat_bits={self.qat_bits} is not a grid; use "
+                f"{' or '.join(str(bits) for bits in QAT_BITS if bits)} (0 turns quantization-aware training off)"
+            )
+        if self.qat_group_size < 0:
+            raise ConfigError(
+                f"train.qat_group_size={self.qat_group_size} must be >= 0 (0: one scale per output channel)"
+            )
         if self.max_rollbacks < 0:
             raise ConfigError(f"train.max_rollbacks must be >= 0, got {self.max_rollbacks}")
         if any(index < 0 for index in self.inject_nan_batches):

@@ -1,20 +1,23 @@
 """Learning-rate schedules: a linear warmup, then the decay that `schedule.name` picks from LR_SCHEDULES.
 
 This module reads no config, so the config schema can take its list of choices from the registry
-(adding a schedule is one entry here) while optim.py builds the schedule from a config.
+(adding a schedule is one entry here) while optim.py builds the schedule from a config. It imports
+JAX only inside the schedules, when a train step is traced: validating a config imports this module,
+and a mistyped config should be reported before JAX has loaded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+if TYPE_CHECKING:
+    import jax
+
 # The learning rate at a step (a float32 array) after warmup.
-Decay = Callable[[jax.Array], jax.Array]
+Decay = Callable[["jax.Array"], "jax.Array"]
 # ScheduleValues -> Decay. The values may be traced arrays: a compiled train step takes them as
 # arguments, so runs that differ only in length or learning rate share one program.
 DecayBuilder = Callable[["ScheduleValues"], Decay]
@@ -37,10 +40,14 @@ def schedule_values(peak: float, floor: float, warmup_steps: int, steps: int, de
 
 
 def _progress(step: jax.Array, start: Any, end: Any) -> jax.Array:
+    import jax.numpy as jnp
+
     return jnp.clip((step - start) / jnp.maximum(end - start, 1.0), 0.0, 1.0)
 
 
 def _cosine(v: ScheduleValues) -> Decay:
+    import jax.numpy as jnp
+
     return lambda step: v.floor + (v.peak - v.floor) * 0.5 * (1.0 + jnp.cos(jnp.pi * _progress(step, v.warmup, v.last)))
 
 
@@ -49,6 +56,8 @@ def _linear(v: ScheduleValues) -> Decay:
 
 
 def _constant(v: ScheduleValues) -> Decay:
+    import jax.numpy as jnp
+
     return lambda step: jnp.full_like(step, v.peak)
 
 
@@ -77,6 +86,8 @@ LR_SCHEDULES: dict[str, DecayBuilder] = {
 
 def lr_at(name: str, values: ScheduleValues, step: Any) -> jax.Array:
     """The learning rate at `step`: a linear warmup to the peak, then the decay `name`, down to the floor."""
+    import jax.numpy as jnp
+
     step = jnp.asarray(step, jnp.float32)
     warmup = values.peak * (step + 1) / jnp.maximum(values.warmup, 1.0)
     return jnp.where(step < values.warmup, warmup, LR_SCHEDULES[name](values)(step)).astype(jnp.float32)

@@ -25,7 +25,6 @@ from scalelab.model.config import ConfigError
 from scalelab.model.counting import is_matmul_weight
 
 STACK_AXES = ("layers", "stage")
-QAT_BITS = (0, 4, 8)  # train.qat_bits choices; 0 is off
 
 
 def is_quantized(axes: tuple[str, ...]) -> bool:
@@ -78,14 +77,6 @@ def fake_quant(w: jax.Array, axes: tuple[str, ...], bits: int, group_size: int) 
     grouped = values.reshape(grouped_shape(w.shape, axes, group_size)).astype(jnp.float32) * scale
     rounded = grouped.reshape(w.shape).astype(w.dtype)
     return w + jax.lax.stop_gradient(rounded - w)
-
-
-def check_qat(bits: int, group_size: int) -> None:
-    """ConfigError unless (train.qat_bits, train.qat_group_size) name a grid."""
-    if bits not in QAT_BITS:
-        raise ConfigError(f"train.qat_bits={bits} is not a grid; use 4 or 8 (0 turns quantization-aware training off)")
-    if group_size < 0:
-        raise ConfigError(f"train.qat_group_size={group_size} must be >= 0 (0: one scale per output channel)")
 
 
 def fake_quantized(params: Any, axes: Any, bits: int, group_size: int) -> Any:

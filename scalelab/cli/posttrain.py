@@ -87,14 +87,16 @@ def load_stages() -> None:
 
 def run_stage(args: argparse.Namespace) -> int:
     """Load the config with posttrain.stage set, train it, and print the outcome."""
+    from scalelab.train.config_io import load_config
+
+    overrides = [f"posttrain.stage={args.stage}", *args.overrides]
+    cfg = load_config(args.config, overrides)  # before JAX loads, as `scalelab train` does
+
     import jax
 
-    from scalelab.train.config_io import load_config
     from scalelab.train.loop import train
 
     load_stages()
-    overrides = [f"posttrain.stage={args.stage}", *args.overrides]
-    cfg = load_config(args.config, overrides)
     check_stage(cfg, args)
     if args.stage == "dpo" and cfg.posttrain.reference is None and args.init_from is not None:
         # The frozen reference is the model the policy starts from, unless the config names another.

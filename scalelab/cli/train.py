@@ -59,19 +59,21 @@ def run_train(args: argparse.Namespace) -> int:
         # no config: its child does both, and reports what is wrong with them.
         return supervise(lambda host: _lost_coordinator_line(args, host), EXIT_PEER_LOST)
 
-    import jax
-
     from scalelab.errors import UserError
-    from scalelab.posttrain.runs import refuse_another_stage
     from scalelab.train.config_io import load_config
-    from scalelab.train.loop import train
 
-    load_stages()  # `train` trains whatever stage the config names
-
+    # Loading a config imports no JAX, so a mistyped name or key is reported at once.
     cfg = load_config(args.config, args.overrides)
     run_dir = args.run_dir or Path("runs") / cfg.name
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} is a file, not a directory; give another --run-dir")
+
+    import jax
+
+    from scalelab.posttrain.runs import refuse_another_stage
+    from scalelab.train.loop import train
+
+    load_stages()  # `train` trains whatever stage the config names
     # `train` trains whatever stage the config names, so a config of one stage must not continue another's run.
     refuse_another_stage(run_dir, cfg.posttrain.stage, args.overwrite)
     if args.dry_run:

@@ -192,3 +192,17 @@ from scalelab.cli import main
 sys.exit(main(["train", "gpt-tiny", "--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "0"]))
 """
     assert _fresh_python(code) == "[]"
+
+
+@pytest.mark.parametrize("command", ["train", "sft"])
+def test_a_config_that_is_not_there_is_reported_before_jax_loads(command):
+    # Reading and checking a config's names needs no JAX: a mistyped config name fails in a fraction of a second.
+    code = f"""
+import contextlib, io, sys
+from scalelab.cli import main
+with contextlib.redirect_stderr(io.StringIO()) as err:
+    status = main(["{command}", "no-such-config"])
+assert status == 2 and "config 'no-such-config' not found" in err.getvalue(), (status, err.getvalue())
+{PRINT_HEAVY}
+"""
+    assert _fresh_python(code) == "[]"
