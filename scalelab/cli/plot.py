@@ -71,6 +71,7 @@ def run_plot(args: argparse.Namespace) -> int:
     """Draw the plots from a fit directory, or fit INPUT first."""
     from scalelab.errors import UserError
     from scalelab.scaling.fit.plots import draw_all
+    from scalelab.scaling.fit.table import resolve_input
 
     path: Path = args.input
     if args.approach == "lr":
@@ -94,6 +95,7 @@ def run_plot(args: argparse.Namespace) -> int:
             )
         out = writable_dir(args.out or fit_json.parent)
     else:
+        resolve_input(path)  # a missing INPUT is the error, not a fit kept where its plots would go
         out = args.out or default_out(path)
         if (out / "fit.json").is_file():
             # A saved fit may come from other options (an approach, a budget); plotting must not replace it.

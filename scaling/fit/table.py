@@ -96,7 +96,8 @@ def describe(labels: Sequence[str], limit: int = 8) -> str:
     return shown + (f" and {len(labels) - limit} more" if len(labels) > limit else "")
 
 
-def _resolve(path: Path) -> Path:
+def resolve_input(path: Path) -> Path:
+    """The CSV a fit reads from INPUT (a sweep directory or a CSV file); FitInputError when there is none."""
     if path.is_dir():
         if (path / "results.csv").is_file():
             return path / "results.csv"
@@ -216,7 +217,7 @@ def load_table(path: str | Path, columns: Columns | None = None, extra: Sequence
     `extra` names more columns that must hold positive numbers (a sweep's `lr`, say); they come back in `extra`.
     """
     cols = columns or Columns()
-    csv_path = _resolve(Path(path))
+    csv_path = resolve_input(Path(path))
     header, rows = _read_csv(csv_path)
     picked = _pick_columns(header, cols, csv_path)
     for name in extra:

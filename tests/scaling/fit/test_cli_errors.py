@@ -96,6 +96,13 @@ def test_plot_of_a_csv_never_replaces_a_saved_fit(table, capsys):
     assert saved.read_bytes() == before
     assert main(["plot", str(saved.parent)]) == 0  # the fix the message names works
 
+    misspelled = table.parent / "tabel.csv"  # next to that fit: the missing file is the error to report
+    assert main(["plot", str(misspelled), "--bootstrap", "0"]) == 2
+    assert (
+        f"scalelab plot: error: {misspelled} does not exist; pass a sweep directory or a CSV file"
+        in capsys.readouterr().err
+    )
+
 
 def test_fitting_options_on_a_saved_fit_are_an_error_with_the_refit_not_ignored(table, capsys):
     assert main(["fit", str(table), "--approach", "3", "--bootstrap", "0"]) == 0
