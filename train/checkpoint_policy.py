@@ -102,7 +102,9 @@ class CheckpointPolicy:
     def stopped_outcome(self) -> str:
         """What a run stopped by a signal leaves to resume from, for its last message."""
         if self.store is None:
-            return "checkpointing is off (checkpoint.every=0), so nothing was saved; a re-run starts over"
+            return (
+                "checkpointing is off (checkpoint.every=0), so nothing was saved; re-run with --overwrite to start over"
+            )
         latest = max(self.store.steps(), default=None)
         return f"newest checkpoint: step {latest} in {self.store.root}; re-run the same command to resume"
 

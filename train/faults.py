@@ -76,8 +76,9 @@ class PreemptionGuard:
     # notice that came after a run's last step would then be matched mid-run much later, or never.
     _sync_calls = 0
 
-    def __init__(self, command: str = "train") -> None:
+    def __init__(self, command: str = "train", saves: bool = True) -> None:
         self.command = command  # the `scalelab COMMAND` its notices name
+        self.saves = saves  # whether stopping saves a checkpoint (a run with checkpointing off has nothing to save)
         self.signal_name: str | None = None
         self._first: tuple[int, float] | None = None  # the first signal and when it came
         self._previous: dict[int, Any] = {}
@@ -115,7 +116,10 @@ class PreemptionGuard:
             os._exit(128 + signum)
         self._first, self.signal_name = (signum, now), name
         # os.write, not print: a handler may interrupt a print already in progress.
-        notice = f"\nscalelab {self.command}: {name}: saving a checkpoint and stopping; send it again to exit now\n"
+        action = (
+            "saving a checkpoint and stopping" if self.saves else "stopping (checkpointing is off: nothing to save)"
+        )
+        notice = f"\nscalelab {self.command}: {name}: {action}; send it again to exit now\n"
         os.write(2, notice.encode())
         return True
 

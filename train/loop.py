@@ -211,7 +211,7 @@ def train(
     Raises ConfigError when another trainer holds `run_dir`, or when the processes of a multi-process
     run were given different configs.
     """
-    with PreemptionGuard(cfg.posttrain.command) as guard:
+    with PreemptionGuard(cfg.posttrain.command, saves=cfg.checkpoint.enabled) as guard:
         check_same_config(cfg)  # before the processes first meet in a collective that the difference would hang
         with RunDirLock(Path(run_dir)), watch_for_lost_peers(Path(run_dir)):
             return _train(cfg, Path(run_dir), quiet, init_from, existing, guard)

@@ -259,7 +259,7 @@ class SignalAt:
 
 
 @pytest.mark.parametrize("every", [4, 0])
-def test_sigterm_saves_and_stops_cleanly(tmp_path, monkeypatch, every):
+def test_sigterm_saves_and_stops_cleanly(tmp_path, monkeypatch, capfd, every):
     make_source = loop.make_source
     monkeypatch.setattr(loop, "make_source", lambda *args: SignalAt(make_source(*args), index=5))
     cfg = load_config("gpt-tiny", [*BASE, f"checkpoint.every={every}"])
@@ -268,12 +268,19 @@ def test_sigterm_saves_and_stops_cleanly(tmp_path, monkeypatch, every):
         train(cfg, tmp_path, quiet=True)
     assert stop.value.step == 6
     assert [r["step"] for r in read_metrics(tmp_path) if "loss" in r] == list(range(6))
+    notice = capfd.readouterr().err
     if every:
         assert saved_steps(tmp_path / "checkpoints") == [4, 6]
         assert f"newest checkpoint: step 6 in {tmp_path / 'checkpoints'}" in str(stop.value)
+        assert "SIGTERM: saving a checkpoint and stopping" in notice
     else:
         assert not (tmp_path / "checkpoints").exists()
-        assert "checkpointing is off" in str(stop.value)
+        assert "checkpointing is off (checkpoint.every=0), so nothing was saved; re-run with --overwrite" in str(
+            stop.value
+        )
+        assert "SIGTERM: stopping (checkpointing is off: nothing to save)" in notice
+        with pytest.raises(ConfigError, match="add --overwrite"):  # a plain re-run of the command is refused
+            train(cfg, tmp_path, quiet=True, existing="refuse")
     assert signal.getsignal(signal.SIGTERM) is handler  # the guard put the previous handler back
 
 
