@@ -42,6 +42,27 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 ECHO_S = 0.5
 
 
+# Before a guard is up, Ctrl-C raises KeyboardInterrupt, and Python drops an exception raised in a
+# garbage-collector callback (JAX registers one) with an "Exception ignored" note: the command would
+# run on. The CLI's own SIGINT handler notes the signal too, so the first guard entered stops the run.
+_interrupted_early = False
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    global _interrupted_early
+    _interrupted_early = True
+    raise KeyboardInterrupt
+
+
+def note_early_interrupts() -> Any:
+    """Install the start-up SIGINT handler (in the main thread); return the handler it replaced."""
+    global _interrupted_early
+    _interrupted_early = False
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, _interrupt)
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or Inf loss or gradient under nan_policy=stop."""
 
@@ -95,6 +116,10 @@ class PreemptionGuard:
             for signum in _SIGNALS if jax.process_count() == 1 else (signal.SIGINT,):
                 self._previous[signum] = signal.signal(signum, handler)
             PreemptionGuard._active = self
+            global _interrupted_early
+            if _interrupted_early:  # a Ctrl-C during start-up whose KeyboardInterrupt was dropped
+                _interrupted_early = False
+                handler(signal.SIGINT, None)
         return self
 
     def __exit__(self, *exc: object) -> None:

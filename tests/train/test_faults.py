@@ -1,14 +1,16 @@
-"""The preemption guard's signal handling in single- and multi-process runs (no training)."""
+"""The preemption guard's signal handling in single- and multi-process runs, and a Ctrl-C during start-up."""
 
 from __future__ import annotations
 
+import gc
 import signal
 
 import jax
 import pytest
 
-from scalelab.train import faults
-from scalelab.train.faults import PreemptionGuard
+from scalelab.cli import main
+from scalelab.train import config_io, faults
+from scalelab.train.faults import EXIT_PREEMPTED, PreemptionGuard
 
 
 class _Exited(Exception):
@@ -63,3 +65,51 @@ def test_the_guard_restores_the_previous_handlers(monkeypatch):
     with PreemptionGuard():
         assert signal.getsignal(signal.SIGINT) is not before[0]
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def _ctrl_c_dropped_by_a_gc_callback() -> None:
+    """Ctrl-C landing in a garbage-collector callback, as it can during JAX's start-up: Python drops the
+    KeyboardInterrupt with an "Exception ignored" note, and the code that was running carries on."""
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "start":
+            gc.callbacks.remove(callback)
+            signal.raise_signal(signal.SIGINT)
+
+    gc.callbacks.append(callback)
+    gc.collect()
+
+
+# The dropped KeyboardInterrupt is the scenario: pytest would report it as an unraisable exception.
+DROPPED = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@DROPPED
+def test_a_ctrl_c_dropped_during_start_up_stops_at_the_first_guard(capfd):
+    previous = faults.note_early_interrupts()
+    try:
+        _ctrl_c_dropped_by_a_gc_callback()  # no KeyboardInterrupt reaches this frame
+        with PreemptionGuard() as guard:
+            assert guard.signal_name == "SIGINT" and guard.requested()
+        with PreemptionGuard() as guard:  # the note is used once
+            assert guard.signal_name is None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "SIGINT: saving a checkpoint and stopping" in capfd.readouterr().err
+
+
+@DROPPED
+def test_a_ctrl_c_dropped_while_train_starts_stops_the_run_saved(tmp_path, monkeypatch, capsys):
+    load = config_io.load_config
+
+    def load_then_ctrl_c(*args, **kwargs):
+        cfg = load(*args, **kwargs)
+        _ctrl_c_dropped_by_a_gc_callback()
+        return cfg
+
+    monkeypatch.setattr(config_io, "load_config", load_then_ctrl_c)
+    run = tmp_path / "run"
+    args = ["train", "gpt-tiny", "--run-dir", str(run), "--quiet", "--set", "logging.peak_flops=1e12"]
+    assert main([*args, "--set", "checkpoint.every=10"]) == EXIT_PREEMPTED
+    assert "scalelab train: stopped by SIGINT after 0 steps; newest checkpoint: step 0 in " in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # main put pytest's handler back
