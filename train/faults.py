@@ -21,8 +21,10 @@ import fcntl
 import os
 import signal
 import socket
+import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -43,8 +45,9 @@ ECHO_S = 0.5
 
 
 # Before a guard is up, Ctrl-C raises KeyboardInterrupt, and Python drops an exception raised in a
-# garbage-collector callback (JAX registers one) with an "Exception ignored" note: the command would
-# run on. The CLI's own SIGINT handler notes the signal too, so the first guard entered stops the run.
+# garbage-collector callback (JAX registers one) with an "Exception ignored" traceback: the command
+# would run on. The CLI's own SIGINT handler notes the signal too, so the first guard entered stops
+# the run, and that dropped KeyboardInterrupt is not printed.
 _interrupted_early = False
 
 
@@ -54,13 +57,24 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def note_early_interrupts() -> Any:
-    """Install the start-up SIGINT handler (in the main thread); return the handler it replaced."""
+def note_early_interrupts() -> Callable[[], None]:
+    """Install the start-up SIGINT handler (in the main thread); return a function that puts back what it replaced."""
     global _interrupted_early
     _interrupted_early = False
     if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGINT, _interrupt)
+        return lambda: None
+    previous_handler, previous_hook = signal.signal(signal.SIGINT, _interrupt), sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not (_interrupted_early and unraisable.exc_type is KeyboardInterrupt):
+            previous_hook(unraisable)
+
+    def restore() -> None:
+        signal.signal(signal.SIGINT, previous_handler)
+        sys.unraisablehook = previous_hook
+
+    sys.unraisablehook = hook
+    return restore
 
 
 class NonFiniteLossError(RuntimeError):

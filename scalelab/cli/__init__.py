@@ -11,7 +11,6 @@ import argparse
 import errno
 import importlib.metadata
 import re
-import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -132,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory()  # before any large allocation: 1.3x CPU steps on a 17M-parameter model
     args = build_parser().parse_args(argv)
     use_compile_cache()  # before anything compiles: a repeated command loads its programs from disk
-    previous_handler = note_early_interrupts()
+    restore_interrupts = note_early_interrupts()
     try:
         return int(args.func(args) or 0)
     except UserError as error:
@@ -157,8 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"\nscalelab {args.command}: interrupted (Ctrl-C) before it finished")
         return 130
     finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
+        restore_interrupts()
 
 
 if __name__ == "__main__":
