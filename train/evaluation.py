@@ -39,5 +39,5 @@ def evaluate_checkpoint(
     stage = stage_of(cfg)
     make = make_source if stage is None else stage.source
     data = make(cfg, *trainer.data_shard())
-    params, step_dir = load_params(source, cfg, trainer, flag="eval of", command=command, advice=EVAL_ADVICE)
+    params, step_dir = load_params(source, cfg, trainer, flag="RUN", command=command, advice=EVAL_ADVICE)
     return step_dir, evaluate_all(trainer, params, data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -10,6 +11,7 @@ from scalelab.cli import main
 from scalelab.train.config_io import load_config
 from scalelab.train.evaluation import evaluate_checkpoint
 from scalelab.train.loop import train
+from scalelab.train.manifest import MANIFEST
 from scalelab.train.metrics import read_metrics
 from tests.train.ckpt_support import FAST
 
@@ -73,7 +75,21 @@ def test_bad_input_names_the_problem_and_the_fix(run, tmp_path, capsys):
     unsaved = tmp_path / "unsaved"
     train(load_config("gpt-tiny", [*FAST, "train.steps=2", "train.eval_every=0"]), unsaved, quiet=True)
     assert main(["eval", str(unsaved)]) == 2
-    assert f"eval of {unsaved.absolute()}: that run saved no checkpoint" in capsys.readouterr().err
+    assert f"RUN {unsaved.absolute()}: that run saved no checkpoint" in capsys.readouterr().err
+
+
+def test_a_corrupt_newest_checkpoint_is_named_and_the_one_before_it_evaluated(run, tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run, damaged)
+    (damaged / "checkpoints" / "8" / MANIFEST).unlink()
+    assert main(["eval", str(damaged), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["step"] == 4
+    assert (
+        f"scalelab eval: warning: RUN {damaged.absolute()}: checkpoint {(damaged / 'checkpoints' / '8').absolute()} "
+        "is corrupt (" in captured.err
+    )
+    assert "trying the one before it" in captured.err
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4-g32"])
