@@ -63,6 +63,11 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             if not math.isfinite(number):
                 raise ConfigError(f"{path}: expected a finite number, got {value!r}")
             return number
+    if tp is int and isinstance(value, float | str):
+        # A whole number written in scientific notation: YAML reads `1e5` as a string and `1.0e5` as a float.
+        number = parse_float(value)
+        if number is not None and math.isfinite(number) and number.is_integer():
+            return int(number)
     if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         return value
     raise ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")

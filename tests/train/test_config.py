@@ -29,6 +29,12 @@ def test_overrides_are_parsed_as_yaml():
     assert cfg.optimizer.clip_norm is None
 
 
+def test_a_whole_number_in_scientific_notation_is_an_int():
+    cfg = load_config("gpt-tiny", ["train.steps=1e3", "train.batch_size=3.2e1", "train.eval_every=1.0e2"])
+    assert (cfg.train.steps, cfg.train.batch_size, cfg.train.eval_every) == (1000, 32, 100)
+    assert all(type(v) is int for v in (cfg.train.steps, cfg.train.batch_size, cfg.train.eval_every))
+
+
 def test_base_inheritance_merges_sections(tmp_path):
     (tmp_path / "child.yaml").write_text(yaml.safe_dump({"base": "gpt-tiny", "model": {"d_model": 128}}))
     cfg = load_config(tmp_path / "child.yaml")
@@ -49,6 +55,8 @@ def test_resolved_config_round_trips(tmp_path):
         ("model.d_modle=64", "unknown key 'model.d_modle'; did you mean 'model.d_model'?"),
         ("trian.steps=3", "unknown key 'trian'; did you mean 'train'?"),
         ("train.steps=abc", "train.steps: expected int, got str 'abc'"),
+        ("train.steps=2.5", "train.steps: expected int, got float 2.5"),
+        ("train.steps=1e400", "train.steps: expected int, got str '1e400'"),
         ("optimizer.lr=fast", "optimizer.lr: expected float"),
         ("model.tie_embeddings=3", "model.tie_embeddings: expected bool"),
         ("model.d_model=66", "model.d_model (66) is not divisible by model.n_heads (4)"),
