@@ -62,8 +62,8 @@ def load_run(run_dir: Path) -> LoadedRun:
         )
     if not saved_steps(run_dir / CHECKPOINT_DIR):
         raise UserError(
-            f"{run_dir} has no checkpoints; train it with checkpoints on (e.g. --set checkpoint.every=100) "
-            "and wait for the first one"
+            f"{run_dir} has no checkpoints; train it again with them on (add --set checkpoint.every=100 --overwrite), "
+            "or, if it is still training with them on, wait for the first one"
         )
     # Decoding runs on one device, whatever mesh the run trained on.
     local = dataclasses.replace(cfg, mesh=MeshConfig(data=1, rules=cfg.mesh.rules))

@@ -167,7 +167,7 @@ def test_errors_name_the_problem_and_the_fix(synthetic_run, text_run, tmp_path, 
     unsaved = tmp_path / "unsaved"
     save_config(load_config("gpt-tiny"), unsaved / "config.yaml")
     code, _, err = _generate(capsys, unsaved, "--prompt-ids", "1")
-    assert code == 2 and "has no checkpoints" in err and "checkpoint.every" in err
+    assert code == 2 and "has no checkpoints" in err and "--set checkpoint.every=100 --overwrite" in err
 
     code, _, err = _generate(capsys, synthetic_run, "--prompt-ids", "1," * 60 + "1", "--max-new-tokens", "8")
     assert code == 2 and "61 tokens and 8 new" in err and "model.max_seq_len=64" in err and "shorten the prompt" in err
