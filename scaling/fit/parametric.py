@@ -63,18 +63,33 @@ class LawFit:
         return float(1.0 - np.sum(self.residuals**2) / total) if total > 0 else float("nan")
 
 
-def _require(n_points: int, law: Law, what: str, labels: tuple[str, ...]) -> None:
+# What a law's points are, (one, several): the rows of the table, or the best runs along one variable.
+POINT_NAMES = {
+    "rows": ("row", "rows"),
+    "N": ("model size", "model sizes"),
+    "D": ("token count", "token counts"),
+    "C": ("point on the compute frontier", "points on the compute frontier"),
+}
+
+
+def _count(n: int, points: str) -> str:
+    one, several = POINT_NAMES[points]
+    return f"{n} {one if n == 1 else several}"
+
+
+def _require(n_points: int, law: Law, points: str, labels: tuple[str, ...]) -> None:
     p = len(law.params)
     if n_points < p:
         raise FitInputError(
-            f"{law.name} has {p} parameters but only {n_points} {what} ({describe(list(labels))}); "
+            f"{law.name} has {p} parameters but only {_count(n_points, points)} ({describe(list(labels))}); "
             f"add runs so there are at least {p}"
         )
     spare = n_points - p
     if spare < MIN_SPARE:
+        more = _count(MIN_SPARE - spare, points).replace(" ", " more ", 1)
         warnings.warn(
-            f"{law.name} has {p} parameters and only {n_points} {what}, {spare} to spare: its intervals are "
-            f"undetermined (n/a) and its fit says little; add {MIN_SPARE - spare} more {what} for intervals",
+            f"{law.name} has {p} parameters and only {_count(n_points, points)}, {spare} to spare: its intervals are "
+            f"undetermined (n/a) and its fit says little; add {more} for intervals",
             FitWarning,
             stacklevel=3,
         )
@@ -114,8 +129,7 @@ def law_points(table: FitTable, law: Law, c_rtol: float = 0.05) -> Points:
         # L(N): the best loss each size reached over its budgets; L(D): the best over sizes at each token count.
         x, loss, labels = _best_per_value(getattr(table, var), table.loss, table.labels)
         labels = tuple(labels)
-    what = {"N": "model sizes", "D": "token counts", "C": "points on the compute frontier"}[var]
-    _require(len(x), law, what, labels)
+    _require(len(x), law, var, labels)
     return Points(np.log(x)[None, :], np.log(loss), labels)
 
 

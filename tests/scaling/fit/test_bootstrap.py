@@ -110,8 +110,10 @@ def test_a_law_with_no_points_to_spare_has_null_intervals(tmp_path):
     D = np.tile(np.geomspace(1e9, 1e11, 3), 3)
     loss = 1.69 + 406.4 * N**-0.34 + 410.7 * D**-0.28
     table = load_table(write_csv(tmp_path / "t.csv", {"N": N, "D": D, "loss": loss}))
-    with pytest.warns(FitWarning, match="L_N has 3 parameters and only 3 model sizes, 0 to spare"):
+    with pytest.warns(FitWarning, match="L_N has 3 parameters and only 3 model sizes, 0 to spare") as warned:
         fit = run_fits(table, FitSettings(approaches=("single",), bootstrap=50))
+    assert "L_N_E0 has 2 parameters and only 3 model sizes, 1 to spare" in "\n".join(str(w.message) for w in warned)
+    assert "add 1 more model size for intervals" in "\n".join(str(w.message) for w in warned)  # one: singular
     assert fit["L_N"]["ci"] == {"E": None, "A": None, "alpha": None}
     assert fit["L_N"]["ci_undetermined"] == "no points to spare"
     assert fit["L_N_E0"]["ci_undetermined"] == "only 1 point to spare, 2 needed"
