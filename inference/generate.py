@@ -40,7 +40,7 @@ def load_run(run_dir: Path) -> LoadedRun:
     from scalelab.parallel.config import MeshConfig
     from scalelab.train.checkpoint_compat import read_meta
     from scalelab.train.checkpoint_params import load_params
-    from scalelab.train.checkpoint_store import CHECKPOINT_DIR, run_root, saved_steps
+    from scalelab.train.checkpoint_store import CHECKPOINT_DIR, not_a_run, run_root, saved_steps
     from scalelab.train.config_io import load_config
     from scalelab.train.trainer import Trainer
 
@@ -52,8 +52,9 @@ def load_run(run_dir: Path) -> LoadedRun:
                 f"{run_dir} is a checkpoint folder, not a run directory; give the run directory {owner} (its newest "
                 "intact checkpoint is read)"
             )
-        what = "does not exist" if not run_dir.exists() else "has no config.yaml"
-        raise UserError(f"run directory {run_dir} {what}; give a directory that scalelab train wrote (--run-dir)")
+        raise UserError(
+            f"run directory {run_dir} {not_a_run(run_dir)}; give a directory that scalelab train wrote (--run-dir)"
+        )
     cfg = load_config(run_dir / "config.yaml")
     if cfg.model.family not in ("gpt", "t5"):
         raise UserError(

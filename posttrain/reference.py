@@ -19,6 +19,7 @@ import numpy as np
 from scalelab.errors import ConfigError, UserError
 from scalelab.posttrain.losses import token_logprobs
 from scalelab.posttrain.runs import check_reference_run
+from scalelab.train.checkpoint_store import not_a_run
 
 
 class ReferenceMismatchError(UserError):
@@ -59,9 +60,8 @@ def load_reference(cfg: Any) -> Any:
         )
     reference = Path(cfg.posttrain.reference)
     if not (reference / "config.yaml").is_file():
-        what = "does not exist" if not reference.exists() else "has no config.yaml"
         raise ConfigError(
-            f"posttrain.reference={reference} {what}; set it to a run directory scalelab wrote (usually the SFT run "
+            f"posttrain.reference={reference} {not_a_run(reference)}; set it to a run directory scalelab wrote (usually the SFT run "
             "the policy starts from)"
         )
     check_reference_run(reference)

@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from scalelab.errors import UserError
 from scalelab.files import read_yaml
 from scalelab.posttrain.heads import HEAD, base_params
-from scalelab.train.checkpoint_store import run_root
+from scalelab.train.checkpoint_store import not_a_run, run_root
 
 WITH_HEAD = ("reward", "ppo")  # stages whose checkpoints carry the scalar head
 KINDS = {
@@ -56,8 +56,7 @@ def saved_stage(run_dir: Path) -> str | None:
 def check_run_dir(label: str, run_dir: Path) -> None:
     """WrongRunKindError unless `run_dir` (given as `label`) is a run directory: one with a config.yaml."""
     if not (Path(run_dir) / "config.yaml").is_file():
-        what = "does not exist" if not Path(run_dir).exists() else "has no config.yaml"
-        raise WrongRunKindError(f"{label} {run_dir} {what}; give a run directory that scalelab wrote")
+        raise WrongRunKindError(f"{label} {run_dir} {not_a_run(run_dir)}; give a run directory that scalelab wrote")
 
 
 def check_policy_run(label: str, run_dir: Path) -> None:

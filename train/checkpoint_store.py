@@ -111,6 +111,14 @@ def run_root(source: Path) -> Path | None:
     return source if (source / "config.yaml").is_file() else None
 
 
+def not_a_run(path: Path) -> str:
+    """Why `path`, which has no config.yaml, is not a run directory: for errors that name it."""
+    path = Path(path)
+    if not path.exists():
+        return "does not exist"
+    return "is a file, not a directory" if not path.is_dir() else "has no config.yaml"
+
+
 def saved_steps(root: Path) -> list[int]:
     """Steps of the committed checkpoints under `root` (orbax names each step folder by its number)."""
     if not root.is_dir():

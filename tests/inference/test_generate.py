@@ -156,6 +156,9 @@ def test_errors_name_the_problem_and_the_fix(synthetic_run, text_run, tmp_path, 
 
     code, _, err = _generate(capsys, tmp_path / "nowhere", "--prompt-ids", "1")
     assert code == 2 and "does not exist" in err and "scalelab train wrote" in err
+    (tmp_path / "afile").write_text("")
+    code, _, err = _generate(capsys, tmp_path / "afile", "--prompt-ids", "1")
+    assert code == 2 and f"run directory {tmp_path / 'afile'} is a file, not a directory; give a directory" in err
 
     bert = tmp_path / "bert"
     save_config(load_config("bert-tiny"), bert / "config.yaml")
