@@ -46,7 +46,9 @@ def _init_source(source: Path, flag: str, command: str) -> Path:
         problem = verify_manifest(root / str(step))
         if problem is None:
             return root / str(step)
-        warn(f"{flag} {source}: checkpoint {root / str(step)} is corrupt ({problem}); trying the one before it", command)
+        warn(
+            f"{flag} {source}: checkpoint {root / str(step)} is corrupt ({problem}); trying the one before it", command
+        )
     raise CheckpointError(f"{flag} {source}: every checkpoint in {root} is corrupt")
 
 
