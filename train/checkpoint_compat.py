@@ -30,6 +30,8 @@ RESUME_ADVICE = (
     "use the checkpoint's values, or start a new run in another --run-dir (with --init-from to start from its "
     "parameters)"
 )
+# When the parameters' shapes differ, --init-from cannot seed a new run from them either.
+RESHAPED_ADVICE = "use the checkpoint's values, or start a new run in another --run-dir"
 
 
 class CheckpointError(ConfigError):
@@ -137,6 +139,8 @@ def check_compatible(
     if len(problems) > _SHOWN_PROBLEMS:
         arrays += f"; and {len(problems) - _SHOWN_PROBLEMS} more"
     detail = " | ".join(part for part in (fields, f"arrays: {arrays}" if arrays else "") if part)
+    if advice == RESUME_ADVICE and any(problem.startswith("params") for problem in problems):
+        advice = RESHAPED_ADVICE
     raise CheckpointError(f"checkpoint {where} does not fit this config ({detail}); {advice}")
 
 

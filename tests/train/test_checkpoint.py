@@ -98,8 +98,11 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(base_run, tmp_
     ],
 )
 def test_incompatible_config_is_an_error_naming_the_fields(base_run, override, named):
-    with pytest.raises(CheckpointError, match=named):
+    with pytest.raises(CheckpointError, match=named) as error:
         train(load_config("gpt-tiny", [*BASE, override]), base_run, quiet=True)
+    # --init-from seeds a new run with the parameters only when they still fit the model
+    assert ("with --init-from to start from its parameters" in str(error.value)) == (override != "model.d_model=128")
+    assert str(error.value).endswith("start a new run in another --run-dir") == (override == "model.d_model=128")
     assert saved_steps(base_run / "checkpoints") == [4, 8, 12]
 
 
