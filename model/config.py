@@ -77,7 +77,7 @@ class ModelConfig:
     window: int = 128  # sliding/sparse: causal sees itself and the w-1 before; bidirectional sees +-w/2
     global_tokens: int = 1  # sparse: leading positions that see and are seen by every position
     attention_impl: str = "auto"  # auto: cudnn on a GPU, splash on a TPU, einsum elsewhere (model/attention_impls.py)
-    max_seq_len: int = 1024
+    max_seq_len: int = 1024  # learned positions: the table's length; generate: prompt + new tokens at most
     tie_embeddings: bool = True
     n_encoder_layers: int | None = None  # t5: None means n_layers
     n_decoder_layers: int | None = None  # t5: None means n_layers

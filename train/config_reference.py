@@ -42,6 +42,7 @@ dataclasses, so every key has the type and default listed here.
   section by section.
 - **Overrides.** `--set a.b.c=value` sets any key from the command line, parsing the value as
   YAML: `--set model.n_layers=4`, `--set optimizer.lr=3e-4`, `--set 'mesh.rules={{embed: null}}'`.
+  Numbers may be written in scientific notation anywhere: `--set train.steps=1e5` is the integer 100000.
 - **Errors name the full key.** An unknown key also names the nearest valid one (`unknown key
   'model.d_modle'; did you mean 'model.d_model'?`); a wrong type says what was expected; values
   that do not fit together (`d_model` not divisible by `n_heads`, warmup longer than training)
