@@ -188,7 +188,7 @@ def check_ppo_config(cfg: Config, init_from: Path | None) -> Config:
 
 def run_ppo(cfg: Config, run_dir: Path, *, init_from: Path | None = None, existing: str = "refuse", quiet: bool = True):
     """Train `cfg` (posttrain.stage=ppo) in `run_dir`, resuming from its newest checkpoint if it has one."""
-    with PreemptionGuard("ppo") as guard, RunDirLock(Path(run_dir)):
+    with PreemptionGuard("ppo", saves=cfg.checkpoint.enabled) as guard, RunDirLock(Path(run_dir)):
         return _run(cfg, Path(run_dir), init_from, existing, quiet, guard)
 
 
