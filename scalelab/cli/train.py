@@ -62,7 +62,8 @@ def run_train(args: argparse.Namespace) -> int:
     from scalelab.errors import UserError
     from scalelab.train.config_io import load_config
 
-    # Loading a config imports no JAX, so a mistyped name or key is reported at once.
+    # Loading a config imports no JAX until its model section is checked, so a config name that is not there
+    # is reported at once.
     cfg = load_config(args.config, args.overrides)
     run_dir = args.run_dir or Path("runs") / cfg.name
     if run_dir.exists() and not run_dir.is_dir():
