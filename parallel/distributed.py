@@ -31,6 +31,10 @@ ENV_VARS = {
     "num_processes": "SCALELAB_NUM_PROCESSES",
     "process_id": "SCALELAB_PROCESS_ID",
 }
+# How long the processes wait at start-up for one another (JAX's default). A process that is still
+# waiting then dies in JAX's C++ client; a supervisor (parallel/supervisor.py) reports it in one line.
+STARTUP_TIMEOUT_ENV = "SCALELAB_STARTUP_TIMEOUT"
+DEFAULT_STARTUP_TIMEOUT_S = 300
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +73,7 @@ def initialize_kwargs(args: argparse.Namespace, environ: Mapping[str, str] = os.
     for key, var in ENV_VARS.items():
         value = getattr(args, key, None)
         if value is None and var in environ:
-            value = environ[var] if key == "coordinator" else int(environ[var])
+            value = environ[var] if key == "coordinator" else _whole_number(var, environ[var])
         if value is not None:
             explicit[key] = value
     if explicit:
@@ -80,14 +84,60 @@ def initialize_kwargs(args: argparse.Namespace, environ: Mapping[str, str] = os.
                 "--num-processes and --process-id (or none, with --distributed)"
             )
         coordinator, count, index = explicit["coordinator"], explicit["num_processes"], explicit["process_id"]
-        if ":" not in coordinator:
-            raise ConfigError(f"--coordinator {coordinator!r} must be HOST:PORT, e.g. 10.0.0.1:1234")
-        if count < 1 or not 0 <= index < count:
+        check_coordinator(coordinator)
+        if count < 1:
+            raise ConfigError(f"--num-processes must be 1 or more, got {count}")
+        if not 0 <= index < count:
             raise ConfigError(f"--process-id ({index}) must be in 0..{count - 1} for --num-processes {count}")
         return {"coordinator_address": coordinator, "num_processes": count, "process_id": index}
     if getattr(args, "distributed", False) or detect_cluster(environ):
         return {}
     return None
+
+
+def _whole_number(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {text!r}") from None
+
+
+def check_coordinator(address: str) -> None:
+    """Refuse a coordinator address that is not HOST:PORT (JAX's client crashes on a port that is not a number)."""
+    host, colon, port = address.rpartition(":")
+    example = "e.g. 10.0.0.1:1234 (process 0's host and a free port)"
+    if not colon or not host.strip("[]"):
+        raise ConfigError(f"--coordinator {address!r} must be HOST:PORT, {example}")
+    if not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ConfigError(f"--coordinator {address!r}: the port must be a number from 1 to 65535, {example}")
+
+
+def startup_timeout_s(environ: Mapping[str, str] = os.environ) -> int:
+    """Seconds the processes wait for one another at start-up: SCALELAB_STARTUP_TIMEOUT, else JAX's 300."""
+    text = environ.get(STARTUP_TIMEOUT_ENV)
+    if text is None:
+        return DEFAULT_STARTUP_TIMEOUT_S
+    seconds = _whole_number(STARTUP_TIMEOUT_ENV, text)
+    if seconds < 1:
+        raise ConfigError(f"{STARTUP_TIMEOUT_ENV} must be 1 or more seconds, got {seconds}")
+    return seconds
+
+
+def startup_failure_line(kwargs: dict[str, Any], command: str, environ: Mapping[str, str] = os.environ) -> str:
+    """The line a supervisor prints when its process gave up waiting for the job's other processes at start-up."""
+    waited = f"within {startup_timeout_s(environ)} s"
+    longer = f"{STARTUP_TIMEOUT_ENV}=SECONDS waits longer"
+    if not kwargs:  # the cluster named the processes and the address
+        return (
+            f"scalelab {command}: error: the job's processes did not all reach their coordinator {waited}; "
+            f"check that every process of the job started, then run it again ({longer})"
+        )
+    return (
+        f"scalelab {command}: error: process {kwargs['process_id']} of {kwargs['num_processes']} did not meet the "
+        f"other processes at the coordinator {kwargs['coordinator_address']} {waited}; start every process, process "
+        "0 included, with the same --coordinator (process 0's host and a free port) and --num-processes, then run "
+        f"the job again ({longer})"
+    )
 
 
 def initialize(kwargs: dict[str, Any] | None) -> None:
@@ -96,15 +146,17 @@ def initialize(kwargs: dict[str, Any] | None) -> None:
 
     if kwargs is None or jax.distributed.is_initialized():
         return
+    timeout = startup_timeout_s()
     if kwargs:  # joining blocks until every process has started: say what it waits for
         print(
             f"scalelab: process {kwargs['process_id']} of {kwargs['num_processes']}: waiting at the coordinator "
-            f"{kwargs['coordinator_address']} until all {kwargs['num_processes']} processes have started",
+            f"{kwargs['coordinator_address']} until all {kwargs['num_processes']} processes have started "
+            f"(for up to {timeout} s)",
             file=sys.stderr,
             flush=True,
         )
     try:
-        jax.distributed.initialize(**kwargs)
+        jax.distributed.initialize(**kwargs, initialization_timeout=timeout)
     except ValueError as error:
         if kwargs or "coordinator_address" not in str(error):
             raise

@@ -13,7 +13,9 @@ pseudo-terminal when its own stderr is one, so progress bars still draw). It for
 signals a scheduler or a terminal sends, and the child dies with it (PR_SET_PDEATHSIG on Linux).
 When the child's stderr shows JAX's coordination-service error, the supervisor holds back what
 follows; if the child then dies of JAX's abort with the service unreachable, the supervisor
-prints one line naming process 0 and exits with the "try again" status. Any other ending passes
+prints one line naming process 0 and exits with the "try again" status. The same abort ends a
+process that waited at start-up for the others longer than its timeout (a wrong address, a
+process that never started): that becomes one line too, a user error. Any other ending passes
 through unchanged, held-back output included.
 """
 
@@ -34,6 +36,11 @@ COORDINATOR_FD_ENV = "SCALELAB_COORDINATOR_FD"  # the child writes the coordinat
 # if a later JAX words them differently, the child's own output and exit pass through as they are.
 ERROR_POLLED = b"Polled an error from coordination service"
 SERVICE_GONE = (b"Failed to send RPC to coordination service", b"Socket closed")
+# The abort's own line (the only one when the process never joined), and what it names when the
+# start-up registration, which waits for every process, ran out of time.
+ABORTING = b"Terminating process because the JAX distributed service detected fatal errors"
+STARTUP_DEADLINE = (b"DEADLINE_EXCEEDED", b"CoordinationService/RegisterTask")
+MARKERS = (ERROR_POLLED, ABORTING)
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 PR_SET_PDEATHSIG = 1
 
@@ -60,7 +67,7 @@ def coordinator_host(address: str) -> str:
 
 
 class StderrFilter:
-    """Passes the child's stderr through, holding back everything from JAX's coordination error on.
+    """Passes the child's stderr through, holding back everything from JAX's coordination error or abort on.
 
     absl writes each log line with one write() (under PIPE_BUF, so atomic on a pipe), so the
     marker arrives whole within one chunk.
@@ -78,7 +85,7 @@ class StderrFilter:
         if self.held:
             self.held += chunk
             return
-        at = chunk.find(ERROR_POLLED)
+        at = min((found for found in map(chunk.find, MARKERS) if found >= 0), default=-1)
         if at < 0:
             self.write(chunk)
             return
@@ -89,6 +96,10 @@ class StderrFilter:
     def service_gone(self) -> bool:
         """Whether the held-back text says the coordination service could not be reached."""
         return any(marker in self.held for marker in SERVICE_GONE)
+
+    def startup_timed_out(self) -> bool:
+        """Whether the held-back text says the wait for the other processes at start-up ran out."""
+        return all(marker in self.held for marker in STARTUP_DEADLINE)
 
     def release(self) -> None:
         """Write out what was held back (the child did not end by the service's loss)."""
@@ -117,12 +128,19 @@ def _stderr_pipe() -> tuple[int, int]:
     return os.pipe()
 
 
-def supervise(describe_loss: Callable[[str], str], lost_status: int, command: list[str] | None = None) -> int:
-    """Run `command` (this command again) as a supervised child; its exit status, or `lost_status`.
+def supervise(
+    describe_loss: Callable[[str], str],
+    lost_status: int,
+    command: list[str] | None = None,
+    *,
+    startup_line: str,
+) -> int:
+    """Run `command` (this command again) as a supervised child; its exit status, `lost_status` or 2.
 
     `describe_loss(host)` is the line printed when the child died because process 0 (on `host`)
-    is gone. The child runs in its own session, so a terminal's Ctrl-C reaches it once, through
-    the supervisor.
+    is gone; `startup_line` when it died waiting for the others at start-up (status 2, a user
+    error: the address or the process count is the usual cause). The child runs in its own
+    session, so a terminal's Ctrl-C reaches it once, through the supervisor.
     """
     command = [sys.executable, "-m", "scalelab", *sys.argv[1:]] if command is None else command
     reader, writer = _stderr_pipe()
@@ -166,6 +184,9 @@ def supervise(describe_loss: Callable[[str], str], lost_status: int, command: li
         os.close(reader)
     with os.fdopen(address_reader, "rb") as channel:
         address = channel.read().decode(errors="replace").strip()
+    if status < 0 and stream.holding and not address and stream.startup_timed_out():
+        write(f"{startup_line}\n".encode())
+        return 2
     if status < 0 and stream.holding and stream.service_gone():
         write(f"\n{describe_loss(coordinator_host(address))}\n".encode())
         return lost_status

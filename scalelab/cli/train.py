@@ -9,7 +9,7 @@ from scalelab.cli.options import add_dry_run_arguments, add_overrides
 from scalelab.cli.posttrain import load_stages
 from scalelab.parallel.distributed import add_arguments as add_distributed_arguments
 from scalelab.parallel.distributed import initialize as initialize_distributed
-from scalelab.parallel.distributed import initialize_kwargs
+from scalelab.parallel.distributed import initialize_kwargs, startup_failure_line
 from scalelab.parallel.liveness import LostPeer
 from scalelab.parallel.supervisor import supervise, supervised
 from scalelab.train.faults import EXIT_PEER_LOST, lost_peer_message
@@ -57,7 +57,11 @@ def run_train(args: argparse.Namespace) -> int:
     if distributed is not None and not supervised() and not args.dry_run:
         # Only another process can report process 0's loss. The supervisor imports no JAX and reads
         # no config: its child does both, and reports what is wrong with them.
-        return supervise(lambda host: _lost_coordinator_line(args, host), EXIT_PEER_LOST)
+        return supervise(
+            lambda host: _lost_coordinator_line(args, host),
+            EXIT_PEER_LOST,
+            startup_line=startup_failure_line(distributed, "train"),
+        )
 
     from scalelab.errors import UserError
     from scalelab.train.config_io import load_config

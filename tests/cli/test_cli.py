@@ -187,7 +187,7 @@ def test_the_supervisor_of_a_multi_process_run_imports_no_jax():
     code = f"""
 import sys
 import scalelab.cli.train as train
-train.supervise = lambda *args: {PRINT_HEAVY} or 0
+train.supervise = lambda *args, **kwargs: {PRINT_HEAVY} or 0
 from scalelab.cli import main
 sys.exit(main(["train", "gpt-tiny", "--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "0"]))
 """

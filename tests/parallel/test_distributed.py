@@ -17,6 +17,8 @@ from scalelab.parallel.distributed import (
     detect_cluster,
     initialize,
     initialize_kwargs,
+    startup_failure_line,
+    startup_timeout_s,
 )
 from scalelab.train.config_io import load_config
 
@@ -71,11 +73,47 @@ def test_distributed_flag_asks_jax_to_detect_the_cluster():
             ("--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"),
             r"--process-id \(2\) must be in 0\.\.1",
         ),
+        # JAX's client dies of a segmentation fault on a port that is not a number.
+        (("--coordinator", "h:http", "--num-processes", "2", "--process-id", "0"), r"port must be a number from 1"),
+        (("--coordinator", "h:0", "--num-processes", "2", "--process-id", "0"), r"port must be a number from 1"),
+        (("--coordinator", "h:65536", "--num-processes", "2", "--process-id", "0"), r"port must be a number from 1"),
+        (("--coordinator", ":1234", "--num-processes", "2", "--process-id", "0"), r"':1234' must be HOST:PORT"),
+        (("--coordinator", "h:1", "--num-processes", "0", "--process-id", "0"), r"^--num-processes must be 1 or more"),
     ],
 )
 def test_bad_flags_say_what_to_fix(argv, message):
     with pytest.raises(ConfigError, match=message):
         initialize_kwargs(parse(*argv), {})
+
+
+def test_addresses_that_are_host_and_port_are_taken_as_given():
+    for address in ("node-7.cluster:8476", "[fe80::1]:1234", "10.0.0.1:65535"):
+        args = parse("--coordinator", address, "--num-processes", "2", "--process-id", "0")
+        assert initialize_kwargs(args, {})["coordinator_address"] == address
+
+
+def test_variables_that_are_not_numbers_are_named():
+    env = {"SCALELAB_COORDINATOR": "h:1", "SCALELAB_NUM_PROCESSES": "two", "SCALELAB_PROCESS_ID": "0"}
+    with pytest.raises(ConfigError, match=r"^SCALELAB_NUM_PROCESSES must be a whole number, got 'two'$"):
+        initialize_kwargs(parse(), env)
+    assert startup_timeout_s({}) == 300  # JAX's own default
+    assert startup_timeout_s({"SCALELAB_STARTUP_TIMEOUT": "900"}) == 900
+    with pytest.raises(ConfigError, match=r"^SCALELAB_STARTUP_TIMEOUT must be a whole number, got '5m'$"):
+        startup_timeout_s({"SCALELAB_STARTUP_TIMEOUT": "5m"})
+    with pytest.raises(ConfigError, match=r"^SCALELAB_STARTUP_TIMEOUT must be 1 or more seconds, got 0$"):
+        startup_timeout_s({"SCALELAB_STARTUP_TIMEOUT": "0"})
+
+
+def test_a_start_up_that_timed_out_is_one_line_naming_the_process_the_address_and_the_wait():
+    kwargs = {"coordinator_address": "node0:1234", "num_processes": 4, "process_id": 3}
+    assert startup_failure_line(kwargs, "sweep", {"SCALELAB_STARTUP_TIMEOUT": "60"}) == (
+        "scalelab sweep: error: process 3 of 4 did not meet the other processes at the coordinator node0:1234 "
+        "within 60 s; start every process, process 0 included, with the same --coordinator (process 0's host and a "
+        "free port) and --num-processes, then run the job again (SCALELAB_STARTUP_TIMEOUT=SECONDS waits longer)"
+    )
+    detected = startup_failure_line({}, "train", {})  # the cluster named the address and the processes
+    assert detected.startswith("scalelab train: error: the job's processes did not all reach their coordinator ")
+    assert "within 300 s" in detected
 
 
 def test_distributed_without_a_cluster_says_which_flags_to_give(monkeypatch):
@@ -87,14 +125,15 @@ def test_distributed_without_a_cluster_says_which_flags_to_give(monkeypatch):
         initialize({})
 
 
-def test_joining_says_what_it_waits_for(monkeypatch, capsys):
+def test_joining_says_what_it_waits_for_and_for_how_long(monkeypatch, capsys):
     joined = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: joined.append(kwargs))
+    monkeypatch.setenv("SCALELAB_STARTUP_TIMEOUT", "45")
     kwargs = initialize_kwargs(parse("--coordinator", "h:1", "--num-processes", "2", "--process-id", "1"), {})
     initialize(kwargs)
-    assert joined == [kwargs]
+    assert joined == [{**kwargs, "initialization_timeout": 45}]
     assert capsys.readouterr().err == (
-        "scalelab: process 1 of 2: waiting at the coordinator h:1 until all 2 processes have started\n"
+        "scalelab: process 1 of 2: waiting at the coordinator h:1 until all 2 processes have started (for up to 45 s)\n"
     )
 
 

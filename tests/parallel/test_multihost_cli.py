@@ -1,5 +1,5 @@
 """`scalelab train` as two local processes (jax.distributed over gloo): Ctrl-C, mixed configs, a held run dir,
-a killed process."""
+a killed process, and one process alone at start-up."""
 
 from __future__ import annotations
 
@@ -106,6 +106,27 @@ def test_a_run_dir_in_use_stops_every_process_of_the_second_job(tmp_path):
     assert _error(log1) == (
         f"scalelab train: error: run dir {run} is in use by another trainer (see process 0's error)"
     )
+
+
+def test_a_process_alone_at_start_up_stops_after_its_timeout_with_one_line(tmp_path):
+    address = f"127.0.0.1:{free_port()}"  # process 0, which would host the coordinator here, never starts
+    fast = [a for o in FAST for a in ("--set", o)]
+    alone = ["--coordinator", address, "--num-processes", "2", "--process-id", "1"]
+    done = subprocess.run(
+        [SCALELAB, "train", "gpt-tiny", "--run-dir", str(tmp_path / "run"), *fast, *alone],
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "SCALELAB_STARTUP_TIMEOUT": "2"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "stack trace" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.splitlines()[-1] == (
+        f"scalelab train: error: process 1 of 2 did not meet the other processes at the coordinator {address} within "
+        "2 s; start every process, process 0 included, with the same --coordinator (process 0's host and a free port) "
+        "and --num-processes, then run the job again (SCALELAB_STARTUP_TIMEOUT=SECONDS waits longer)"
+    )
+    assert not (tmp_path / "run").exists()  # nothing was written
 
 
 def _train_lines(run: Path) -> list[tuple[int, float, float]]:

@@ -19,6 +19,14 @@ SERVICE_GONE_LOG = (
     "fatal errors. absl::Status: UNAVAILABLE: Failed to send RPC to coordination service.\n"
     "*** Check failure stack trace: ***\n    @     0x7f9550a40634  absl::log_internal::LogMessage::SendToLog()\n"
 )
+# What JAX's client prints when the start-up wait for the other processes runs out (the only lines: the
+# process never joined, so it never reported the coordinator's address).
+STARTUP_TIMEOUT_LOG = (
+    "F1204 12:41:27.535254   16669 client.h:80] Terminating process because the JAX distributed service detected "
+    "fatal errors. This most likely indicates that another task died; see the other task logs for more details. "
+    "absl::Status: DEADLINE_EXCEEDED: Deadline Exceeded\n\nRPC: /xla.coordination.CoordinationService/RegisterTask\n"
+    "*** Check failure stack trace: ***\n    @     0x7fe6a9840634  absl::log_internal::LogMessage::SendToLog()\n"
+)
 # The same abort for an error the service reported about another task (not the service's own loss).
 OTHER_TASK_LOG = (
     "E1202 15:55:51.992859   22264 coordination_service_agent.cc:289] Polled an error from coordination service "
@@ -28,20 +36,22 @@ OTHER_TASK_LOG = (
 )
 
 
-def _child(body: str) -> str:
-    """A child program: it reports the coordinator address like parallel.distributed.initialize, then runs body."""
+def _child(body: str, joined: bool = True) -> str:
+    """A child program: once `joined`, it reports the coordinator address like parallel.distributed.initialize;
+    then it runs body."""
+    report = f"fd = int(os.environ.pop({COORDINATOR_FD_ENV!r})); os.write(fd, b'10.1.2.3:8476\\n'); os.close(fd)"
     return textwrap.dedent(f"""
         import os, signal, sys, time
-        fd = int(os.environ.pop({COORDINATOR_FD_ENV!r}))
-        os.write(fd, b"10.1.2.3:8476\\n"); os.close(fd)
-        sys.stderr.write("step 5 saved\\n"); sys.stderr.flush()
+        {report if joined else ""}
+        sys.stderr.write("step 5 saved\\n" if {joined} else "waiting at the coordinator\\n"); sys.stderr.flush()
     """) + textwrap.dedent(body)
 
 
 def _supervisor(child: str) -> subprocess.Popen:
     program = (
         "import sys\nfrom scalelab.parallel.supervisor import supervise\n"
-        f"sys.exit(supervise(lambda host: f'LOST process 0 on {{host}}', 75, [sys.executable, '-c', {child!r}]))"
+        f"sys.exit(supervise(lambda host: f'LOST process 0 on {{host}}', 75, [sys.executable, '-c', {child!r}], "
+        "startup_line='NO START'))"
     )
     return subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -57,6 +67,15 @@ def test_a_child_aborted_by_the_lost_coordination_service_becomes_one_line_and_t
     )
     assert status == 75, err
     assert err == "step 5 saved\n\nLOST process 0 on 10.1.2.3\n"  # the trace held back, the line instead
+
+
+def test_a_child_aborted_waiting_for_the_others_at_start_up_becomes_one_line_and_a_user_error():
+    abort = f"sys.stderr.write({STARTUP_TIMEOUT_LOG!r}); sys.stderr.flush(); os.abort()"
+    status, _, err = _finish(_supervisor(_child(abort, joined=False)))
+    assert (status, err) == (2, "waiting at the coordinator\nNO START\n")
+    # Once a process has joined, a deadline is no start-up problem: its output passes through as it was.
+    status, _, err = _finish(_supervisor(_child(abort)))
+    assert (status, err) == (128 + signal.SIGABRT, "step 5 saved\n" + STARTUP_TIMEOUT_LOG)
 
 
 def test_any_other_ending_passes_through_with_its_output_and_status():
@@ -118,7 +137,11 @@ def test_the_filter_holds_back_from_the_marker_line_and_knows_the_service_was_lo
     assert b"".join(written) == b"\rstep 3/9\rstep 4/9\n" + SERVICE_GONE_LOG.encode() and not stream.holding
     other = StderrFilter(written.append)
     other.feed(OTHER_TASK_LOG.encode())
-    assert other.holding and not other.service_gone()
+    assert other.holding and not other.service_gone() and not other.startup_timed_out()
+    written.clear()
+    startup = StderrFilter(written.append)
+    startup.feed(b"waiting\n" + STARTUP_TIMEOUT_LOG.encode())  # no polled error first: the abort's line starts it
+    assert written == [b"waiting\n"] and startup.startup_timed_out() and not startup.service_gone()
 
 
 def test_the_coordinators_host_comes_from_its_address():
