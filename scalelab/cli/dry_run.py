@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from scalelab.parallel.distributed import STARTUP_TIMEOUT_ENV, startup_timeout_s
 from scalelab.parallel.launch_plan import ProcessPlace, data_shard, devices_per_process, expected_mesh, locate_process
 
 
@@ -20,6 +21,7 @@ class JobDevices:
 
     def __init__(self, args: argparse.Namespace, environ: Mapping[str, str] = os.environ):
         self.place: ProcessPlace = locate_process(args, environ)
+        self.startup_timeout_s = startup_timeout_s(environ)
         per_process, self.source = devices_per_process(self.place, environ, args.devices_per_process)
         if per_process is None:  # nothing tells: this host's own devices (a single process, or a TPU host)
             import jax
@@ -37,10 +39,12 @@ class JobDevices:
             init = ", ".join(f"{key}={value!r}" for key, value in place.initialize.items())
         else:
             init = f"no arguments: JAX reads the {place.cluster} cluster (coordinator: {place.coordinator})"
+        wait = f"up to {self.startup_timeout_s} s for every process to reach the coordinator ({STARTUP_TIMEOUT_ENV})"
         return [
             "dry run: nothing was started; this is what the launch would do",
             f"cluster: {place.cluster or 'none'}",
             f"jax.distributed.initialize: {init}",
+            *([] if place.initialize is None else [f"start-up wait: {wait}"]),
             f"process: {place.process_index} of {place.process_count}",
             f"devices: {self.count} = {place.process_count} process(es) x {self.per_process} ({self.source})",
         ]

@@ -121,6 +121,8 @@ def test_slurm_gpu_job_task_13_of_32(launcher):
     lines = report(done.stdout)
     assert lines["cluster"] == "slurm"
     assert lines["jax.distributed.initialize"].startswith("no arguments: JAX reads the slurm cluster")
+    wait = "up to 300 s for every process to reach the coordinator (SCALELAB_STARTUP_TIMEOUT)"
+    assert lines["start-up wait"] == wait
     assert lines["process"] == "13 of 32"
     assert lines["devices"].startswith("32 = 32 process(es) x 1 ")
     # 4 nodes x 8 GPUs: fsdp=8 inside a node, data=4 across nodes; task 13 is node 1's GPU 5.
@@ -162,6 +164,7 @@ def test_sweep_array_task_3_runs_shard_3_of_8(launcher):
     assert done.returncode == 0, done.stderr
     lines = report(done.stdout)
     assert lines["cluster"] == "none" and lines["process"] == "0 of 1"  # one task: one process, all its GPUs
+    assert "start-up wait" not in lines  # nothing to wait for
     assert lines["devices"].startswith("8 = 1 process(es) x 8 ")
     plan = make_plan(load_spec("pod"))
     runs = shard_runs(plan.runs, 3, 8)
@@ -221,12 +224,14 @@ def test_a_mesh_that_does_not_divide_the_model_is_the_real_runs_error(monkeypatc
     assert len(err) == 1 and "(12) is not divisible by mesh.tensor (8)" in err[0]
 
 
-def test_explicit_flags_and_a_device_hint(capsys):
+def test_explicit_flags_and_a_device_hint(capsys, monkeypatch):
+    monkeypatch.setenv("SCALELAB_STARTUP_TIMEOUT", "1200")
     argv = ["train", "gpt-tiny", "--coordinator", "node0:1234", "--num-processes", "4", "--process-id", "2"]
     assert main([*argv, "--devices-per-process", "2", "--set", "mesh.tensor=2", "--dry-run"]) == 0
     lines = report(capsys.readouterr().out)
     assert lines["cluster"] == "flags"
     assert lines["jax.distributed.initialize"] == "coordinator_address='node0:1234', num_processes=4, process_id=2"
+    assert lines["start-up wait"].startswith("up to 1200 s ")
     assert lines["devices"] == "8 = 4 process(es) x 2 (--devices-per-process)"
     assert lines["mesh"] == "pipeline=1 data=4 fsdp=1 tensor=2 on 8 devices; batch rows split over data"
     assert lines["batch"] == "16 rows global, 4 per process; this process feeds rows 8:12 (data shard 2 of 4)"
