@@ -123,20 +123,31 @@ def startup_timeout_s(environ: Mapping[str, str] = os.environ) -> int:
     return seconds
 
 
-def startup_failure_line(kwargs: dict[str, Any], command: str, environ: Mapping[str, str] = os.environ) -> str:
-    """The line a supervisor prints when its process gave up waiting for the job's other processes at start-up."""
+def startup_failure(kwargs: dict[str, Any], reason: str, environ: Mapping[str, str] = os.environ) -> str:
+    """Why a process could not join the job, and the fix: `reason` is "port" (process 0's coordinator could
+    not listen on its port) or "timeout" (the wait for the other processes ran out)."""
+    address = kwargs.get("coordinator_address")
+    if reason == "port":
+        if not address:  # the cluster chose the port
+            return (
+                "process 0 could not listen on the coordinator's port: another program holds it (or it is not "
+                "allowed); free it, then run the job again"
+            )
+        return (
+            f"process 0 could not listen on the coordinator's port ({address}): another program holds it (or it "
+            "is not allowed); give --coordinator a free port on process 0's host, the same for every process"
+        )
     waited = f"within {startup_timeout_s(environ)} s"
     longer = f"{STARTUP_TIMEOUT_ENV}=SECONDS waits longer"
     if not kwargs:  # the cluster named the processes and the address
         return (
-            f"scalelab {command}: error: the job's processes did not all reach their coordinator {waited}; "
-            f"check that every process of the job started, then run it again ({longer})"
+            f"the job's processes did not all reach their coordinator {waited}; check that every process of the "
+            f"job started, then run it again ({longer})"
         )
     return (
-        f"scalelab {command}: error: process {kwargs['process_id']} of {kwargs['num_processes']} did not meet the "
-        f"other processes at the coordinator {kwargs['coordinator_address']} {waited}; start every process, process "
-        "0 included, with the same --coordinator (process 0's host and a free port) and --num-processes, then run "
-        f"the job again ({longer})"
+        f"process {kwargs['process_id']} of {kwargs['num_processes']} did not meet the other processes at the "
+        f"coordinator {address} {waited}; start every process, process 0 included, with the same --coordinator "
+        f"(process 0's host and a free port) and --num-processes, then run the job again ({longer})"
     )
 
 
@@ -157,6 +168,11 @@ def initialize(kwargs: dict[str, Any] | None) -> None:
         )
     try:
         jax.distributed.initialize(**kwargs, initialization_timeout=timeout)
+    except jax.errors.JaxRuntimeError as error:
+        # Process 0's coordinator could not listen: raised here, or (as often) a crash the supervisor reports.
+        if "Failed to start RPC server" not in str(error):
+            raise
+        raise ConfigError(startup_failure(kwargs, "port")) from None
     except ValueError as error:
         if kwargs or "coordinator_address" not in str(error):
             raise

@@ -15,8 +15,9 @@ When the child's stderr shows JAX's coordination-service error, the supervisor h
 follows; if the child then dies of JAX's abort with the service unreachable, the supervisor
 prints one line naming process 0 and exits with the "try again" status. The same abort ends a
 process that waited at start-up for the others longer than its timeout (a wrong address, a
-process that never started): that becomes one line too, a user error. Any other ending passes
-through unchanged, held-back output included.
+process that never started), and process 0 crashes when the coordinator's port is taken: each
+becomes one line too, a user error. Any other ending passes through unchanged, held-back output
+included.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ SERVICE_GONE = (b"Failed to send RPC to coordination service", b"Socket closed")
 # start-up registration, which waits for every process, ran out of time.
 ABORTING = b"Terminating process because the JAX distributed service detected fatal errors"
 STARTUP_DEADLINE = (b"DEADLINE_EXCEEDED", b"CoordinationService/RegisterTask")
-MARKERS = (ERROR_POLLED, ABORTING)
+# gRPC's line in process 0 when the coordinator cannot listen on its port, just before the process crashes.
+PORT_TAKEN = b"Failed to add port to server"
+MARKERS = (ERROR_POLLED, ABORTING, PORT_TAKEN)
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 PR_SET_PDEATHSIG = 1
 
@@ -97,9 +100,14 @@ class StderrFilter:
         """Whether the held-back text says the coordination service could not be reached."""
         return any(marker in self.held for marker in SERVICE_GONE)
 
-    def startup_timed_out(self) -> bool:
-        """Whether the held-back text says the wait for the other processes at start-up ran out."""
-        return all(marker in self.held for marker in STARTUP_DEADLINE)
+    def startup_failure(self) -> str | None:
+        """Why the held-back text says the process could not join the job: "port" (the coordinator could not
+        listen on it), "timeout" (the wait for the other processes ran out), or None."""
+        if PORT_TAKEN in self.held:
+            return "port"
+        if all(marker in self.held for marker in STARTUP_DEADLINE):
+            return "timeout"
+        return None
 
     def release(self) -> None:
         """Write out what was held back (the child did not end by the service's loss)."""
@@ -133,13 +141,13 @@ def supervise(
     lost_status: int,
     command: list[str] | None = None,
     *,
-    startup_line: str,
+    describe_startup: Callable[[str], str],
 ) -> int:
     """Run `command` (this command again) as a supervised child; its exit status, `lost_status` or 2.
 
     `describe_loss(host)` is the line printed when the child died because process 0 (on `host`)
-    is gone; `startup_line` when it died waiting for the others at start-up (status 2, a user
-    error: the address or the process count is the usual cause). The child runs in its own
+    is gone; `describe_startup(reason)` when it could not join the job (status 2, a user error: see
+    StderrFilter.startup_failure for the reasons). The child runs in its own
     session, so a terminal's Ctrl-C reaches it once, through the supervisor.
     """
     command = [sys.executable, "-m", "scalelab", *sys.argv[1:]] if command is None else command
@@ -184,8 +192,9 @@ def supervise(
         os.close(reader)
     with os.fdopen(address_reader, "rb") as channel:
         address = channel.read().decode(errors="replace").strip()
-    if status < 0 and stream.holding and not address and stream.startup_timed_out():
-        write(f"{startup_line}\n".encode())
+    reason = stream.startup_failure() if status < 0 and stream.holding and not address else None
+    if reason is not None:
+        write(f"{describe_startup(reason)}\n".encode())
         return 2
     if status < 0 and stream.holding and stream.service_gone():
         write(f"\n{describe_loss(coordinator_host(address))}\n".encode())

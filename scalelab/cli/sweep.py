@@ -204,7 +204,7 @@ def _lost_coordinator_line(host: str) -> str:
 def run_run(args: argparse.Namespace) -> int:
     """Run the sweep (or one shard) and report what happened."""
     from scalelab.errors import UserError
-    from scalelab.parallel.distributed import initialize, initialize_kwargs, startup_failure_line
+    from scalelab.parallel.distributed import initialize, initialize_kwargs, startup_failure
     from scalelab.parallel.supervisor import supervise, supervised
 
     if args.workers != 1:
@@ -220,9 +220,10 @@ def run_run(args: argparse.Namespace) -> int:
     if distributed is not None and not supervised():  # only another process can report process 0's loss
         from scalelab.train.faults import EXIT_PEER_LOST
 
-        return supervise(
-            _lost_coordinator_line, EXIT_PEER_LOST, startup_line=startup_failure_line(distributed, "sweep")
-        )
+        def describe_startup(reason: str) -> str:
+            return f"scalelab sweep: error: {startup_failure(distributed, reason)}"
+
+        return supervise(_lost_coordinator_line, EXIT_PEER_LOST, describe_startup=describe_startup)
     from scalelab.scaling.sweep.results import RESULTS_CSV, IncompleteRunError
     from scalelab.scaling.sweep.runner import run_sweep
 

@@ -9,7 +9,7 @@ from scalelab.cli.options import add_dry_run_arguments, add_overrides
 from scalelab.cli.posttrain import load_stages
 from scalelab.parallel.distributed import add_arguments as add_distributed_arguments
 from scalelab.parallel.distributed import initialize as initialize_distributed
-from scalelab.parallel.distributed import initialize_kwargs, startup_failure_line
+from scalelab.parallel.distributed import initialize_kwargs, startup_failure
 from scalelab.parallel.liveness import LostPeer
 from scalelab.parallel.supervisor import supervise, supervised
 from scalelab.train.faults import EXIT_PEER_LOST, lost_peer_message
@@ -60,7 +60,7 @@ def run_train(args: argparse.Namespace) -> int:
         return supervise(
             lambda host: _lost_coordinator_line(args, host),
             EXIT_PEER_LOST,
-            startup_line=startup_failure_line(distributed, "train"),
+            describe_startup=lambda reason: f"scalelab train: error: {startup_failure(distributed, reason)}",
         )
 
     from scalelab.errors import UserError

@@ -17,7 +17,7 @@ from scalelab.parallel.distributed import (
     detect_cluster,
     initialize,
     initialize_kwargs,
-    startup_failure_line,
+    startup_failure,
     startup_timeout_s,
 )
 from scalelab.train.config_io import load_config
@@ -104,16 +104,30 @@ def test_variables_that_are_not_numbers_are_named():
         startup_timeout_s({"SCALELAB_STARTUP_TIMEOUT": "0"})
 
 
-def test_a_start_up_that_timed_out_is_one_line_naming_the_process_the_address_and_the_wait():
+def test_a_start_up_that_failed_names_the_process_the_address_and_the_wait():
     kwargs = {"coordinator_address": "node0:1234", "num_processes": 4, "process_id": 3}
-    assert startup_failure_line(kwargs, "sweep", {"SCALELAB_STARTUP_TIMEOUT": "60"}) == (
-        "scalelab sweep: error: process 3 of 4 did not meet the other processes at the coordinator node0:1234 "
-        "within 60 s; start every process, process 0 included, with the same --coordinator (process 0's host and a "
-        "free port) and --num-processes, then run the job again (SCALELAB_STARTUP_TIMEOUT=SECONDS waits longer)"
+    assert startup_failure(kwargs, "timeout", {"SCALELAB_STARTUP_TIMEOUT": "60"}) == (
+        "process 3 of 4 did not meet the other processes at the coordinator node0:1234 within 60 s; start every "
+        "process, process 0 included, with the same --coordinator (process 0's host and a free port) and "
+        "--num-processes, then run the job again (SCALELAB_STARTUP_TIMEOUT=SECONDS waits longer)"
     )
-    detected = startup_failure_line({}, "train", {})  # the cluster named the address and the processes
-    assert detected.startswith("scalelab train: error: the job's processes did not all reach their coordinator ")
-    assert "within 300 s" in detected
+    detected = startup_failure({}, "timeout", {})  # the cluster named the address and the processes
+    assert detected.startswith("the job's processes did not all reach their coordinator within 300 s; ")
+    assert startup_failure(kwargs, "port") == (
+        "process 0 could not listen on the coordinator's port (node0:1234): another program holds it (or it is not "
+        "allowed); give --coordinator a free port on process 0's host, the same for every process"
+    )
+    assert startup_failure({}, "port").endswith("free it, then run the job again")
+
+
+def test_a_coordinator_that_cannot_listen_is_a_user_error(monkeypatch):
+    def taken(**kwargs):
+        raise jax.errors.JaxRuntimeError("UNKNOWN: Failed to start RPC server")
+
+    monkeypatch.setattr(jax.distributed, "initialize", taken)
+    kwargs = {"coordinator_address": "h:1", "num_processes": 2, "process_id": 0}
+    with pytest.raises(ConfigError, match=r"^process 0 could not listen on the coordinator's port \(h:1\)"):
+        initialize(kwargs)
 
 
 def test_distributed_without_a_cluster_says_which_flags_to_give(monkeypatch):

@@ -1,10 +1,11 @@
 """`scalelab train` as two local processes (jax.distributed over gloo): Ctrl-C, mixed configs, a held run dir,
-a killed process, and one process alone at start-up."""
+a killed process, and one process alone at start-up or on a taken port."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -108,17 +109,22 @@ def test_a_run_dir_in_use_stops_every_process_of_the_second_job(tmp_path):
     )
 
 
-def test_a_process_alone_at_start_up_stops_after_its_timeout_with_one_line(tmp_path):
-    address = f"127.0.0.1:{free_port()}"  # process 0, which would host the coordinator here, never starts
+def _train_alone(run: Path, address: str, process_id: int, **env: str) -> subprocess.CompletedProcess:
+    """One process of a two-process `scalelab train gpt-tiny` at `address`, without the other."""
     fast = [a for o in FAST for a in ("--set", o)]
-    alone = ["--coordinator", address, "--num-processes", "2", "--process-id", "1"]
-    done = subprocess.run(
-        [SCALELAB, "train", "gpt-tiny", "--run-dir", str(tmp_path / "run"), *fast, *alone],
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "SCALELAB_STARTUP_TIMEOUT": "2"},
+    alone = ["--coordinator", address, "--num-processes", "2", "--process-id", str(process_id)]
+    return subprocess.run(
+        [SCALELAB, "train", "gpt-tiny", "--run-dir", str(run), *fast, *alone],
+        env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_a_process_alone_at_start_up_stops_after_its_timeout_with_one_line(tmp_path):
+    address = f"127.0.0.1:{free_port()}"  # process 0, which would host the coordinator here, never starts
+    done = _train_alone(tmp_path / "run", address, 1, SCALELAB_STARTUP_TIMEOUT="2")
     assert done.returncode == 2, done.stderr[-3000:]
     assert "stack trace" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert done.stderr.splitlines()[-1] == (
@@ -127,6 +133,20 @@ def test_a_process_alone_at_start_up_stops_after_its_timeout_with_one_line(tmp_p
         "and --num-processes, then run the job again (SCALELAB_STARTUP_TIMEOUT=SECONDS waits longer)"
     )
     assert not (tmp_path / "run").exists()  # nothing was written
+
+
+def test_process_0_on_a_taken_port_stops_with_one_line(tmp_path):
+    with socket.socket() as taken:  # another program listens on the coordinator's port
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        done = _train_alone(tmp_path / "run", address, 0)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.splitlines()[-1] == (
+        f"scalelab train: error: process 0 could not listen on the coordinator's port ({address}): another program "
+        "holds it (or it is not allowed); give --coordinator a free port on process 0's host, the same for every "
+        "process"
+    )
 
 
 def _train_lines(run: Path) -> list[tuple[int, float, float]]:

@@ -27,6 +27,11 @@ STARTUP_TIMEOUT_LOG = (
     "absl::Status: DEADLINE_EXCEEDED: Deadline Exceeded\n\nRPC: /xla.coordination.CoordinationService/RegisterTask\n"
     "*** Check failure stack trace: ***\n    @     0x7fe6a9840634  absl::log_internal::LogMessage::SendToLog()\n"
 )
+# What process 0 prints when the coordinator's port is taken, before it crashes (SIGSEGV).
+PORT_TAKEN_LOG = (
+    "E1204 12:48:31.240478   19845 add_port.cc:83] Failed to add port to server: No address added out of total 1 "
+    "resolved for '[::]:29977'\n"
+)
 # The same abort for an error the service reported about another task (not the service's own loss).
 OTHER_TASK_LOG = (
     "E1202 15:55:51.992859   22264 coordination_service_agent.cc:289] Polled an error from coordination service "
@@ -51,7 +56,7 @@ def _supervisor(child: str) -> subprocess.Popen:
     program = (
         "import sys\nfrom scalelab.parallel.supervisor import supervise\n"
         f"sys.exit(supervise(lambda host: f'LOST process 0 on {{host}}', 75, [sys.executable, '-c', {child!r}], "
-        "startup_line='NO START'))"
+        "describe_startup=lambda reason: f'NO START: {reason}'))"
     )
     return subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -72,7 +77,10 @@ def test_a_child_aborted_by_the_lost_coordination_service_becomes_one_line_and_t
 def test_a_child_aborted_waiting_for_the_others_at_start_up_becomes_one_line_and_a_user_error():
     abort = f"sys.stderr.write({STARTUP_TIMEOUT_LOG!r}); sys.stderr.flush(); os.abort()"
     status, _, err = _finish(_supervisor(_child(abort, joined=False)))
-    assert (status, err) == (2, "waiting at the coordinator\nNO START\n")
+    assert (status, err) == (2, "waiting at the coordinator\nNO START: timeout\n")
+    crash = f"sys.stderr.write({PORT_TAKEN_LOG!r}); sys.stderr.flush(); os.kill(os.getpid(), signal.SIGSEGV)"
+    status, _, err = _finish(_supervisor(_child(crash, joined=False)))
+    assert (status, err) == (2, "waiting at the coordinator\nNO START: port\n")
     # Once a process has joined, a deadline is no start-up problem: its output passes through as it was.
     status, _, err = _finish(_supervisor(_child(abort)))
     assert (status, err) == (128 + signal.SIGABRT, "step 5 saved\n" + STARTUP_TIMEOUT_LOG)
@@ -137,11 +145,11 @@ def test_the_filter_holds_back_from_the_marker_line_and_knows_the_service_was_lo
     assert b"".join(written) == b"\rstep 3/9\rstep 4/9\n" + SERVICE_GONE_LOG.encode() and not stream.holding
     other = StderrFilter(written.append)
     other.feed(OTHER_TASK_LOG.encode())
-    assert other.holding and not other.service_gone() and not other.startup_timed_out()
+    assert other.holding and not other.service_gone() and other.startup_failure() is None
     written.clear()
     startup = StderrFilter(written.append)
     startup.feed(b"waiting\n" + STARTUP_TIMEOUT_LOG.encode())  # no polled error first: the abort's line starts it
-    assert written == [b"waiting\n"] and startup.startup_timed_out() and not startup.service_gone()
+    assert written == [b"waiting\n"] and startup.startup_failure() == "timeout" and not startup.service_gone()
 
 
 def test_the_coordinators_host_comes_from_its_address():
