@@ -41,9 +41,10 @@ SERVICE_GONE = (b"Failed to send RPC to coordination service", b"Socket closed")
 # start-up registration, which waits for every process, ran out of time.
 ABORTING = b"Terminating process because the JAX distributed service detected fatal errors"
 STARTUP_DEADLINE = (b"DEADLINE_EXCEEDED", b"CoordinationService/RegisterTask")
-# gRPC's line in process 0 when the coordinator cannot listen on its port, just before the process crashes.
+MARKERS = (ERROR_POLLED, ABORTING)
+# gRPC's line in process 0 when the coordinator cannot listen on its port, before the process crashes
+# (or raises). It passes through: only the crash that may follow needs the supervisor's line.
 PORT_TAKEN = b"Failed to add port to server"
-MARKERS = (ERROR_POLLED, ABORTING, PORT_TAKEN)
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 PR_SET_PDEATHSIG = 1
 
@@ -79,12 +80,14 @@ class StderrFilter:
     def __init__(self, write: Callable[[bytes], None]) -> None:
         self.write = write
         self.held = b""
+        self.port_taken = False
 
     @property
     def holding(self) -> bool:
         return bool(self.held)
 
     def feed(self, chunk: bytes) -> None:
+        self.port_taken = self.port_taken or PORT_TAKEN in chunk
         if self.held:
             self.held += chunk
             return
@@ -101,9 +104,9 @@ class StderrFilter:
         return any(marker in self.held for marker in SERVICE_GONE)
 
     def startup_failure(self) -> str | None:
-        """Why the held-back text says the process could not join the job: "port" (the coordinator could not
-        listen on it), "timeout" (the wait for the other processes ran out), or None."""
-        if PORT_TAKEN in self.held:
+        """Why the child's stderr says it could not join the job: "port" (the coordinator could not listen on
+        it), "timeout" (the wait for the other processes ran out), or None."""
+        if self.port_taken:
             return "port"
         if all(marker in self.held for marker in STARTUP_DEADLINE):
             return "timeout"
@@ -146,9 +149,9 @@ def supervise(
     """Run `command` (this command again) as a supervised child; its exit status, `lost_status` or 2.
 
     `describe_loss(host)` is the line printed when the child died because process 0 (on `host`)
-    is gone; `describe_startup(reason)` when it could not join the job (status 2, a user error: see
-    StderrFilter.startup_failure for the reasons). The child runs in its own
-    session, so a terminal's Ctrl-C reaches it once, through the supervisor.
+    is gone; `describe_startup(reason)` when it died before it joined the job (status 2, a user
+    error: StderrFilter.startup_failure names the reasons). The child runs in its own session, so
+    a terminal's Ctrl-C reaches it once, through the supervisor.
     """
     command = [sys.executable, "-m", "scalelab", *sys.argv[1:]] if command is None else command
     reader, writer = _stderr_pipe()
@@ -192,9 +195,9 @@ def supervise(
         os.close(reader)
     with os.fdopen(address_reader, "rb") as channel:
         address = channel.read().decode(errors="replace").strip()
-    reason = stream.startup_failure() if status < 0 and stream.holding and not address else None
+    reason = stream.startup_failure() if status < 0 and not address else None
     if reason is not None:
-        write(f"{describe_startup(reason)}\n".encode())
+        write(f"{describe_startup(reason)}\n".encode())  # what was held back is JAX's stack trace
         return 2
     if status < 0 and stream.holding and stream.service_gone():
         write(f"\n{describe_loss(coordinator_host(address))}\n".encode())

@@ -27,7 +27,7 @@ STARTUP_TIMEOUT_LOG = (
     "absl::Status: DEADLINE_EXCEEDED: Deadline Exceeded\n\nRPC: /xla.coordination.CoordinationService/RegisterTask\n"
     "*** Check failure stack trace: ***\n    @     0x7fe6a9840634  absl::log_internal::LogMessage::SendToLog()\n"
 )
-# What process 0 prints when the coordinator's port is taken, before it crashes (SIGSEGV).
+# What process 0 prints when the coordinator's port is taken, before it crashes (SIGSEGV) or raises.
 PORT_TAKEN_LOG = (
     "E1204 12:48:31.240478   19845 add_port.cc:83] Failed to add port to server: No address added out of total 1 "
     "resolved for '[::]:29977'\n"
@@ -80,7 +80,7 @@ def test_a_child_aborted_waiting_for_the_others_at_start_up_becomes_one_line_and
     assert (status, err) == (2, "waiting at the coordinator\nNO START: timeout\n")
     crash = f"sys.stderr.write({PORT_TAKEN_LOG!r}); sys.stderr.flush(); os.kill(os.getpid(), signal.SIGSEGV)"
     status, _, err = _finish(_supervisor(_child(crash, joined=False)))
-    assert (status, err) == (2, "waiting at the coordinator\nNO START: port\n")
+    assert (status, err) == (2, "waiting at the coordinator\n" + PORT_TAKEN_LOG + "NO START: port\n")
     # Once a process has joined, a deadline is no start-up problem: its output passes through as it was.
     status, _, err = _finish(_supervisor(_child(abort)))
     assert (status, err) == (128 + signal.SIGABRT, "step 5 saved\n" + STARTUP_TIMEOUT_LOG)
