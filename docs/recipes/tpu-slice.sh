@@ -16,6 +16,10 @@ SCALELAB_DIR=${SCALELAB_DIR:-scalelab}
 # Storage every host can reach: each host writes its own shards of every checkpoint.
 RUN_DIR=${RUN_DIR:-/mnt/shared/runs/small}
 
-gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command "cd $SCALELAB_DIR && \
+# The command is one string that each host's shell splits again, so every word is quoted for it
+# (an override such as --set "mesh.dcn={data: 2}" stays one argument).
+extra=""
+if (($#)); then extra=$(printf ' %q' "$@"); fi
+gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command "cd $(printf %q "$SCALELAB_DIR") && \
 .venv/bin/scalelab train gpt-small --distributed \
---set mesh.data=1 --set mesh.fsdp=-1 --set mesh.tensor=4 --run-dir $RUN_DIR $*"
+--set mesh.data=1 --set mesh.fsdp=-1 --set mesh.tensor=4 --run-dir $(printf %q "$RUN_DIR")$extra"

@@ -138,7 +138,8 @@ def test_slurm_gpu_job_task_13_of_32(launcher):
 def test_tpu_slice_worker_3_of_8(launcher):
     hosts = ",".join(f"t1v-n-{i}" for i in range(8))
     env = {"TPU_WORKER_HOSTNAMES": hosts, "TPU_WORKER_ID": "3", "TPU_CHIPS_PER_HOST_BOUNDS": "2,2,1"}
-    done, calls = launcher("tpu-slice.sh", ["my-pod", "us-east5-a"], env)
+    # Extra flags reach scalelab on each host as given, spaces included (the last --run-dir wins).
+    done, calls = launcher("tpu-slice.sh", ["my-pod", "us-east5-a", "--run-dir", "/mnt/shared/runs/small v2"], env)
     assert done.returncode == 0, done.stderr
     lines = report(done.stdout)
     assert lines["cluster"] == "tpu-pod"
@@ -150,7 +151,7 @@ def test_tpu_slice_worker_3_of_8(launcher):
     # tensor=4 over each host's chips, fsdp over the 8 hosts: host 3 feeds the 4th eighth of the batch.
     assert lines["mesh"] == "pipeline=1 data=1 fsdp=8 tensor=4 on 32 devices; batch rows split over fsdp"
     assert lines["batch"] == "512 rows global, 64 per process; this process feeds rows 192:256 (data shard 3 of 8)"
-    assert lines["run dir"] == "/mnt/shared/runs/small"
+    assert lines["run dir"] == "/mnt/shared/runs/small v2"
     assert len(calls) == 1 and calls[0].startswith(
         "gcloud compute tpus tpu-vm ssh my-pod --zone us-east5-a --worker=all"
     )
