@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import hashlib
 import os
+import socket
 import sys
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from scalelab.model.config import ConfigError
-from scalelab.parallel.supervisor import report_coordinator
+from scalelab.parallel.supervisor import coordinator_host, report_coordinator
 
 if TYPE_CHECKING:
     from jax.sharding import Sharding
@@ -112,6 +113,15 @@ def check_coordinator(address: str) -> None:
         raise ConfigError(f"--coordinator {address!r}: the port must be a number from 1 to 65535, {example}")
 
 
+def resolves(address: str) -> bool:
+    """Whether the host of HOST:PORT resolves to an address here (an IP address always does)."""
+    try:
+        socket.getaddrinfo(coordinator_host(address), None)
+    except OSError:
+        return False
+    return True
+
+
 def startup_timeout_s(environ: Mapping[str, str] = os.environ) -> int:
     """Seconds the processes wait for one another at start-up: SCALELAB_STARTUP_TIMEOUT, else JAX's 300."""
     text = environ.get(STARTUP_TIMEOUT_ENV)
@@ -144,6 +154,12 @@ def startup_failure(kwargs: dict[str, Any], reason: str, environ: Mapping[str, s
             f"the job's processes did not all reach their coordinator {waited}; check that every process of the "
             f"job started, then run it again ({longer})"
         )
+    if not resolves(address):
+        return (
+            f"process {kwargs['process_id']} of {kwargs['num_processes']} could not reach the coordinator {address}: "
+            f"its host {coordinator_host(address)!r} does not resolve to an address here; give --coordinator process "
+            "0's host name or IP address and a free port, the same for every process"
+        )
     return (
         f"process {kwargs['process_id']} of {kwargs['num_processes']} did not meet the other processes at the "
         f"coordinator {address} {waited}; start every process, process 0 included, with the same --coordinator "
@@ -166,6 +182,9 @@ def initialize(kwargs: dict[str, Any] | None) -> None:
             file=sys.stderr,
             flush=True,
         )
+        if not resolves(kwargs["coordinator_address"]):  # a cluster's DNS may add the name late: only a warning
+            host = coordinator_host(kwargs["coordinator_address"])
+            print(f"scalelab: warning: the coordinator's host {host!r} does not resolve here (yet)", file=sys.stderr)
     try:
         jax.distributed.initialize(**kwargs, initialization_timeout=timeout)
     except jax.errors.JaxRuntimeError as error:

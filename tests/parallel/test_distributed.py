@@ -105,19 +105,26 @@ def test_variables_that_are_not_numbers_are_named():
 
 
 def test_a_start_up_that_failed_names_the_process_the_address_and_the_wait():
-    kwargs = {"coordinator_address": "node0:1234", "num_processes": 4, "process_id": 3}
+    kwargs = {"coordinator_address": "10.0.0.7:1234", "num_processes": 4, "process_id": 3}
     assert startup_failure(kwargs, "timeout", {"SCALELAB_STARTUP_TIMEOUT": "60"}) == (
-        "process 3 of 4 did not meet the other processes at the coordinator node0:1234 within 60 s; start every "
+        "process 3 of 4 did not meet the other processes at the coordinator 10.0.0.7:1234 within 60 s; start every "
         "process, process 0 included, with the same --coordinator (process 0's host and a free port) and "
         "--num-processes, then run the job again (SCALELAB_STARTUP_TIMEOUT=SECONDS waits longer)"
     )
     detected = startup_failure({}, "timeout", {})  # the cluster named the address and the processes
     assert detected.startswith("the job's processes did not all reach their coordinator within 300 s; ")
     assert startup_failure(kwargs, "port") == (
-        "process 0 could not listen on the coordinator's port (node0:1234): another program holds it (or it is not "
+        "process 0 could not listen on the coordinator's port (10.0.0.7:1234): another program holds it (or it is not "
         "allowed); give --coordinator a free port on process 0's host, the same for every process"
     )
     assert startup_failure({}, "port").endswith("free it, then run the job again")
+    # A name that resolves nowhere (RFC 6761 keeps .invalid so) is named as the cause.
+    unknown = {"coordinator_address": "node0.invalid:1234", "num_processes": 2, "process_id": 1}
+    assert startup_failure(unknown, "timeout") == (
+        "process 1 of 2 could not reach the coordinator node0.invalid:1234: its host 'node0.invalid' does not resolve "
+        "to an address here; give --coordinator process 0's host name or IP address and a free port, the same for "
+        "every process"
+    )
 
 
 def test_a_coordinator_that_cannot_listen_is_a_user_error(monkeypatch):
@@ -143,12 +150,16 @@ def test_joining_says_what_it_waits_for_and_for_how_long(monkeypatch, capsys):
     joined = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: joined.append(kwargs))
     monkeypatch.setenv("SCALELAB_STARTUP_TIMEOUT", "45")
-    kwargs = initialize_kwargs(parse("--coordinator", "h:1", "--num-processes", "2", "--process-id", "1"), {})
+    kwargs = initialize_kwargs(parse("--coordinator", "h.invalid:1", "--num-processes", "2", "--process-id", "1"), {})
     initialize(kwargs)
     assert joined == [{**kwargs, "initialization_timeout": 45}]
     assert capsys.readouterr().err == (
-        "scalelab: process 1 of 2: waiting at the coordinator h:1 until all 2 processes have started (for up to 45 s)\n"
+        "scalelab: process 1 of 2: waiting at the coordinator h.invalid:1 until all 2 processes have started "
+        "(for up to 45 s)\n"
+        "scalelab: warning: the coordinator's host 'h.invalid' does not resolve here (yet)\n"
     )
+    initialize({**kwargs, "coordinator_address": "127.0.0.1:1"})
+    assert "warning" not in capsys.readouterr().err
 
 
 def _digests(*overrides_per_process: tuple[str, ...]) -> tuple[list[str], np.ndarray]:
