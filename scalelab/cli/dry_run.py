@@ -21,7 +21,8 @@ class JobDevices:
 
     def __init__(self, args: argparse.Namespace, environ: Mapping[str, str] = os.environ):
         self.place: ProcessPlace = locate_process(args, environ)
-        self.startup_timeout_s = startup_timeout_s(environ)
+        # Read only where the real run reads it: a single process never waits at start-up.
+        self.startup_timeout_s = None if self.place.initialize is None else startup_timeout_s(environ)
         per_process, self.source = devices_per_process(self.place, environ, args.devices_per_process)
         if per_process is None:  # nothing tells: this host's own devices (a single process, or a TPU host)
             import jax
