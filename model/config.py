@@ -88,7 +88,7 @@ class ModelConfig:
     dtype: str = "bfloat16"
     remat: str = "none"
     scan_layers: bool = True
-    unroll_max_layers: int | None = None  # scan: run this deep or shallower loop-free; None: 16 on a CPU, 4 elsewhere
+    unroll_max_layers: int | None = None  # scan: run this deep or shallower loop-free; None: CPU 16, GPU 32, else 4
     init_std: float = 0.02
     parametrization: str = "standard"  # mup: init, attention, readout and lr scale with width (model/mup.py)
     mup_base_width: int | None = None  # mup: the d_model the hyperparameters were tuned at (required with mup)
