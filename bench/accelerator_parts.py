@@ -31,9 +31,9 @@ from scalelab.train.trainer import Trainer, device_bytes
 
 MFU_TARGET, MFU_STRETCH = 0.50, 0.55
 # One bf16 rounding is up to 0.4% of a value, but the loss itself is fp32 (shared/DESIGN.md), so the curves
-# differ only by the weights' drift: on a 2-core CPU, bf16 and fp32 curves of the tiny rung differed by at
-# most 0.02% over 40 steps. A GPU's kernels sum in other orders; 1% leaves them room (a guess until the
-# first accelerator run, which records the measured value) and still fails a run whose bf16 curve drifts away.
+# differ only by the weights' drift: bf16 and fp32 curves of the tiny rung differed by at most 0.02% over
+# 40 steps on a 2-core CPU and by 0.01-0.03% on an H200, whose kernels sum in other orders. 1% leaves
+# room for other devices and still fails a run whose bf16 curve drifts away.
 AGREEMENT_TOLERANCE = 0.01
 CPU_MFU_REASON = "skipped on a CPU: the gpt-1b rung cannot train for a few timed steps in minutes there"
 # What a fused kernel leaves in the compiled program: JAX emits cuDNN attention as custom calls named
