@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from scalelab.inference.decode import Params, check_length, extend, init_cache, prefill
+from scalelab.inference.decode import Params, check_length, extend, init_cache, prefill, weights_in_compute_dtype
 from scalelab.model.config import ConfigError, ModelConfig
 
 
@@ -52,6 +52,7 @@ def _sample(
     eos_id: int | None,
     temperature: float,
 ) -> Rollout:
+    params = weights_in_compute_dtype(cfg, params)  # once, not at every token
     cache = init_cache(cfg, prompts.shape[0], prompts.shape[1] + new_tokens)
     logits, cache = prefill(graphdef, params, cache, prompts, lengths)
 

@@ -17,7 +17,7 @@ from scalelab.inference.decode import (
     weights_in_compute_dtype,
 )
 from scalelab.model import ConfigError, ModelConfig
-from tests.inference.helpers import assert_logits_close, eager_model
+from tests.inference.helpers import assert_logits_close, eager_model, weight_casts_in_loop
 
 # GQA (4 query heads share 2 key/value heads) and weights large enough that every block moves the logits.
 BASE = ModelConfig(
@@ -183,38 +183,13 @@ def test_too_long_prompts_and_other_families_are_errors_that_name_the_fix(base):
         Sampler(top_k=0)
 
 
-def _sub_jaxprs(eqn):
-    for value in eqn.params.values():
-        for v in value if isinstance(value, tuple | list) else (value,):
-            inner = getattr(v, "jaxpr", v)  # a ClosedJaxpr holds its Jaxpr
-            if hasattr(inner, "eqns"):
-                yield inner
-
-
-def _eqns(jaxpr):
-    for eqn in jaxpr.eqns:
-        yield eqn
-        for inner in _sub_jaxprs(eqn):
-            yield from _eqns(inner)
-
-
 def test_a_bf16_model_decodes_with_its_weights_cast_once_outside_the_token_loop():
     # Every matmul casts its weight to bf16; left fp32, the weights would be cast again at every token.
     cfg = dataclasses.replace(BASE, dtype="bfloat16")
     model, params, _ = eager_model(cfg)
     new_tokens = 5  # not n_layers, so the token loop is the scan of this length
     jaxpr = jax.make_jaxpr(lambda p: generate(cfg, model.graphdef, p, _tokens(4, (2, 3)), new_tokens=new_tokens))
-    loops = [e for e in _eqns(jaxpr(params).jaxpr) if e.primitive.name == "scan" and e.params["length"] == new_tokens]
-    assert len(loops) == 1
-    weights = {s.shape[i:] for s in jax.tree.leaves(model.shapes) if s.ndim >= 2 for i in (0, 1)}
-    casts = [
-        e
-        for e in _eqns(loops[0].params["jaxpr"].jaxpr)
-        if e.primitive.name == "convert_element_type"
-        and e.invars[0].aval.dtype == jnp.float32
-        and e.invars[0].aval.shape in weights
-    ]
-    assert casts == []
+    assert weight_casts_in_loop(jaxpr(params).jaxpr, model.shapes, new_tokens) == []
     # The cast changes no number: every use casts these weights to bf16 anyway.
     cast = weights_in_compute_dtype(cfg, params)
     assert {w.dtype for w in jax.tree.leaves(cast)} == {jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32)}  # norms: fp32

@@ -1,5 +1,7 @@
 """Rollouts: sampled tokens, their log-probabilities under the policy, and where responses end."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ from scalelab.model.functional import describe
 from scalelab.posttrain.losses import token_logprobs
 from scalelab.posttrain.ppo_policy import hidden_and_logits
 from scalelab.posttrain.rollout import join, sample
+from tests.inference.helpers import weight_casts_in_loop
 
 CFG = ModelConfig(vocab_size=23, d_model=32, n_layers=2, n_heads=4, max_seq_len=24, dtype="float32", init_std=0.3)
 
@@ -62,3 +65,15 @@ def test_rollouts_refuse_a_zero_temperature(policy):
     with pytest.raises(ConfigError, match="temperature must be > 0"):
         sample(CFG, model.graphdef, params, jnp.ones((1, 2), int), jnp.array([2]), new_tokens=2,
                key=jax.random.key(0), temperature=0.0)  # fmt: skip
+
+
+def test_a_bf16_policy_samples_with_its_weights_cast_once_outside_the_token_loop():
+    cfg = dataclasses.replace(CFG, dtype="bfloat16")
+    model = describe(cfg)
+    params = jax.eval_shape(lambda: model.init(0))
+    prompts, lengths = jnp.ones((2, 3), jnp.int32), jnp.array([3, 2])
+
+    def rollout(p):
+        return sample(cfg, model.graphdef, p, prompts, lengths, new_tokens=5, key=jax.random.key(0))
+
+    assert weight_casts_in_loop(jax.make_jaxpr(rollout)(params).jaxpr, model.shapes, 5) == []
