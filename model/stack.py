@@ -82,14 +82,14 @@ def block_fn(graphdef: nnx.GraphDef, remat: str) -> Callable:
 # unmeasured and keep the loop from 5 layers up. With remat the loop always stays: in straight-line
 # code XLA may merge the recomputation back into the forward pass.
 DEFAULT_UNROLL_MAX_LAYERS = {"cpu": 16, "gpu": 32}
-ACCELERATOR_UNROLL_MAX_LAYERS = 4
+UNMEASURED_UNROLL_MAX_LAYERS = 4  # a platform with no entry above (TPUs)
 
 
 def unroll_max_layers(configured: int | None) -> int:
     """The deepest stack run loop-free: `configured` (model.unroll_max_layers), else the platform's default."""
     if configured is not None:
         return configured
-    return DEFAULT_UNROLL_MAX_LAYERS.get(jax.default_backend(), ACCELERATOR_UNROLL_MAX_LAYERS)
+    return DEFAULT_UNROLL_MAX_LAYERS.get(jax.default_backend(), UNMEASURED_UNROLL_MAX_LAYERS)
 
 
 def scan_runner(graphdef, state, x, inputs, keys, remat, unroll_max: int | None = None):
